@@ -1,0 +1,72 @@
+// The only translation unit that knows Python. Python (crepe.select) validates
+// and normalises inputs and allocates the outputs; this layer checks shapes
+// again, takes raw pointers while holding the GIL, and releases it to compute.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "crepe/facility_location.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using I64 = py::array_t<std::int64_t, py::array::c_style>;
+using F64 = py::array_t<double, py::array::c_style>;
+
+void check_len(const char* name, py::ssize_t got, py::ssize_t want) {
+  if (got != want)
+    throw std::invalid_argument(std::string(name) + " has " + std::to_string(got) +
+                                " entries, expected " + std::to_string(want));
+}
+
+template <typename T>
+void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets, int method,
+                      int threads, I64 out_idx, I64 out_weight, F64 out_gain, F64 out_obj) {
+  if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D, got ndim=" + std::to_string(X.ndim()));
+  if (method != 0 && method != 1) throw std::invalid_argument("method must be 0 (naive) or 1 (lazy)");
+  const std::int64_t n = X.shape(0), d = X.shape(1), c = budgets.size();
+  check_len("cls", cls.size(), n);
+  std::int64_t total = 0;
+  const std::int64_t* b = budgets.data();
+  for (std::int64_t j = 0; j < c; ++j) total += b[j];
+  check_len("out_idx", out_idx.size(), total);
+  check_len("out_weight", out_weight.size(), total);
+  check_len("out_gain", out_gain.size(), total);
+  check_len("out_obj", out_obj.size(), c);
+  const T* x = X.data();
+  const std::int64_t* cl = cls.data();
+  std::int64_t* oi = out_idx.mutable_data();
+  std::int64_t* ow = out_weight.mutable_data();
+  double* og = out_gain.mutable_data();
+  double* oo = out_obj.mutable_data();
+  py::gil_scoped_release release;
+  crepe::select_per_class<T>(x, n, d, cl, c, b, static_cast<crepe::Method>(method), threads, oi,
+                             ow, og, oo);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "crepe's compiled selection engine (CPU). Use crepe.select, not this module.";
+  m.attr("BLOCK") = crepe::kBlock;
+#ifdef _OPENMP
+  m.attr("OPENMP") = true;
+#else
+  m.attr("OPENMP") = false;
+#endif
+  // float32 and float64 overloads; noconvert: never a silent cast or copy.
+  m.def("select_per_class", &select_per_class<float>, py::arg("X").noconvert(),
+        py::arg("cls").noconvert(), py::arg("budgets").noconvert(), py::arg("method"),
+        py::arg("threads"), py::arg("out_idx").noconvert(), py::arg("out_weight").noconvert(),
+        py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert());
+  m.def("select_per_class", &select_per_class<double>, py::arg("X").noconvert(),
+        py::arg("cls").noconvert(), py::arg("budgets").noconvert(), py::arg("method"),
+        py::arg("threads"), py::arg("out_idx").noconvert(), py::arg("out_weight").noconvert(),
+        py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert());
+  m.def("resolve_threads", &crepe::resolve_threads, py::arg("threads"),
+        "Threads the engine would use (0 = OpenMP default).");
+}

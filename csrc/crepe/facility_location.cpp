@@ -1,0 +1,304 @@
+#include "facility_location.hpp"
+
+#include "tiles.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace crepe {
+
+int resolve_threads(int threads) {
+#ifdef _OPENMP
+  return threads > 0 ? threads : omp_get_max_threads();
+#else
+  (void)threads;
+  return 1;
+#endif
+}
+
+namespace {
+
+// out[i - lo] = d(x_i, xe)^2 for i in [lo, hi); xt is dim-major (d, n).
+void dist2_range(const double* xt, std::int64_t n, std::int64_t d, const double* xe,
+                 std::int64_t lo, std::int64_t hi, double* out) {
+  const std::int64_t m = hi - lo;
+  for (std::int64_t i = 0; i < m; ++i) out[i] = 0.0;
+  for (std::int64_t k = 0; k < d; ++k) {
+    const double* col = xt + k * n + lo;
+    const double c = xe[k];
+    for (std::int64_t i = 0; i < m; ++i) {
+      const double t = col[i] - c;
+      out[i] += t * t;
+    }
+  }
+}
+
+// Greedy facility location for one class. Invariants after each pick:
+// cur[i] = sqrt(cur2[i]) = distance of i to its nearest pick, assign[i] = the
+// position (in greedy order) of that pick, earliest on ties.
+class ClassSolver {
+ public:
+  ClassSolver(std::vector<double> xt, std::int64_t n, std::int64_t d, int threads)
+      : xt_(std::move(xt)), n_(n), d_(d), threads_(threads) {}
+
+  void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
+           double* gains, double* objective) {
+    std::vector<double> colsum(n_);
+    const double D = first_pass(colsum.data());
+    // Medoid: smallest column sum, lowest index on ties.
+    const std::int64_t e0 = std::min_element(colsum.begin(), colsum.end()) - colsum.begin();
+    cur_.assign(n_, 0.0);
+    cur2_.assign(n_, 0.0);
+    assign_.assign(n_, 0);
+    selected_.assign(n_, 0);
+    add_pick(e0, 0);
+    picks[0] = e0;
+    gains[0] = static_cast<double>(n_) * D - colsum[e0];
+    if (method == Method::Lazy) {
+      lazy(k, colsum, D, picks, gains);
+    } else {
+      naive(k, picks, gains);
+    }
+    for (std::int64_t t = 0; t < k; ++t) weights[t] = 0;
+    for (std::int64_t i = 0; i < n_; ++i) ++weights[assign_[i]];
+    double total = 0.0;  // F(S) = sum_i (D - cur_i), canonical blocked order
+    for (std::int64_t lo = 0; lo < n_; lo += kBlock) {
+      double part = 0.0;
+      for (std::int64_t i = lo; i < std::min(n_, lo + kBlock); ++i) part += D - cur_[i];
+      total += part;
+    }
+    *objective = total;
+  }
+
+ private:
+  // Column sums of the distance matrix (into colsum) and D, by candidate tiles.
+  double first_pass(double* colsum) const {
+    const std::int64_t ntiles = (n_ + kTile - 1) / kTile;
+    std::vector<double> tile_max(ntiles, 0.0);
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
+    {
+      std::vector<double> cand(d_ * kTile);
+      std::int64_t idx[kTile];
+      double out[kTile];
+#pragma omp for schedule(dynamic, 4)
+      for (std::int64_t t = 0; t < ntiles; ++t) {
+        const int w = static_cast<int>(std::min<std::int64_t>(kTile, n_ - t * kTile));
+        for (int l = 0; l < w; ++l) idx[l] = t * kTile + l;
+        pack_tile(xt_.data(), n_, d_, idx, w, cand.data());
+        tile_colsum(xt_.data(), n_, d_, cand.data(), out, &tile_max[t]);
+        std::copy(out, out + w, colsum + t * kTile);
+      }
+    }
+    return std::sqrt(*std::max_element(tile_max.begin(), tile_max.end()));
+  }
+
+  // gain[j] = current marginal gain of cands[j], tiles in parallel. Each gain
+  // is summed in the canonical order, so it does not depend on the batching.
+  void evaluate(const std::int64_t* cands, std::int64_t m, double* gain) const {
+    const std::int64_t ntiles = (m + kTile - 1) / kTile;
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
+    {
+      std::vector<double> cand(d_ * kTile);
+      double out[kTile];
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t t = 0; t < ntiles; ++t) {
+        const int w = static_cast<int>(std::min<std::int64_t>(kTile, m - t * kTile));
+        pack_tile(xt_.data(), n_, d_, cands + t * kTile, w, cand.data());
+        tile_gain(xt_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out);
+        std::copy(out, out + w, gain + t * kTile);
+      }
+    }
+  }
+
+  // Make e the pick at position t: points strictly closer to e move to it
+  // (the first pick takes every point).
+  void add_pick(std::int64_t e, std::int64_t t) {
+    std::vector<double> xe(d_), buf(n_);
+    for (std::int64_t k = 0; k < d_; ++k) xe[k] = xt_[k * n_ + e];
+    dist2_range(xt_.data(), n_, d_, xe.data(), 0, n_, buf.data());
+    for (std::int64_t i = 0; i < n_; ++i) {
+      const double d2 = buf[i];
+      if (t == 0 || d2 < cur2_[i]) {
+        const double dist = std::sqrt(d2);
+        if (t == 0 || dist < cur_[i]) {
+          cur_[i] = dist;
+          cur2_[i] = d2;
+          assign_[i] = t;
+        }
+      }
+    }
+    selected_[e] = 1;
+  }
+
+  struct Entry {
+    double bound;
+    std::int64_t idx;
+    std::int64_t fresh_at;  // pick position at which bound is the exact gain
+  };
+
+  void lazy(std::int64_t k, const std::vector<double>& colsum, double D, std::int64_t* picks,
+            double* gains) {
+    // Best entry on top: larger bound, then lower index.
+    auto below = [](const Entry& a, const Entry& b) {
+      return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
+    };
+    // F({e}) bounds every later gain of e in exact arithmetic; the margin
+    // covers the rounding of both sides (each within ~n*eps*n*D of exact), so
+    // the inflated value bounds every computed gain too.
+    const double nD = static_cast<double>(n_) * D;
+    const double margin = 1e-8 * nD;
+    std::vector<Entry> heap;
+    heap.reserve(n_);
+    for (std::int64_t e = 0; e < n_; ++e)
+      if (!selected_[e]) heap.push_back({nD - colsum[e] + margin, e, -1});
+    std::make_heap(heap.begin(), heap.end(), below);
+    // Stale entries are re-evaluated a batch at a time (one tile per thread):
+    // a tile costs little more than one candidate, and extra evaluations only
+    // tighten bounds, never change the pick.
+    const std::int64_t batch = static_cast<std::int64_t>(kTile) * threads_;
+    std::vector<Entry> popped;
+    std::vector<std::int64_t> ids;
+    std::vector<double> g;
+    for (std::int64_t t = 1; t < k; ++t) {
+      for (;;) {
+        // Computed gains only shrink as cur shrinks (monotone rounding of a
+        // fixed-order sum of non-negative terms), so stale bounds stay valid:
+        // a fresh top beats every other element's gain or ties it at a higher
+        // index, which is exactly the naive greedy choice.
+        if (heap.front().fresh_at == t) {
+          std::pop_heap(heap.begin(), heap.end(), below);
+          const Entry top = heap.back();
+          heap.pop_back();
+          picks[t] = top.idx;
+          gains[t] = top.bound;
+          add_pick(top.idx, t);
+          break;
+        }
+        popped.clear();
+        while (!heap.empty() && heap.front().fresh_at != t &&
+               static_cast<std::int64_t>(popped.size()) < batch) {
+          std::pop_heap(heap.begin(), heap.end(), below);
+          popped.push_back(heap.back());
+          heap.pop_back();
+        }
+        ids.resize(popped.size());
+        g.resize(popped.size());
+        for (std::size_t j = 0; j < popped.size(); ++j) ids[j] = popped[j].idx;
+        evaluate(ids.data(), static_cast<std::int64_t>(ids.size()), g.data());
+        for (std::size_t j = 0; j < popped.size(); ++j) {
+          heap.push_back({g[j], popped[j].idx, t});
+          std::push_heap(heap.begin(), heap.end(), below);
+        }
+      }
+    }
+  }
+
+  void naive(std::int64_t k, std::int64_t* picks, double* gains) {
+    std::vector<std::int64_t> all(n_);
+    for (std::int64_t e = 0; e < n_; ++e) all[e] = e;
+    std::vector<double> g(n_);
+    for (std::int64_t t = 1; t < k; ++t) {
+      evaluate(all.data(), n_, g.data());
+      std::int64_t best = -1;
+      for (std::int64_t e = 0; e < n_; ++e)
+        if (!selected_[e] && (best < 0 || g[e] > g[best])) best = e;
+      picks[t] = best;
+      gains[t] = g[best];
+      add_pick(best, t);
+    }
+  }
+
+  std::vector<double> xt_;
+  std::int64_t n_, d_;
+  int threads_;
+  std::vector<double> cur_, cur2_;
+  std::vector<std::int64_t> assign_;
+  std::vector<char> selected_;
+};
+
+}  // namespace
+
+template <typename T>
+void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int64_t* cls,
+                      std::int64_t num_classes, const std::int64_t* budgets, Method method,
+                      int threads, std::int64_t* out_idx, std::int64_t* out_weight,
+                      double* out_gain, double* out_obj) {
+  if (n < 1 || d < 1 || num_classes < 1)
+    throw std::invalid_argument("select_per_class: need n >= 1, d >= 1, num_classes >= 1; got n=" +
+                                std::to_string(n) + ", d=" + std::to_string(d) +
+                                ", num_classes=" + std::to_string(num_classes));
+  // Stable counting sort of rows by class: rows of class c in ascending order.
+  std::vector<std::int64_t> start(num_classes + 1, 0), out_start(num_classes + 1, 0);
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (cls[i] < 0 || cls[i] >= num_classes)
+      throw std::invalid_argument("select_per_class: class id " + std::to_string(cls[i]) +
+                                  " at row " + std::to_string(i) + " outside [0, " +
+                                  std::to_string(num_classes) + ")");
+    ++start[cls[i] + 1];
+  }
+  for (std::int64_t c = 0; c < num_classes; ++c) {
+    const std::int64_t size = start[c + 1];
+    if (size < 1 || budgets[c] < 1 || budgets[c] > size)
+      throw std::invalid_argument("select_per_class: class " + std::to_string(c) + " has " +
+                                  std::to_string(size) + " points and budget " +
+                                  std::to_string(budgets[c]) + "; need 1 <= budget <= size");
+    start[c + 1] += start[c];
+    out_start[c + 1] = out_start[c] + budgets[c];
+  }
+  std::vector<std::int64_t> rows(n), fill(start.begin(), start.end() - 1);
+  for (std::int64_t i = 0; i < n; ++i) rows[fill[cls[i]]++] = i;
+
+  // Largest classes first so dynamic scheduling balances well.
+  std::vector<std::int64_t> order(num_classes);
+  for (std::int64_t c = 0; c < num_classes; ++c) order[c] = c;
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+    return start[a + 1] - start[a] > start[b + 1] - start[b];
+  });
+
+  const int nt = resolve_threads(threads);
+  // Many classes: one thread per class. Few: all threads inside each class.
+  const bool outer = num_classes >= 2 * static_cast<std::int64_t>(nt);
+  const int inner = outer ? 1 : nt;
+  std::exception_ptr error = nullptr;
+
+  auto solve = [&](std::int64_t c) {
+    const std::int64_t nc = start[c + 1] - start[c];
+    const std::int64_t* r = rows.data() + start[c];
+    std::vector<double> xt(static_cast<std::size_t>(nc) * d);
+    for (std::int64_t j = 0; j < nc; ++j)
+      for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = static_cast<double>(X[r[j] * d + k]);
+    ClassSolver solver(std::move(xt), nc, d, inner);
+    const std::int64_t o = out_start[c];
+    solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
+    for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];
+  };
+
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (outer)
+  for (std::int64_t j = 0; j < num_classes; ++j) {
+    try {
+      solve(order[j]);
+    } catch (...) {
+#pragma omp critical(crepe_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+template void select_per_class<float>(const float*, std::int64_t, std::int64_t,
+                                      const std::int64_t*, std::int64_t, const std::int64_t*,
+                                      Method, int, std::int64_t*, std::int64_t*, double*, double*);
+template void select_per_class<double>(const double*, std::int64_t, std::int64_t,
+                                       const std::int64_t*, std::int64_t, const std::int64_t*,
+                                       Method, int, std::int64_t*, std::int64_t*, double*,
+                                       double*);
+
+}  // namespace crepe

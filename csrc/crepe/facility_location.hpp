@@ -1,0 +1,53 @@
+// CRAIG facility location, maximised by (lazy) greedy. Pure C++17, no Python.
+//
+// For one class with points x_0..x_{n-1} in R^d:
+//   d_ij = ||x_i - x_j||_2,  s_ij = D - d_ij  with D = max_ij d_ij,
+//   F(S) = sum_i max_{j in S} s_ij.
+// The greedy sequence does not depend on D (the first pick is the medoid), so
+// the engine never forms the n x n matrix: it keeps cur_i = distance of i to
+// its nearest pick and evaluates gain(e) = sum_i max(0, cur_i - d_ie) with
+// distances computed on the fly. Memory is O(n d).
+//
+// Determinism contract (shared with crepe/_reference.py, the NumPy oracle):
+//   * all arithmetic in double, no FMA contraction (-ffp-contract=off);
+//   * d_ij^2 = sum over dims in order k = 0..d-1 of (x_ik - x_jk)^2;
+//   * every sum over points i is "blocked": sequential within consecutive
+//     blocks of kBlock points starting from 0.0, block partials added in
+//     block order starting from 0.0.
+// Gains are therefore bitwise reproducible for any thread count, and the lazy
+// and naive greedy (and the oracle) see exactly the same numbers, so the
+// lowest-index tie-break gives them the same sequence.
+#pragma once
+
+#include <cstdint>
+
+namespace crepe {
+
+/// Points per block of the canonical summation order (see above).
+inline constexpr std::int64_t kBlock = 256;
+
+enum class Method : int { Naive = 0, Lazy = 1 };
+
+/// Per-class greedy facility location over all classes of a labelled set.
+///
+/// Preconditions (checked by the caller, crepe.select, and again here where
+/// cheap): X is row-major (n, d), finite; cls[i] in [0, num_classes); every
+/// class is non-empty and 1 <= budgets[c] <= size of class c.
+/// Outputs (caller-allocated): out_idx/out_weight/out_gain have sum(budgets)
+/// entries, classes in ascending order, each class in greedy order; out_idx
+/// holds original row numbers; out_obj has num_classes entries.
+/// Complexity per class: n^2 d for the first pick, O(n d) per lazy
+/// re-evaluation (O(k n^2 d) for Method::Naive). Memory O(n d).
+/// Thread safety: reentrant; uses up to `threads` OpenMP threads (0 = the
+/// OpenMP default). Results do not depend on `threads`.
+template <typename T>
+void select_per_class(const T* X, std::int64_t n, std::int64_t d,
+                      const std::int64_t* cls, std::int64_t num_classes,
+                      const std::int64_t* budgets, Method method, int threads,
+                      std::int64_t* out_idx, std::int64_t* out_weight,
+                      double* out_gain, double* out_obj);
+
+/// Threads the engine uses for `threads` (0 = OpenMP default, 1 without OpenMP).
+int resolve_threads(int threads);
+
+}  // namespace crepe

@@ -1,0 +1,12 @@
+"""crepe: CRAIG coresets for differentially private training.
+
+`import crepe` needs only numpy; torch and opacus load inside the training
+commands that use them.
+"""
+
+from __future__ import annotations
+
+from crepe.select import METHODS, Selection, select
+
+__all__ = ["METHODS", "Selection", "select", "__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+import numpy as np
+
+BLOCK: int
+OPENMP: bool
+
+def select_per_class(
+    X: np.ndarray,
+    cls: np.ndarray,
+    budgets: np.ndarray,
+    method: int,
+    threads: int,
+    out_idx: np.ndarray,
+    out_weight: np.ndarray,
+    out_gain: np.ndarray,
+    out_obj: np.ndarray,
+) -> None: ...
+def resolve_threads(threads: int) -> int: ...

@@ -1,0 +1,112 @@
+"""Input validation and budgets shared by the engine and the reference (numpy only)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated selection problem: what the engine and the oracle both consume."""
+
+    X: np.ndarray  # (n, d) float32 or float64, C-contiguous, finite
+    cls: np.ndarray  # (n,) int64 class id in [0, C): position of the label in `classes`
+    classes: np.ndarray  # (C,) sorted distinct labels
+    sizes: np.ndarray  # (C,) int64 points per class
+    budgets: np.ndarray  # (C,) int64 picks per class, 1 <= budget <= size
+
+
+def is_torch_tensor(obj: Any) -> bool:
+    """True for a torch.Tensor, without importing torch."""
+    return type(obj).__module__.split(".")[0] == "torch" and hasattr(obj, "detach")
+
+
+def as_matrix(X: Any) -> np.ndarray:
+    """(n, d) finite float32/float64 C-contiguous array; a CPU tensor shares memory."""
+    if is_torch_tensor(X):
+        if X.device.type != "cpu":
+            raise ValueError(f"X is on device {X.device}; this path takes CPU data")
+        name = str(X.dtype).removeprefix("torch.")
+        if name not in ("float32", "float64"):
+            raise TypeError(f"X has dtype torch.{name}; supported: torch.float32, torch.float64")
+        X = X.detach().numpy()
+    elif not isinstance(X, np.ndarray):
+        raise TypeError(
+            f"X must be a numpy array or a torch tensor, got {type(X).__name__}"
+        )
+    if X.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"X has dtype {X.dtype}; supported: float32, float64")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n points, d dims), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X is empty: shape {X.shape}; need at least one point and one dim")
+    if not np.isfinite(X).all():
+        bad = int(np.count_nonzero(~np.isfinite(X)))
+        raise ValueError(f"X contains {bad} NaN or Inf values; all entries must be finite")
+    # A strided view is copied here, explicitly; the engine reads C order only.
+    return np.ascontiguousarray(X)
+
+
+def as_labels(y: Any, n: int) -> np.ndarray:
+    """(n,) integer label array."""
+    if is_torch_tensor(y):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) to match X, got {y.shape}")
+    return y
+
+
+def budgets_for(sizes: np.ndarray, classes: np.ndarray, fraction: Any, k: Any) -> np.ndarray:
+    """Per-class budget: k_c = max(1, floor(fraction * n_c + 0.5)) capped at n_c, or k."""
+    if (fraction is None) == (k is None):
+        raise ValueError("give exactly one of fraction= (share of each class) or k= (picks per class)")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+            raise TypeError(f"fraction must be a real number in (0, 1], got {fraction!r}")
+        f = float(fraction)
+        if not (0.0 < f <= 1.0):  # also rejects NaN
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        return np.array(
+            [min(int(s), max(1, math.floor(f * int(s) + 0.5))) for s in sizes], dtype=np.int64
+        )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an integer >= 1, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    too_small = [(c, s) for c, s in zip(classes.tolist(), sizes.tolist()) if s < k]
+    if too_small:
+        c, s = too_small[0]
+        raise ValueError(
+            f"k={k} is larger than class {c!r}, which has {s} points "
+            f"({len(too_small)} class(es) smaller than k); use fraction= or a smaller k"
+        )
+    return np.full(len(sizes), int(k), dtype=np.int64)
+
+
+def prepare(X: Any, y: Any, fraction: Any, k: Any) -> Problem:
+    """Validate everything a selection needs; raise ValueError/TypeError naming the problem."""
+    Xn = as_matrix(X)
+    n = Xn.shape[0]
+    if y is None:
+        labels = np.zeros(n, dtype=np.int64)
+    else:
+        labels = as_labels(y, n)
+    classes, cls, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    budgets = budgets_for(sizes, classes, fraction, k)
+    return Problem(
+        X=Xn,
+        cls=np.ascontiguousarray(cls.reshape(-1), dtype=np.int64),
+        classes=classes,
+        sizes=sizes.astype(np.int64),
+        budgets=budgets,
+    )
