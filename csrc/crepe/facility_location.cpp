@@ -27,26 +27,28 @@ int resolve_threads(int threads) {
 namespace {
 
 // out[i - lo] = d(x_i, xe)^2 for i in [lo, hi); xt is dim-major (d, n).
-void dist2_range(const double* xt, std::int64_t n, std::int64_t d, const double* xe,
-                 std::int64_t lo, std::int64_t hi, double* out) {
+template <typename T>
+void dist2_range(const T* xt, std::int64_t n, std::int64_t d, const T* xe, std::int64_t lo,
+                 std::int64_t hi, T* out) {
   const std::int64_t m = hi - lo;
-  for (std::int64_t i = 0; i < m; ++i) out[i] = 0.0;
+  for (std::int64_t i = 0; i < m; ++i) out[i] = T(0);
   for (std::int64_t k = 0; k < d; ++k) {
-    const double* col = xt + k * n + lo;
-    const double c = xe[k];
+    const T* col = xt + k * n + lo;
+    const T c = xe[k];
     for (std::int64_t i = 0; i < m; ++i) {
-      const double t = col[i] - c;
+      const T t = col[i] - c;
       out[i] += t * t;
     }
   }
 }
 
-// Greedy facility location for one class. Invariants after each pick:
-// cur[i] = sqrt(cur2[i]) = distance of i to its nearest pick, assign[i] = the
-// position (in greedy order) of that pick, earliest on ties.
+// Greedy facility location for one class, distances in T. Invariants after
+// each pick: cur[i] = double(sqrt_T(cur2[i])) = distance of i to its nearest
+// pick, assign[i] = the position (in greedy order) of that pick, earliest on ties.
+template <typename T>
 class ClassSolver {
  public:
-  ClassSolver(std::vector<double> xt, std::int64_t n, std::int64_t d, int threads)
+  ClassSolver(std::vector<T> xt, std::int64_t n, std::int64_t d, int threads)
       : xt_(std::move(xt)), n_(n), d_(d), threads_(threads) {}
 
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
@@ -56,7 +58,7 @@ class ClassSolver {
     // Medoid: smallest column sum, lowest index on ties.
     const std::int64_t e0 = std::min_element(colsum.begin(), colsum.end()) - colsum.begin();
     cur_.assign(n_, 0.0);
-    cur2_.assign(n_, 0.0);
+    cur2_.assign(n_, T(0));
     assign_.assign(n_, 0);
     selected_.assign(n_, 0);
     add_pick(e0, 0);
@@ -82,10 +84,10 @@ class ClassSolver {
   // Column sums of the distance matrix (into colsum) and D, by candidate tiles.
   double first_pass(double* colsum) const {
     const std::int64_t ntiles = (n_ + kTile - 1) / kTile;
-    std::vector<double> tile_max(ntiles, 0.0);
+    std::vector<T> tile_max(ntiles, T(0));
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
     {
-      std::vector<double> cand(d_ * kTile);
+      std::vector<T> cand(d_ * kTile);
       std::int64_t idx[kTile];
       double out[kTile];
 #pragma omp for schedule(dynamic, 4)
@@ -97,7 +99,7 @@ class ClassSolver {
         std::copy(out, out + w, colsum + t * kTile);
       }
     }
-    return std::sqrt(*std::max_element(tile_max.begin(), tile_max.end()));
+    return static_cast<double>(std::sqrt(*std::max_element(tile_max.begin(), tile_max.end())));
   }
 
   // gain[j] = current marginal gain of cands[j], tiles in parallel. Each gain
@@ -106,7 +108,7 @@ class ClassSolver {
     const std::int64_t ntiles = (m + kTile - 1) / kTile;
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
     {
-      std::vector<double> cand(d_ * kTile);
+      std::vector<T> cand(d_ * kTile);
       double out[kTile];
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t t = 0; t < ntiles; ++t) {
@@ -121,13 +123,13 @@ class ClassSolver {
   // Make e the pick at position t: points strictly closer to e move to it
   // (the first pick takes every point).
   void add_pick(std::int64_t e, std::int64_t t) {
-    std::vector<double> xe(d_), buf(n_);
+    std::vector<T> xe(d_), buf(n_);
     for (std::int64_t k = 0; k < d_; ++k) xe[k] = xt_[k * n_ + e];
     dist2_range(xt_.data(), n_, d_, xe.data(), 0, n_, buf.data());
     for (std::int64_t i = 0; i < n_; ++i) {
-      const double d2 = buf[i];
+      const T d2 = buf[i];
       if (t == 0 || d2 < cur2_[i]) {
-        const double dist = std::sqrt(d2);
+        const double dist = static_cast<double>(std::sqrt(d2));
         if (t == 0 || dist < cur_[i]) {
           cur_[i] = dist;
           cur2_[i] = d2;
@@ -159,6 +161,15 @@ class ClassSolver {
     heap.reserve(n_);
     for (std::int64_t e = 0; e < n_; ++e)
       if (!selected_[e]) heap.push_back({nD - colsum[e] + margin, e, -1});
+    if (k > 1) {
+      // F({e}) is far above the gains after the medoid, so step 1 would
+      // re-evaluate nearly everything anyway: do it in one parallel pass.
+      std::vector<std::int64_t> all(heap.size());
+      std::vector<double> g(heap.size());
+      for (std::size_t j = 0; j < heap.size(); ++j) all[j] = heap[j].idx;
+      evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data());
+      for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
+    }
     std::make_heap(heap.begin(), heap.end(), below);
     // Stale entries are re-evaluated a batch at a time (one tile per thread):
     // a tile costs little more than one candidate, and extra evaluations only
@@ -216,10 +227,11 @@ class ClassSolver {
     }
   }
 
-  std::vector<double> xt_;
+  std::vector<T> xt_;
   std::int64_t n_, d_;
   int threads_;
-  std::vector<double> cur_, cur2_;
+  std::vector<double> cur_;
+  std::vector<T> cur2_;
   std::vector<std::int64_t> assign_;
   std::vector<char> selected_;
 };
@@ -272,10 +284,10 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   auto solve = [&](std::int64_t c) {
     const std::int64_t nc = start[c + 1] - start[c];
     const std::int64_t* r = rows.data() + start[c];
-    std::vector<double> xt(static_cast<std::size_t>(nc) * d);
+    std::vector<T> xt(static_cast<std::size_t>(nc) * d);
     for (std::int64_t j = 0; j < nc; ++j)
-      for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = static_cast<double>(X[r[j] * d + k]);
-    ClassSolver solver(std::move(xt), nc, d, inner);
+      for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = X[r[j] * d + k];
+    ClassSolver<T> solver(std::move(xt), nc, d, inner);
     const std::int64_t o = out_start[c];
     solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
     for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];

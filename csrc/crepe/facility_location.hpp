@@ -9,8 +9,10 @@
 // distances computed on the fly. Memory is O(n d).
 //
 // Determinism contract (shared with crepe/_reference.py, the NumPy oracle):
-//   * all arithmetic in double, no FMA contraction (-ffp-contract=off);
-//   * d_ij^2 = sum over dims in order k = 0..d-1 of (x_ik - x_jk)^2;
+//   * distances in the input's precision T (float or double): d_ij^2 = sum
+//     over dims in order k = 0..d-1 of (x_ik - x_jk)^2, then sqrt, all in T;
+//     everything after (gains, sums, objective) in double; no FMA contraction
+//     (-ffp-contract=off, explicit mul-then-add in the SIMD kernels);
 //   * every sum over points i is "blocked": sequential within consecutive
 //     blocks of kBlock points starting from 0.0, block partials added in
 //     block order starting from 0.0.

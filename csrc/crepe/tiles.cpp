@@ -13,8 +13,9 @@
 
 namespace crepe {
 
-void pack_tile(const double* xt, std::int64_t n, std::int64_t d, const std::int64_t* idx, int w,
-               double* cand) {
+template <typename T>
+void pack_tile(const T* xt, std::int64_t n, std::int64_t d, const std::int64_t* idx, int w,
+               T* cand) {
   for (std::int64_t k = 0; k < d; ++k)
     for (int l = 0; l < kTile; ++l) cand[k * kTile + l] = xt[k * n + idx[l < w ? l : 0]];
 }
@@ -23,22 +24,30 @@ namespace {
 
 // ---- portable build: one lane at a time, same operations in the same order.
 
-void colsum_generic(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-                    double* colsum, double* max_d2) {
-  double total[kTile] = {}, mx = 0.0;
+template <typename T>
+void lane_d2(const T* xt, std::int64_t n, std::int64_t d, const T* cand, std::int64_t i, T* d2) {
+  for (int l = 0; l < kTile; ++l) d2[l] = T(0);
+  for (std::int64_t k = 0; k < d; ++k) {
+    const T xi = xt[k * n + i];
+    for (int l = 0; l < kTile; ++l) {
+      const T t = cand[k * kTile + l] - xi;
+      d2[l] += t * t;
+    }
+  }
+}
+
+template <typename T>
+void colsum_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
+                    T* max_d2) {
+  double total[kTile] = {};
+  T mx = T(0);
   for (std::int64_t lo = 0; lo < n; lo += kBlock) {
     double part[kTile] = {};
     for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
-      double d2[kTile] = {};
-      for (std::int64_t k = 0; k < d; ++k) {
-        const double xi = xt[k * n + i];
-        for (int l = 0; l < kTile; ++l) {
-          const double t = cand[k * kTile + l] - xi;
-          d2[l] += t * t;
-        }
-      }
+      T d2[kTile];
+      lane_d2(xt, n, d, cand, i, d2);
       for (int l = 0; l < kTile; ++l) {
-        part[l] += std::sqrt(d2[l]);
+        part[l] += static_cast<double>(std::sqrt(d2[l]));
         mx = std::max(mx, d2[l]);
       }
     }
@@ -48,23 +57,18 @@ void colsum_generic(const double* xt, std::int64_t n, std::int64_t d, const doub
   *max_d2 = mx;
 }
 
-void gain_generic(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-                  const double* cur, const double* cur2, double* gain) {
+template <typename T>
+void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
+                  const T* cur2, double* gain) {
   double total[kTile] = {};
   for (std::int64_t lo = 0; lo < n; lo += kBlock) {
     double part[kTile] = {};
     for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
-      double d2[kTile] = {};
-      for (std::int64_t k = 0; k < d; ++k) {
-        const double xi = xt[k * n + i];
-        for (int l = 0; l < kTile; ++l) {
-          const double t = cand[k * kTile + l] - xi;
-          d2[l] += t * t;
-        }
-      }
+      T d2[kTile];
+      lane_d2(xt, n, d, cand, i, d2);
       // d2 >= cur2 implies sqrt(d2) >= cur: the term is zero, skip its sqrt.
       for (int l = 0; l < kTile; ++l)
-        if (d2[l] < cur2[i]) part[l] += cur[i] - std::sqrt(d2[l]);
+        if (d2[l] < cur2[i]) part[l] += cur[i] - static_cast<double>(std::sqrt(d2[l]));
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
   }
@@ -72,75 +76,179 @@ void gain_generic(const double* xt, std::int64_t n, std::int64_t d, const double
 }
 
 #ifdef CREPE_HAVE_AVX_BUILD
-// ---- AVX build: 4 registers of 4 lanes. mul then add, never fused.
+// ---- AVX builds: mul then add, never fused; float sqrt/compare in float,
+// widened exactly to double for the sums.
+#define CREPE_AVX __attribute__((target("avx")))
 
-constexpr int kRegs = kTile / 4;
-
-__attribute__((target("avx"))) inline void tile_d2(const double* xt, std::int64_t n,
-                                                    std::int64_t d, const double* cand,
-                                                    std::int64_t i, __m256d* acc) {
-  for (int r = 0; r < kRegs; ++r) acc[r] = _mm256_setzero_pd();
+// Squared distances of P consecutive points i..i+P-1 to the tile. The sum
+// over dims is a chain of dependent adds per register; P points give P times
+// more independent chains, which is what keeps the FP pipes busy.
+// double: 4 registers x 4 lanes per point.
+template <int P>
+CREPE_AVX inline void d2_pd(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
+                            std::int64_t i, __m256d (*acc)[4]) {
+  for (int p = 0; p < P; ++p)
+    for (int r = 0; r < 4; ++r) acc[p][r] = _mm256_setzero_pd();
   for (std::int64_t k = 0; k < d; ++k) {
-    const __m256d xi = _mm256_set1_pd(xt[k * n + i]);
-    for (int r = 0; r < kRegs; ++r) {
-      const __m256d t = _mm256_sub_pd(_mm256_loadu_pd(cand + k * kTile + 4 * r), xi);
-      acc[r] = _mm256_add_pd(acc[r], _mm256_mul_pd(t, t));
+    __m256d c[4];
+    for (int r = 0; r < 4; ++r) c[r] = _mm256_loadu_pd(cand + k * kTile + 4 * r);
+    for (int p = 0; p < P; ++p) {
+      const __m256d xi = _mm256_set1_pd(xt[k * n + i + p]);
+      for (int r = 0; r < 4; ++r) {
+        const __m256d t = _mm256_sub_pd(c[r], xi);
+        acc[p][r] = _mm256_add_pd(acc[p][r], _mm256_mul_pd(t, t));
+      }
     }
   }
 }
 
-__attribute__((target("avx"))) void colsum_avx(const double* xt, std::int64_t n, std::int64_t d,
-                                                const double* cand, double* colsum,
-                                                double* max_d2) {
-  __m256d total[kRegs], mx = _mm256_setzero_pd();
-  for (int r = 0; r < kRegs; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
-    __m256d part[kRegs];
-    for (int r = 0; r < kRegs; ++r) part[r] = _mm256_setzero_pd();
-    for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
-      __m256d acc[kRegs];
-      tile_d2(xt, n, d, cand, i, acc);
-      for (int r = 0; r < kRegs; ++r) {
-        part[r] = _mm256_add_pd(part[r], _mm256_sqrt_pd(acc[r]));
-        mx = _mm256_max_pd(mx, acc[r]);
+// float: 2 registers x 8 lanes per point.
+template <int P>
+CREPE_AVX inline void d2_ps(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
+                            std::int64_t i, __m256 (*acc)[2]) {
+  for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < d; ++k) {
+    const __m256 c[2] = {_mm256_loadu_ps(cand + k * kTile), _mm256_loadu_ps(cand + k * kTile + 8)};
+    for (int p = 0; p < P; ++p) {
+      const __m256 xi = _mm256_set1_ps(xt[k * n + i + p]);
+      for (int r = 0; r < 2; ++r) {
+        const __m256 t = _mm256_sub_ps(c[r], xi);
+        acc[p][r] = _mm256_add_ps(acc[p][r], _mm256_mul_ps(t, t));
       }
     }
-    for (int r = 0; r < kRegs; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
   }
-  for (int r = 0; r < kRegs; ++r) _mm256_storeu_pd(colsum + 4 * r, total[r]);
+}
+
+constexpr int kPointsPd = 2;  // points per step: 2 x 4 registers = 8 chains
+constexpr int kPointsPs = 4;  // 4 x 2 registers = 8 chains
+
+// Lanes 4q..4q+3 of a float pair of registers, widened to double (exact).
+CREPE_AVX inline __m256d widen(const __m256* v, int q) {
+  return _mm256_cvtps_pd(q % 2 ? _mm256_extractf128_ps(v[q / 2], 1)
+                               : _mm256_castps256_ps128(v[q / 2]));
+}
+
+CREPE_AVX void colsum_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
+                          double* colsum, double* max_d2) {
+  __m256d total[4], mx = _mm256_setzero_pd();
+  for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
+  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+    __m256d part[4];
+    for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
+    const std::int64_t hi = std::min(n, lo + kBlock);
+    for (std::int64_t i = lo; i < hi;) {
+      __m256d acc[kPointsPd][4];
+      const int np = hi - i >= kPointsPd ? kPointsPd : 1;
+      if (np == kPointsPd) d2_pd<kPointsPd>(xt, n, d, cand, i, acc); else d2_pd<1>(xt, n, d, cand, i, acc);
+      for (int p = 0; p < np; ++p)  // points in index order: each lane's sum stays sequential
+        for (int r = 0; r < 4; ++r) {
+          part[r] = _mm256_add_pd(part[r], _mm256_sqrt_pd(acc[p][r]));
+          mx = _mm256_max_pd(mx, acc[p][r]);
+        }
+      i += np;
+    }
+    for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+  }
+  for (int r = 0; r < 4; ++r) _mm256_storeu_pd(colsum + 4 * r, total[r]);
   double m[4];
   _mm256_storeu_pd(m, mx);
-  *max_d2 = std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
+  *max_d2 = *std::max_element(m, m + 4);
 }
 
-__attribute__((target("avx"))) void gain_avx(const double* xt, std::int64_t n, std::int64_t d,
-                                              const double* cand, const double* cur,
-                                              const double* cur2, double* gain) {
-  __m256d total[kRegs];
-  for (int r = 0; r < kRegs; ++r) total[r] = _mm256_setzero_pd();
+CREPE_AVX void colsum_avx(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
+                          double* colsum, float* max_d2) {
+  __m256d total[4];
+  __m256 mx = _mm256_setzero_ps();
+  for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
   for (std::int64_t lo = 0; lo < n; lo += kBlock) {
-    __m256d part[kRegs];
-    for (int r = 0; r < kRegs; ++r) part[r] = _mm256_setzero_pd();
-    for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
-      __m256d acc[kRegs], lt[kRegs];
-      tile_d2(xt, n, d, cand, i, acc);
-      const __m256d c2 = _mm256_set1_pd(cur2[i]);
-      int any = 0;
-      for (int r = 0; r < kRegs; ++r) {
-        lt[r] = _mm256_cmp_pd(acc[r], c2, _CMP_LT_OQ);
-        any |= _mm256_movemask_pd(lt[r]);
+    __m256d part[4];
+    for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
+    const std::int64_t hi = std::min(n, lo + kBlock);
+    for (std::int64_t i = lo; i < hi;) {
+      __m256 acc[kPointsPs][2];
+      const int np = hi - i >= kPointsPs ? kPointsPs : 1;
+      if (np == kPointsPs) d2_ps<kPointsPs>(xt, n, d, cand, i, acc); else d2_ps<1>(xt, n, d, cand, i, acc);
+      for (int p = 0; p < np; ++p) {
+        const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
+        mx = _mm256_max_ps(mx, _mm256_max_ps(acc[p][0], acc[p][1]));
+        for (int q = 0; q < 4; ++q) part[q] = _mm256_add_pd(part[q], widen(s, q));
       }
-      if (!any) continue;  // no lane gains from point i: all terms are zero
-      const __m256d c = _mm256_set1_pd(cur[i]);
-      // Lanes with d2 < cur2 add cur - sqrt(d2) >= 0; the others add +0.0,
-      // which leaves the partial sum unchanged, as in the generic build.
-      for (int r = 0; r < kRegs; ++r)
-        part[r] = _mm256_add_pd(part[r],
-                                _mm256_and_pd(lt[r], _mm256_sub_pd(c, _mm256_sqrt_pd(acc[r]))));
+      i += np;
     }
-    for (int r = 0; r < kRegs; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+    for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
   }
-  for (int r = 0; r < kRegs; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
+  for (int r = 0; r < 4; ++r) _mm256_storeu_pd(colsum + 4 * r, total[r]);
+  float m[8];
+  _mm256_storeu_ps(m, mx);
+  *max_d2 = *std::max_element(m, m + 8);
+}
+
+CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
+                        const double* cur, const double* cur2, double* gain) {
+  __m256d total[4];
+  for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
+  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+    __m256d part[4];
+    for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
+    const std::int64_t hi = std::min(n, lo + kBlock);
+    for (std::int64_t i = lo; i < hi;) {
+      __m256d acc[kPointsPd][4];
+      const int np = hi - i >= kPointsPd ? kPointsPd : 1;
+      if (np == kPointsPd) d2_pd<kPointsPd>(xt, n, d, cand, i, acc); else d2_pd<1>(xt, n, d, cand, i, acc);
+      for (int p = 0; p < np; ++p) {
+        const __m256d c2 = _mm256_set1_pd(cur2[i + p]);
+        __m256d lt[4];
+        int any = 0;
+        for (int r = 0; r < 4; ++r) {
+          lt[r] = _mm256_cmp_pd(acc[p][r], c2, _CMP_LT_OQ);
+          any |= _mm256_movemask_pd(lt[r]);
+        }
+        if (!any) continue;  // no lane gains from this point: all its terms are zero
+        const __m256d c = _mm256_set1_pd(cur[i + p]);
+        // Lanes with d2 < cur2 add cur - sqrt(d2) >= 0; the others add +0.0,
+        // which leaves the partial sum unchanged, as in the generic build.
+        for (int r = 0; r < 4; ++r)
+          part[r] = _mm256_add_pd(
+              part[r], _mm256_and_pd(lt[r], _mm256_sub_pd(c, _mm256_sqrt_pd(acc[p][r]))));
+      }
+      i += np;
+    }
+    for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+  }
+  for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
+}
+
+CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
+                        const double* cur, const float* cur2, double* gain) {
+  __m256d total[4];
+  for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
+  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+    __m256d part[4];
+    for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
+    const std::int64_t hi = std::min(n, lo + kBlock);
+    for (std::int64_t i = lo; i < hi;) {
+      __m256 acc[kPointsPs][2];
+      const int np = hi - i >= kPointsPs ? kPointsPs : 1;
+      if (np == kPointsPs) d2_ps<kPointsPs>(xt, n, d, cand, i, acc); else d2_ps<1>(xt, n, d, cand, i, acc);
+      for (int p = 0; p < np; ++p) {
+        const __m256 c2 = _mm256_set1_ps(cur2[i + p]);
+        const __m256 lt[2] = {_mm256_cmp_ps(acc[p][0], c2, _CMP_LT_OQ),
+                              _mm256_cmp_ps(acc[p][1], c2, _CMP_LT_OQ)};
+        if (!(_mm256_movemask_ps(lt[0]) | _mm256_movemask_ps(lt[1]))) continue;
+        const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
+        const __m256d c = _mm256_set1_pd(cur[i + p]);
+        const __m256d c2d = _mm256_set1_pd(static_cast<double>(cur2[i + p]));
+        for (int q = 0; q < 4; ++q) {
+          // Widening is exact, so this is the float compare again, as a double mask.
+          const __m256d m = _mm256_cmp_pd(widen(acc[p], q), c2d, _CMP_LT_OQ);
+          part[q] = _mm256_add_pd(part[q], _mm256_and_pd(m, _mm256_sub_pd(c, widen(s, q))));
+        }
+      }
+      i += np;
+    }
+    for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+  }
+  for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
 
 bool use_avx() {
@@ -151,20 +259,32 @@ bool use_avx() {
 
 }  // namespace
 
-void tile_colsum(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-                 double* colsum, double* max_d2) {
+template <typename T>
+void tile_colsum(const T* xt, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
+                 T* max_d2) {
 #ifdef CREPE_HAVE_AVX_BUILD
   if (use_avx()) return colsum_avx(xt, n, d, cand, colsum, max_d2);
 #endif
   colsum_generic(xt, n, d, cand, colsum, max_d2);
 }
 
-void tile_gain(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-               const double* cur, const double* cur2, double* gain) {
+template <typename T>
+void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
+               const T* cur2, double* gain) {
 #ifdef CREPE_HAVE_AVX_BUILD
   if (use_avx()) return gain_avx(xt, n, d, cand, cur, cur2, gain);
 #endif
   gain_generic(xt, n, d, cand, cur, cur2, gain);
 }
+
+#define CREPE_INSTANTIATE(T)                                                                 \
+  template void pack_tile<T>(const T*, std::int64_t, std::int64_t, const std::int64_t*, int, \
+                             T*);                                                            \
+  template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*); \
+  template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
+                             const T*, double*);
+CREPE_INSTANTIATE(float)
+CREPE_INSTANTIATE(double)
+#undef CREPE_INSTANTIATE
 
 }  // namespace crepe

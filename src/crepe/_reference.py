@@ -31,13 +31,13 @@ def blocked_sum(T: np.ndarray) -> np.ndarray:
 
 
 def distances(Xc: np.ndarray) -> np.ndarray:
-    """(n, n) Euclidean distances, squares summed over dims in order."""
-    Xc = Xc.astype(np.float64)
-    d2 = np.zeros((Xc.shape[0], Xc.shape[0]))
+    """(n, n) Euclidean distances as float64, computed in Xc's precision
+    (float32 or float64): squares summed over dims in order, then sqrt."""
+    d2 = np.zeros((Xc.shape[0], Xc.shape[0]), dtype=Xc.dtype)
     for k in range(Xc.shape[1]):
         t = Xc[:, None, k] - Xc[None, :, k]
         d2 = d2 + t * t
-    return np.sqrt(d2)
+    return np.sqrt(d2).astype(np.float64)
 
 
 def greedy_class(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
