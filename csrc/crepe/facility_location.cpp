@@ -102,11 +102,12 @@ class ClassSolver {
     return static_cast<double>(std::sqrt(*std::max_element(tile_max.begin(), tile_max.end())));
   }
 
-  // gain[j] = current marginal gain of cands[j], tiles in parallel. Each gain
-  // is summed in the canonical order, so it does not depend on the batching.
+  // gain[j] = current marginal gain of cands[j], tiles in parallel when there
+  // are enough of them to repay waking the threads. Each gain is summed in the
+  // canonical order, so it does not depend on the batching.
   void evaluate(const std::int64_t* cands, std::int64_t m, double* gain) const {
     const std::int64_t ntiles = (m + kTile - 1) / kTile;
-#pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles >= 8 * threads_)
     {
       std::vector<T> cand(d_ * kTile);
       double out[kTile];
@@ -171,10 +172,11 @@ class ClassSolver {
       for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
     }
     std::make_heap(heap.begin(), heap.end(), below);
-    // Stale entries are re-evaluated a batch at a time (one tile per thread):
-    // a tile costs little more than one candidate, and extra evaluations only
-    // tighten bounds, never change the pick.
-    const std::int64_t batch = static_cast<std::int64_t>(kTile) * threads_;
+    // Stale entries are re-evaluated a tile at a time: a tile costs little more
+    // than one candidate, and extra evaluations only tighten bounds, never
+    // change the pick. One tile is too little work to split across threads
+    // (with OMP_WAIT_POLICY=PASSIVE a wake-up costs more than the tile).
+    const std::int64_t batch = kTile;
     std::vector<Entry> popped;
     std::vector<std::int64_t> ids;
     std::vector<double> g;
