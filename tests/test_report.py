@@ -1,0 +1,167 @@
+"""`crepe report`: aggregation, table, CSV and plots over run directories.
+
+Most tests write run directories in `crepe train`'s format (config.json from the
+real TrainConfig, metrics.jsonl, summary.json) so they run in milliseconds; the
+end-to-end sweep -> report path on real training runs is in test_sweep.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from crepe import report
+from crepe.config import TrainConfig
+
+
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    test_acc: float,
+    epochs: int = 2,
+    complete: bool = True,
+    total: float = 10.0,
+    **cfg: object,
+) -> Path:
+    """A run directory as `crepe train` writes it, with made-up numbers."""
+    c = TrainConfig(epochs=epochs, **cfg).resolve()  # type: ignore[arg-type]
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(c.to_dict()))
+    eps_sel = 0.0 if c.method != "craig" else (math.inf if not c.dp else 0.5)
+    eps_train = 1.0 / c.sigma if c.dp else math.inf
+    lines = []
+    for e in range(1, epochs + 1):
+        lines.append(json.dumps({
+            "epoch": e, "train_loss": 1.0 / e, "train_acc": test_acc * e / epochs + 0.01, "test_acc": test_acc * e / epochs,
+            "eps_total": None if not c.dp else eps_sel + eps_train * e / epochs, "eps_select": None if not c.dp else eps_sel,
+            "eps_train": None if not c.dp else eps_train * e / epochs, "select_time_s": 0.1, "train_time_s": 1.0,
+            "examples_seen": 100 * e,
+        }))
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if complete:
+        (d / "summary.json").write_text(json.dumps({
+            "status": "complete", "test_acc": test_acc, "train_acc": test_acc + 0.01,
+            "eps_total": None if not c.dp else eps_sel + eps_train, "eps_select": None if not c.dp else eps_sel,
+            "eps_train": None if not c.dp else eps_train, "delta": c.delta, "select_time_s": 0.2 if c.method == "craig" else 0.0,
+            "train_time_s": total - 1.0, "total_time_s": total, "epochs": epochs,
+        }))
+    return d
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    for seed, jitter in ((0, 0.0), (1, 0.02)):
+        for sigma in (1.0, 3.0):
+            write_run(root, f"full_s{sigma:g}_{seed}", method="full", sigma=sigma, seed=seed, test_acc=0.80 + jitter, total=20.0)
+            write_run(root, f"craig_s{sigma:g}_{seed}", method="craig", sigma=sigma, seed=seed, test_acc=0.70 + jitter, total=5.0)
+            write_run(root, f"random_s{sigma:g}_{seed}", method="random", sigma=sigma, seed=seed, test_acc=0.65 + jitter, total=4.0)
+        write_run(root, f"craig_nodp_{seed}", method="craig", dp=False, seed=seed, test_acc=0.85 + jitter, total=3.0)
+        write_run(root, f"full_nodp_{seed}", method="full", dp=False, seed=seed, test_acc=0.90 + jitter, total=12.0)
+    return root
+
+
+def test_rows_mean_std_and_speedup(sweep_dir: Path) -> None:
+    runs, skipped = report.find_runs(sweep_dir)
+    assert len(runs) == 16 and not skipped
+    rows = report.aggregate(runs)
+    labels = [(r.k["method"], r.k["dp"], r.k["sigma"]) for r in rows]
+    assert labels == [
+        ("full", True, 1.0), ("random", True, 1.0), ("craig", True, 1.0),
+        ("full", True, 3.0), ("random", True, 3.0), ("craig", True, 3.0),
+        ("full", False, None), ("craig", False, None),
+    ]
+    craig1 = rows[2]
+    assert craig1.seeds == [0, 1]
+    assert craig1.stats["test_acc"].mean == pytest.approx(0.71)
+    assert craig1.stats["test_acc"].std == pytest.approx(0.02 / math.sqrt(2))
+    assert craig1.stats["eps_total"].mean == pytest.approx(1.5)
+    assert craig1.speedup == pytest.approx(20.0 / 5.0)
+    assert rows[0].speedup == pytest.approx(1.0)
+    nodp = rows[7]
+    assert math.isinf(nodp.stats["eps_total"].mean)
+    assert nodp.speedup == pytest.approx(12.0 / 3.0)  # against full-data non-DP training
+
+
+def test_report_writes_table_csv_and_plots(sweep_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert report.main([str(sweep_dir), "--out", str(out)]) == 0
+    md = (out / "results.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table) == 1 + 8  # header + one row per (method, privacy level)
+    assert "| cnn | craig | DP | 1 | 2 | 71.00 ± 1.41 |" in md
+    assert "4.00×" in md and "∞" in md
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8
+    assert {(r["method"], r["dp"], r["sigma"]) for r in rows} >= {("craig", "True", "1.0"), ("full", "False", "")}
+    craig = next(r for r in rows if r["method"] == "craig" and r["sigma"] == "3.0")
+    assert float(craig["test_acc_mean"]) == pytest.approx(0.71) and float(craig["speedup_vs_full"]) == pytest.approx(4.0)
+    assert craig["seeds"] == "0 1"
+    for name in report.PLOTS:
+        png = (out / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_incomplete_runs_are_left_out_and_listed(sweep_dir: Path, tmp_path: Path) -> None:
+    write_run(sweep_dir, "craig_s5_0", method="craig", sigma=5.0, seed=0, test_acc=0.5, complete=False)
+    paths = report.report(sweep_dir, tmp_path / "o", plots=False)
+    md = paths["markdown"].read_text()
+    assert "Left out (1): craig_s5_0: not complete" in md
+    assert "| cnn | craig | DP | 5 |" not in md
+
+
+def test_empty_sweep_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "no runs in" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_only_incomplete_runs_is_a_clear_error(tmp_path: Path) -> None:
+    write_run(tmp_path / "s", "a", method="craig", seed=0, test_acc=0.5, complete=False)
+    with pytest.raises(ValueError, match="no complete runs"):
+        report.find_runs(tmp_path / "s")
+
+
+def test_mismatched_protocol_is_a_clear_error(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(sweep_dir, "craig_s1_2", method="craig", sigma=1.0, seed=2, test_acc=0.7, epochs=3)
+    assert report.main([str(sweep_dir), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "mismatched settings" in err and "epochs is 2" in err and "3 in craig_s1_2" in err
+
+
+def test_mismatched_dataset_within_a_row_is_an_error_or_a_column(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_run(root, "a", method="craig", seed=0, test_acc=0.7, dataset="mnist")
+    write_run(root, "b", method="craig", seed=1, test_acc=0.7, dataset="fashion-mnist")
+    rows = report.aggregate(report.find_runs(root)[0])
+    # different datasets never share a row: each is its own row, with a dataset column
+    assert len(rows) == 2 and "dataset" in report.varying_axes(rows)
+    write_run(root, "c", method="craig", seed=1, test_acc=0.7, dataset="mnist", select_sigma=2.0)
+    with pytest.raises(ValueError, match="select_sigma"):
+        report.aggregate(report.find_runs(root)[0])
+
+
+def test_duplicate_seed_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_run(root, "a", method="craig", seed=0, test_acc=0.7)
+    write_run(root, "b", method="craig", seed=0, test_acc=0.7)
+    with pytest.raises(ValueError, match="same seed"):
+        report.aggregate(report.find_runs(root)[0])
+
+
+def test_import_report_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, crepe.report, crepe.sweep; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'opacus')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

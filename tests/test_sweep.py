@@ -1,0 +1,262 @@
+"""`crepe sweep`: grid expansion, names, manifest rules, and real `crepe train`
+runs end to end (skip on re-run, resume, failures, interruption).
+
+The end-to-end tests run real `crepe train` subprocesses on a few hundred real
+Fashion-MNIST images for one epoch; each subprocess pays the torch + opacus
+import (~8 s), so the grids stay tiny and run two at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crepe import report, sweep
+
+TINY = ["--epochs", "1", "--train-subset", "300", "--test-subset", "200"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+# ---------------------------------------------------------------------------
+# The plan (no training).
+
+
+def test_plan_names_flags_and_nodp_dedup() -> None:
+    plan = sweep.make_plan(
+        grid={"method": ["full", "craig"], "sigma": ["1", "3"], "privacy": ["dp", "nodp"], "seed": ["0", "1"]},
+        fixed={"epochs": "2"},
+    )
+    names = [r.name for r in plan.runs]
+    assert len(names) == len(set(names)) == 2 * (2 + 1) * 2  # method x (2 sigmas + one nodp) x seeds
+    assert "mnist_cnn_craig_sigma3_seed1" in names and "mnist_cnn_full_nodp_seed0" in names
+    spec = next(r for r in plan.runs if r.name == "mnist_cnn_craig_sigma3_seed1")
+    assert spec.train_args() == ["--dataset", "mnist", "--model", "cnn", "--method", "craig", "--sigma", "3", "--seed", "1", "--epochs", "2"]
+    nodp = next(r for r in plan.runs if r.name == "mnist_cnn_full_nodp_seed0")
+    assert "--no-dp" in nodp.train_args() and "--sigma" not in nodp.train_args()
+    # the same request always gives the same runs in the same order
+    assert [r.name for r in sweep.make_plan(grid={"method": ["full", "craig"], "sigma": [1, 3], "privacy": ["dp", "nodp"],
+                                                  "seed": [0, 1]}, fixed={"epochs": 2}).runs] == names
+
+
+def test_extra_axes_name_only_the_runs_they_change() -> None:
+    plan = sweep.make_plan(grid={"method": ["full", "craig"], "fraction": ["0.1", "0.2"]})
+    assert [r.name for r in plan.runs] == [
+        "mnist_cnn_full_sigma1_seed0",  # full selects nothing: one run, not two
+        "mnist_cnn_craig_sigma1_fraction0.1_seed0",
+        "mnist_cnn_craig_sigma1_fraction0.2_seed0",
+    ]
+
+
+def test_presets() -> None:
+    paper = sweep.make_plan(grid={}, preset="paper")
+    assert len(paper.runs) == 1 * 2 * 3 * (3 + 1) * 3  # dataset x model x method x (sigmas + nodp) x seeds
+    args = paper.runs[0].train_args()
+    for flag, value in (("--dataset", "mnist"), ("--epochs", "50"), ("--select-every", "20"), ("--fraction", "0.1"),
+                        ("--max-grad-norm", "1"), ("--delta", "1e-05")):
+        assert args[args.index(flag) + 1] == value
+    assert {r.name.split("_")[1] for r in paper.runs} == {"cnn", "resnet"}
+    quick = sweep.make_plan(grid={"sigma": ["2"]}, preset="quick")  # options override the preset
+    assert {dict(r.settings).get("sigma") for r in quick.runs} == {2.0, None}
+    assert all(dict(r.settings)["dataset"] == "fashion-mnist" for r in quick.runs)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lambda", "1"], "unknown option(s) --lambda 1; grid keys: --dataset, --model, --method"),
+        (["--seed", "0"], "--seeds"),  # no abbreviations: the grid key is --seeds
+        (["--method", "craig", "coreset"], "bad value for grid key 'method': 'coreset' is not valid; valid: craig, random, full"),
+        (["--model", "vit"], "valid: cnn, resnet"),
+        (["--sigma", "0"], "must be a finite number > 0"),
+        (["--sigma", "one"], "'one' is not a number"),
+        (["--privacy", "maybe"], "valid: dp, nodp"),
+        (["--preset", "huge"], "unknown preset 'huge'; valid presets: paper, quick"),
+        (["--epochs", "0"], "bad value for 'epochs'"),
+        (["--fraction", "1.5"], "must lie in (0, 1]"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    assert sweep.main(["--out", str(tmp_path / "s"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crepe sweep: error:") and message in err
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_refuses_a_directory_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert sweep.main(["--out", str(tmp_path), "--dry-run"]) == 2
+    assert "is not empty and has no sweep.json" in capsys.readouterr().err
+
+
+def test_cli_dispatch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from crepe.cli import main
+
+    assert main(["sweep", "--out", str(tmp_path / "s"), "--method", "craig", "--dry-run"]) == 0
+    assert "mnist_cnn_craig_sigma1_seed0 [new]: crepe train --out" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "none")]) == 2
+
+
+# ---------------------------------------------------------------------------
+# End to end, with real `crepe train` runs.
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> tuple[Path, list[str], float]:
+    """A 2 x 2 sweep (full/craig x sigma 1/3) of one-epoch runs on 300 images."""
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    argv = ["--out", str(out), "--dataset", "fashion-mnist", "--method", "full", "craig", "--sigma", "1", "3",
+            *TINY, "--data-dir", str(data_root), "--jobs", "2"]
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "crepe", "sweep", *argv], capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, argv, time.perf_counter() - t0
+
+
+NAMES = {f"fashion-mnist_cnn_{m}_sigma{s}_seed0" for m in ("full", "craig") for s in (1, 3)}
+
+
+def test_tiny_sweep_completes(tiny_sweep: tuple[Path, list[str], float]) -> None:
+    out, _, _ = tiny_sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert set(manifest["runs"]) == NAMES
+    assert all(r["status"] == "complete" and r["returncode"] == 0 for r in manifest["runs"].values())
+    assert manifest["failures"] == {}
+    assert manifest["grid"]["method"] == ["full", "craig"] and manifest["fixed"]["train-subset"] == 300
+    for name in NAMES:
+        cfg = json.loads((out / name / "config.json").read_text())
+        assert (cfg["method"], cfg["train_subset"], cfg["epochs"]) == (name.split("_")[2], 300, 1)
+        assert json.loads((out / name / "summary.json").read_text())["status"] == "complete"
+        assert (out / "logs" / f"{name}.log").is_file()
+
+
+def test_rerun_skips_complete_runs(tiny_sweep: tuple[Path, list[str], float], capsys: pytest.CaptureFixture[str]) -> None:
+    out, argv, _ = tiny_sweep
+    stamps = {n: (out / n / "summary.json").stat().st_mtime_ns for n in NAMES}
+    t0 = time.perf_counter()
+    assert sweep.main(argv) == 0  # same grid
+    assert sweep.main(["--out", str(out)]) == 0  # no grid: the recorded one
+    assert time.perf_counter() - t0 < 5  # no training process was started
+    assert "4 runs in" in capsys.readouterr().out
+    assert {n: (out / n / "summary.json").stat().st_mtime_ns for n in NAMES} == stamps
+
+
+def test_a_different_grid_is_refused_unless_extended(tiny_sweep: tuple[Path, list[str], float],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out, argv, _ = tiny_sweep
+    before = (out / "sweep.json").read_text()
+    changed = [a if a != "3" else "5" for a in argv]
+    assert sweep.main(changed) == 2
+    err = capsys.readouterr().err
+    assert "already holds a sweep with a different grid" in err and "grid sigma: existing [1.0, 3.0], requested [1.0, 5.0]" in err
+    assert "--extend" in err
+    more_epochs = list(argv)
+    more_epochs[more_epochs.index("--epochs") + 1] = "2"
+    assert sweep.main(more_epochs) == 2  # a fixed setting too
+    assert "fixed epochs: existing 1, requested 2" in capsys.readouterr().err
+    assert (out / "sweep.json").read_text() == before
+    assert sweep.main([*changed, "--extend", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and sum("[complete]" in line for line in lines) == 4
+    assert any(line.startswith("fashion-mnist_cnn_craig_sigma5_seed0 [new]") for line in lines)
+
+
+def test_resume_after_interruption_before_summary(tiny_sweep: tuple[Path, list[str], float],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out, argv, _ = tiny_sweep
+    run = out / "fashion-mnist_cnn_craig_sigma1_seed0"
+    old = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()  # killed after its last checkpoint, before the summary
+    assert sweep.main(argv) == 0
+    o = capsys.readouterr().out
+    assert "3 complete, 1 to run" in o and "fashion-mnist_cnn_craig_sigma1_seed0 resumed and finished" in o
+    new = json.loads((run / "summary.json").read_text())
+    assert new["status"] == "complete" and new["eps_total"] == old["eps_total"] and new["test_acc"] == old["test_acc"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # continued, not retrained
+    assert "--resume" in (out / "logs" / f"{run.name}.log").read_text().splitlines()[0]
+    assert json.loads((out / "sweep.json").read_text())["runs"][run.name]["resumed"] is True
+
+
+def test_report_on_the_tiny_sweep(tiny_sweep: tuple[Path, list[str], float], tmp_path: Path) -> None:
+    out, _, _ = tiny_sweep
+    assert report.main([str(out), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    body = [line for line in md.splitlines() if line.startswith("| cnn |")]
+    assert [line.split(" | ")[1:4] for line in body] == [
+        ["full", "DP", "1"], ["craig", "DP", "1"], ["full", "DP", "3"], ["craig", "DP", "3"]]
+    assert "train_subset=300" in md and "epochs=1" in md
+    with open(tmp_path / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["sigma"]) for r in rows] == [("full", "1.0"), ("craig", "1.0"), ("full", "3.0"), ("craig", "3.0")]
+    for r in rows:
+        assert 0 <= float(r["test_acc_mean"]) <= 1 and float(r["eps_total_mean"]) > 0
+        assert (float(r["eps_select_mean"]) > 0) == (r["method"] == "craig")  # full data selects nothing
+        assert float(r["speedup_vs_full"]) > 0
+    for name in report.PLOTS:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failing_configuration_does_not_stop_the_others(tmp_path: Path, data_root: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    only_fashion = tmp_path / "data"
+    only_fashion.mkdir()
+    (only_fashion / "fashion-mnist").symlink_to(data_root / "fashion-mnist")  # no mnist/: mnist runs fail
+    out = tmp_path / "s"
+    argv = ["--out", str(out), "--dataset", "mnist", "fashion-mnist", "--method", "random", *TINY,
+            "--data-dir", str(only_fashion), "--jobs", "2"]
+    assert sweep.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 run(s) failed" in err and "mnist_cnn_random_sigma1_seed0: exit 2" in err
+    manifest = json.loads((out / "sweep.json").read_text())
+    failed = manifest["failures"]["mnist_cnn_random_sigma1_seed0"]
+    assert failed["returncode"] == 2 and "mnist" in failed["tail"] and failed["log"] == "logs/mnist_cnn_random_sigma1_seed0.log"
+    assert manifest["runs"]["fashion-mnist_cnn_random_sigma1_seed0"]["status"] == "complete"
+    # a re-run retries only the failure
+    assert sweep.main(["--out", str(out)]) == 1
+    assert "1 complete, 1 to run" in capsys.readouterr().out
+    assert manifest["runs"]["mnist_cnn_random_sigma1_seed0"].get("attempts") == 1
+    assert json.loads((out / "sweep.json").read_text())["runs"]["mnist_cnn_random_sigma1_seed0"]["attempts"] == 2
+    # the report covers what finished
+    rows = report.aggregate(report.find_runs(out)[0])
+    assert [(r.k["dataset"], r.k["method"]) for r in rows] == [("fashion-mnist", "random")]
+
+
+def test_a_killed_sweep_resumes_mid_run(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s"
+    argv = ["--out", str(out), "--dataset", "fashion-mnist", "--method", "full", "--epochs", "3", "--train-subset", "3000",
+            "--test-subset", "200", "--data-dir", str(data_root), "--threads", "1"]
+    run = out / "fashion-mnist_cnn_full_sigma1_seed0"
+    proc = subprocess.Popen([sys.executable, "-m", "crepe", "sweep", *argv], env=env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its first epoch"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the sweep and its training process
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in stderr
+    assert not (run / "summary.json").exists() and (run / "checkpoint.pt").is_file()
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 3
+    assert sweep.main(argv) == 0
+    assert "resumed and finished" in capsys.readouterr().out
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
