@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except (UsageError, ValueError) as e:
+        if type(e) not in (UsageError, ValueError):  # e.g. io.UnsupportedOperation: a bug, not bad input
+            raise
         print(f"crepe {command or ''}: error: {e}".replace("crepe : ", "crepe: "), file=sys.stderr)
         return 2
     except RuntimeError as e:

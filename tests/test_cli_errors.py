@@ -1,0 +1,119 @@
+"""Bad input to `crepe train`: exit status 2, one clear message on stderr, nothing written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from crepe import _core, cli  # noqa: F401 (_core: an editable install rebuilds it on first import, before output capture)
+
+
+def args(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--out", str(out), "--dataset", "fashion-mnist", "--data-dir", str(data_root),
+            "--train-subset", "100", "--test-subset", "50", "--epochs", "1", *extra]
+
+
+def fails(argv: list[str], capsys, match: str) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crepe train: error:") or err.startswith("crepe: error:"), err
+    assert match in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--dataset", "cifar10"], "unknown dataset 'cifar10'; valid: mnist, fashion-mnist"),
+        (["--model", "vgg"], "unknown model 'vgg'; valid: cnn, resnet"),
+        (["--method", "kmeans"], "unknown method 'kmeans'; valid: craig, random, full"),
+        (["--proxy", "full-grad"], "valid: logits, last-layer"),
+        (["--weights", "scale"], "valid: clip-then-scale, weight-then-clip, none"),
+        (["--optimizer", "lbfgs"], "valid: sgd, adam"),
+        (["--accountant", "gdp"], "valid: rdp, prv"),
+        (["--selection-scope", "class"], "valid: per-class, global"),
+        (["--sigma", "0"], "--sigma must be a finite number > 0 with DP on"),
+        (["--sigma", "-1"], "--sigma must be a finite number > 0 with DP on"),
+        (["--sigma", "nan"], "--sigma must be a finite number > 0"),
+        (["--fraction", "0"], "--fraction must lie in (0, 1]"),
+        (["--fraction", "1.5"], "--fraction must lie in (0, 1]"),
+        (["--fraction", "-0.1"], "--fraction must lie in (0, 1]"),
+        (["--select-every", "0"], "--select-every must be an integer >= 1"),
+        (["--select-sigma", "-1"], "select_sigma must be >= 0"),
+        (["--delta", "1"], "--delta must lie in (0, 1)"),
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--fraction", "abc"], "invalid float value"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags(data_root, tmp_path, capsys, extra: list[str], match: str) -> None:
+    out = tmp_path / "run"
+    fails(args(data_root, out, *extra), capsys, match)
+    assert not out.exists()
+
+
+def test_sigma_zero_is_fine_without_dp(data_root, tmp_path) -> None:
+    from crepe.config import TrainConfig
+
+    assert TrainConfig(dp=False, sigma=0.0).resolve().select_sigma == 0.0
+
+
+def test_data_dir_without_files(tmp_path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "run"
+    err = fails(["train", "--out", str(out), "--dataset", "mnist", "--data-dir", str(empty)], capsys, "no mnist IDX files")
+    assert "train-images-idx3-ubyte.gz" in err and "--data-dir" in err
+    assert not out.exists()
+
+
+def test_out_holding_user_files_is_not_touched(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    fails(args(data_root, out), capsys, "is not a crepe run")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "precious"
+
+
+def test_out_holding_a_different_run_is_refused(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(args(data_root, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fails(args(data_root, out, "--sigma", "2"), capsys, "holds a different run (differs in select_sigma, sigma)")
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_resume_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "notes.txt").write_text("x")
+    fails(["train", "--resume", str(d)], capsys, "is not a crepe run folder (no config.json)")
+    fails(["train", "--resume", str(tmp_path / "missing")], capsys, "no such directory")
+    (d / "config.json").write_text("[1, 2]")
+    fails(["train", "--resume", str(d)], capsys, "not a crepe run folder")
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_resume_does_not_take_run_flags(tmp_path, capsys) -> None:
+    fails(["train", "--resume", str(tmp_path), "--epochs", "3"], capsys, "does not take --epochs")
+
+
+def test_out_and_resume_are_exclusive(tmp_path, capsys) -> None:
+    fails(["train", "--resume", str(tmp_path), "--out", str(tmp_path)], capsys, "not allowed with argument")
+
+
+def test_help_and_unknown_command(capsys) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "{train,sweep,report}" in capsys.readouterr().out
+    assert cli.main(["train", "--help"]) == 0
+    assert "--select-sigma" in capsys.readouterr().out
+    assert cli.main(["fly"]) == 2
+    assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
+def test_missing_delegate_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "crepe.report", None)  # import now raises ModuleNotFoundError
+    assert cli.main(["report", "x"]) == 2
+    assert "crepe.report is not available" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Privacy ledger and epsilon: golden values and independent computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from crepe import privacy
+
+DELTA = 1e-5
+
+
+def seed_schedule(*, select_sigma: float = 3.0, rounds: int = 3) -> list[privacy.Entry]:
+    """The seed study on Fashion-MNIST: 3 rounds of selection, 20 epochs of 23 steps at q = 256/6000 each."""
+    ledger: list[privacy.Entry] = []
+    for _ in range(rounds):
+        privacy.record(ledger, kind="select", noise_multiplier=select_sigma, sample_rate=1.0)
+        for _ in range(20 * 23):
+            privacy.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000)
+    return ledger
+
+
+def test_record_merges_identical_consecutive_releases_only() -> None:
+    ledger = seed_schedule()
+    assert [e["kind"] for e in ledger] == ["select", "train"] * 3
+    assert [e["steps"] for e in ledger] == [1, 460] * 3
+
+
+def test_golden_seed_schedule_rdp() -> None:
+    eps = privacy.epsilons(seed_schedule(), delta=DELTA, accountant="rdp")
+    # Frozen values for this fixed configuration (Opacus 1.6 RDP, default orders).
+    assert eps["total"] == pytest.approx(12.400842690022552, rel=1e-9)
+    assert eps["select"] == pytest.approx(2.541218097242522, rel=1e-9)
+    assert eps["train"] == pytest.approx(11.934176023355883, rel=1e-9)
+
+
+def test_total_equals_independent_opacus_rdp_composition() -> None:
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as analysis
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = 3 * analysis.compute_rdp(q=1.0, noise_multiplier=3.0, steps=1, orders=orders) + analysis.compute_rdp(
+        q=256 / 6000, noise_multiplier=1.0, steps=3 * 460, orders=orders
+    )
+    expected, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA)
+    assert privacy.epsilon(seed_schedule(), delta=DELTA) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_selection_part_matches_gaussian_closed_form() -> None:
+    # k Gaussian releases with noise multiplier s: RDP(a) = k a / (2 s^2) exactly;
+    # converted to (eps, delta) with Balle et al. 2020 Thm 21 over Opacus' orders.
+    from opacus.accountants import RDPAccountant
+
+    a = np.array(RDPAccountant.DEFAULT_ALPHAS, dtype=float)
+    k, s = 3, 3.0
+    rdp = k * a / (2 * s * s)
+    closed = np.min(rdp - (np.log(DELTA) + np.log(a)) / (a - 1) + np.log((a - 1) / a))
+    assert privacy.epsilon(seed_schedule(select_sigma=s, rounds=k), delta=DELTA, kinds=("select",)) == pytest.approx(
+        closed, rel=1e-12
+    )
+
+
+def test_one_full_epoch_matches_build_notes_figure() -> None:
+    # BUILD_NOTES: one full Fashion-MNIST epoch, B = 256, sigma = 1 -> eps = 0.925 at delta 1e-5.
+    ledger: list[privacy.Entry] = []
+    privacy.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 60000, steps=234)
+    assert privacy.epsilon(ledger, delta=DELTA) == pytest.approx(0.925, abs=1e-3)
+
+
+def test_prv_composes_mixed_steps_and_is_not_looser_than_rdp() -> None:
+    ledger = seed_schedule()
+    prv = privacy.epsilons(ledger, delta=DELTA, accountant="prv")
+    rdp = privacy.epsilons(ledger, delta=DELTA, accountant="rdp")
+    for k in ("total", "select", "train"):
+        assert 0 < prv[k] <= rdp[k]
+    assert prv["select"] < prv["total"] and prv["train"] < prv["total"]
+
+
+def test_composition_costs_more_than_each_part() -> None:
+    eps = privacy.epsilons(seed_schedule(), delta=DELTA)
+    assert max(eps["select"], eps["train"]) < eps["total"] <= eps["select"] + eps["train"]
+
+
+def test_noiseless_release_is_infinite_and_json_safe() -> None:
+    ledger = seed_schedule()
+    privacy.record(ledger, kind="select", noise_multiplier=0.0, sample_rate=1.0)
+    eps = privacy.epsilons(ledger, delta=DELTA)
+    assert math.isinf(eps["total"]) and math.isinf(eps["select"]) and math.isfinite(eps["train"])
+    j = privacy.as_json(eps)
+    assert j["eps_total"] is None and j["eps_infinite"] is True and j["eps_total_infinite"] is True
+    assert j["eps_select"] is None and j["eps_select_infinite"] is True
+    assert j["eps_train"] == eps["train"] and j["eps_train_infinite"] is False
+    json.dumps(j, allow_nan=False)
+
+
+def test_empty_ledger_is_zero() -> None:
+    assert privacy.epsilons([], delta=DELTA) == {"total": 0.0, "select": 0.0, "train": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, train"),
+        ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 0.0}, "sample_rate"),
+        ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 1.5}, "sample_rate"),
+        ({"kind": "train", "noise_multiplier": -1.0, "sample_rate": 0.5}, "noise_multiplier"),
+    ],
+)
+def test_bad_ledger_entries(kw: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        privacy.record([], **kw)
+
+
+def test_unknown_accountant() -> None:
+    with pytest.raises(ValueError, match="valid: rdp, prv"):
+        privacy.epsilon(seed_schedule(), delta=DELTA, accountant="gdp")
