@@ -80,6 +80,7 @@ def test_out_holding_user_files_is_not_touched(data_root, tmp_path, capsys) -> N
 def test_out_holding_a_different_run_is_refused(data_root, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert cli.main(args(data_root, out)) == 0
+    capsys.readouterr()
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     fails(args(data_root, out, "--sigma", "2"), capsys, "holds a different run (differs in select_sigma, sigma)")
     assert before == {p.name: p.read_bytes() for p in out.iterdir()}
