@@ -117,3 +117,15 @@ def test_bad_ledger_entries(kw: dict, msg: str) -> None:
 def test_unknown_accountant() -> None:
     with pytest.raises(ValueError, match="valid: rdp, prv"):
         privacy.epsilon(seed_schedule(), delta=DELTA, accountant="gdp")
+
+
+def test_rdp_equals_opacus_rdp_accountant_stepped_one_release_at_a_time() -> None:
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    for entry in seed_schedule(select_sigma=2.0):
+        for _ in range(entry["steps"]):
+            acc.step(noise_multiplier=entry["noise_multiplier"], sample_rate=entry["sample_rate"])
+    assert privacy.epsilon(seed_schedule(select_sigma=2.0), delta=DELTA) == pytest.approx(
+        acc.get_epsilon(delta=DELTA), rel=1e-12
+    )

@@ -7,13 +7,15 @@ Zero-out adjacency throughout. The ledger is a list of entries
 A release without noise (s = 0: non-private selection or --no-dp training) is
 recorded too and makes every epsilon that includes it infinite.
 
-All entries are composed in ONE Opacus accountant (RDP or PRV); epsilon of
+All entries are composed in ONE accountant (Opacus' RDP analysis, or its PRV
+accountant); epsilon of
 the selection part and of the training part are the same computation on the
 sub-ledgers. The ledger holds only primitives: it goes into checkpoints as is.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any
@@ -63,13 +65,18 @@ def epsilon(ledger: list[Entry], *, delta: float, accountant: str = "rdp", kinds
         return math.inf
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
     if accountant == "rdp":
+        # Opacus' RDPAccountant.get_privacy_spent, with the per-step RDP curve of each
+        # (sigma, q) cached: RDP composes additively, so a release repeated t times
+        # costs t times the curve (what compute_rdp(steps=t) returns). Uncached, the
+        # fractional orders cost seconds per call at large q, every epoch.
         from opacus.accountants import RDPAccountant
+        from opacus.accountants.analysis import rdp as analysis
 
-        acc: Any = RDPAccountant()
-        acc.history = history
+        rdp = sum(steps * _rdp_curve(sigma, q) for sigma, q, steps in history)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order is the")
-            return float(acc.get_epsilon(delta=delta))
+            eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        return float(eps)
     from opacus.accountants import PRVAccountant
 
     acc = PRVAccountant()
@@ -77,6 +84,20 @@ def epsilon(ledger: list[Entry], *, delta: float, accountant: str = "rdp", kinds
     # q = 1 (selection rounds) takes log(1 - q) = -inf inside Opacus' PRV; the limit is the right one.
     with np.errstate(divide="ignore"):
         return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_curve(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """RDP of one Poisson-subsampled Gaussian step at Opacus' default orders (read-only)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as analysis
+
+    curve = np.asarray(
+        analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS),
+        dtype=float,
+    )
+    curve.setflags(write=False)
+    return curve
 
 
 def epsilons(ledger: list[Entry], *, delta: float, accountant: str = "rdp") -> dict[str, float]:
