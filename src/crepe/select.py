@@ -7,10 +7,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from crepe._inputs import Problem, prepare
+from crepe._inputs import Problem, is_torch_tensor, prepare
 
 Method = Literal["lazy", "naive"]
 METHODS: dict[str, int] = {"naive": 0, "lazy": 1}
+Device = Literal["cpu", "cuda"]
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def select(
     k: int | None = None,
     method: Method = "lazy",
     threads: int | None = None,
+    device: Device | None = None,
 ) -> Selection:
     """Select a CRAIG coreset: per-class facility location, greedy.
 
@@ -74,19 +77,35 @@ def select(
         method: "lazy" (fast) or "naive" (re-evaluates every candidate at every
             step; for verification). Both return the same picks.
         threads: OpenMP threads (default: OMP_NUM_THREADS or all cores). Results
-            do not depend on it.
+            do not depend on it. CPU engine only.
+        device: where to compute. None: where X lives (a CUDA tensor runs on
+            its GPU, on torch's current stream, without a copy to the host).
+            "cpu" copies a CUDA X to the host first; "cuda" moves host X to the
+            current GPU (needs torch with CUDA and crepe built with its CUDA
+            extension). On a GPU, a torch y must be on X's device. Both engines
+            return the same Selection, bitwise.
 
     Within a class, distances are Euclidean, similarity is s_ij = D_c - d_ij
     with D_c the largest distance in the class, and F(S) = sum_i max_{j in S}
     s_ij. Among equal gains the lowest row index (within the class) is picked;
     a point equally near to two picks counts toward the earlier one.
     """
-    from crepe import _core
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {sorted(METHODS)}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if device is not None and device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid: {list(DEVICES)} or None (where X lives)")
+    on_cuda = is_torch_tensor(X) and X.device.type == "cuda"
+    if (device or ("cuda" if on_cuda else "cpu")) == "cuda":
+        from crepe._gpu import select_cuda
+
+        return select_cuda(X, y, fraction=fraction, k=k, method_id=METHODS[method])
+    if on_cuda:
+        X = X.detach().cpu()  # device="cpu": an explicit copy to the host
+
+    from crepe import _core
+
     p = prepare(X, y, fraction, k)
     total = int(p.budgets.sum())
     idx = np.empty(total, dtype=np.int64)
