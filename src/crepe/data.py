@@ -178,4 +178,5 @@ def load(
     for t in tensors[1::2]:
         h.update(t.numpy().tobytes())
     h.update(repr([tuple(t.shape) for t in tensors]).encode())
-    return LoadedData(*tensors, split=src.split, source=origin, fingerprint=h.hexdigest()[:16])
+    x_tr, y_tr, x_te, y_te = tensors
+    return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=h.hexdigest()[:16])

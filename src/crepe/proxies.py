@@ -10,6 +10,7 @@ Both come from one batched forward pass in eval mode; no per-sample autograd.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,13 +28,15 @@ def compute_proxies(
     The model is put in eval mode and restored to its previous mode afterwards.
     """
     check_choice("proxy", kind, PROXIES)
+    features: Callable[[torch.Tensor], torch.Tensor] = model.features  # type: ignore[assignment]
+    head: Callable[[torch.Tensor], torch.Tensor] = model.head  # type: ignore[assignment]
     was_training = model.training
     model.eval()
     out = []
     try:
         for s in range(0, len(y), batch_size):
-            h = model.features(x[s : s + batch_size])  # (b, H)
-            p = torch.softmax(model.head(h), dim=1)  # (b, C)
+            h = features(x[s : s + batch_size])  # (b, H)
+            p = torch.softmax(head(h), dim=1)  # (b, C)
             g = p - nn.functional.one_hot(y[s : s + batch_size], p.shape[1]).to(p.dtype)  # (b, C)
             if kind == "last-layer":
                 h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (b, H+1)

@@ -247,6 +247,8 @@ def run(
                 f"{ckpt_path} was written for different data (fingerprint {ck['fingerprint']}, "
                 f"now {ds.fingerprint}): check --data-dir"
             )
+        if TrainConfig.from_dict(ck["config"]).identity() != cfg.identity():
+            raise ValueError(f"{ckpt_path} belongs to a different configuration than {run_dir / CONFIG}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         rng = ck["rng"]
@@ -264,7 +266,7 @@ def run(
         say(f"crepe train: resumed {run_dir} after epoch {epoch}/{cfg.epochs}")
 
     def save_checkpoint() -> None:
-        np_state = np.random.get_state()
+        np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
         py_state = random.getstate()
         ck = {
             "format": CHECKPOINT_FORMAT,
