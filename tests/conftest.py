@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Import the extension before pytest captures output: an editable install
+# rebuilds it on first import and that build writes to the real stdout.
+import crepe._core  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 
 
