@@ -400,7 +400,7 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     def log_x(ax: Any) -> None:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
         ax.margins(x=0.12)
 
     def legend(ax: Any) -> None:
