@@ -21,6 +21,7 @@ import pytest
 
 import crepe
 from crepe._reference import select_reference
+from test_select import assert_same
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,15 +46,6 @@ def _gpu_ready() -> bool:
 
 GPU = _gpu_ready()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU, torch with CUDA and crepe._cuda")
-
-
-def assert_same(a: crepe.Selection, b: crepe.Selection) -> None:
-    np.testing.assert_array_equal(a.indices, b.indices)
-    np.testing.assert_array_equal(a.weights, b.weights)
-    np.testing.assert_array_equal(a.gains, b.gains)
-    np.testing.assert_array_equal(a.objective, b.objective)
-    np.testing.assert_array_equal(a.labels, b.labels)
-    np.testing.assert_array_equal(a.class_sizes, b.class_sizes)
 
 
 def cases(seed: int, count: int):
