@@ -8,20 +8,16 @@
 #include <stdexcept>
 #include <string>
 
+#include "binding_checks.hpp"
 #include "crepe/facility_location.hpp"
 
 namespace py = pybind11;
 
 namespace {
 
-using I64 = py::array_t<std::int64_t, py::array::c_style>;
-using F64 = py::array_t<double, py::array::c_style>;
-
-void check_len(const char* name, py::ssize_t got, py::ssize_t want) {
-  if (got != want)
-    throw std::invalid_argument(std::string(name) + " has " + std::to_string(got) +
-                                " entries, expected " + std::to_string(want));
-}
+using crepe_py::check_len;
+using crepe_py::F64;
+using crepe_py::I64;
 
 template <typename T>
 void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets, int method,

@@ -10,20 +10,16 @@
 #include <stdexcept>
 #include <string>
 
+#include "binding_checks.hpp"
 #include "cuda/facility_location.cuh"
 
 namespace py = pybind11;
 
 namespace {
 
-using I64 = py::array_t<std::int64_t, py::array::c_style>;
-using F64 = py::array_t<double, py::array::c_style>;
-
-void check_len(const char* name, py::ssize_t got, py::ssize_t want) {
-  if (got != want)
-    throw std::invalid_argument(std::string(name) + " has " + std::to_string(got) +
-                                " entries, expected " + std::to_string(want));
-}
+using crepe_py::check_len;
+using crepe_py::F64;
+using crepe_py::I64;
 
 void select_per_class(std::uintptr_t X, bool f64, std::int64_t n, std::int64_t d, I64 cls,
                       I64 budgets, int method, std::int64_t batch, int device,
