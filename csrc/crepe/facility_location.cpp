@@ -26,16 +26,14 @@ int resolve_threads(int threads) {
 
 namespace {
 
-// out[i - lo] = d(x_i, xe)^2 for i in [lo, hi); xt is dim-major (d, n).
+// out[i] = d(x_i, xe)^2 for all n points; xt is dim-major (d, n).
 template <typename T>
-void dist2_range(const T* xt, std::int64_t n, std::int64_t d, const T* xe, std::int64_t lo,
-                 std::int64_t hi, T* out) {
-  const std::int64_t m = hi - lo;
-  for (std::int64_t i = 0; i < m; ++i) out[i] = T(0);
+void dist2_all(const T* xt, std::int64_t n, std::int64_t d, const T* xe, T* out) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = T(0);
   for (std::int64_t k = 0; k < d; ++k) {
-    const T* col = xt + k * n + lo;
+    const T* col = xt + k * n;
     const T c = xe[k];
-    for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t i = 0; i < n; ++i) {
       const T t = col[i] - c;
       out[i] += t * t;
     }
@@ -126,7 +124,7 @@ class ClassSolver {
   void add_pick(std::int64_t e, std::int64_t t) {
     std::vector<T> xe(d_), buf(n_);
     for (std::int64_t k = 0; k < d_; ++k) xe[k] = xt_[k * n_ + e];
-    dist2_range(xt_.data(), n_, d_, xe.data(), 0, n_, buf.data());
+    dist2_all(xt_.data(), n_, d_, xe.data(), buf.data());
     for (std::int64_t i = 0; i < n_; ++i) {
       const T d2 = buf[i];
       if (t == 0 || d2 < cur2_[i]) {
