@@ -53,24 +53,22 @@ def _choice(*valid: str) -> Callable[[str], str]:
     return parse
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, *, zero_ok: bool) -> float:
     try:
         x = float(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{text!r} must be a finite number > 0")
+    if not math.isfinite(x) or x < 0 or (x == 0 and not zero_ok):
+        raise ValueError(f"{text!r} must be a finite number {'>=' if zero_ok else '>'} 0")
     return x
+
+
+def _positive_float(text: str) -> float:  # argparse names the type in its messages
+    return _finite_float(text, zero_ok=False)
 
 
 def _nonneg_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(x) or x < 0:
-        raise ValueError(f"{text!r} must be a finite number >= 0")
-    return x
+    return _finite_float(text, zero_ok=True)
 
 
 def _fraction(text: str) -> float:
