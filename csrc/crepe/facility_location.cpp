@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <exception>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -100,9 +103,34 @@ class ClassSolver {
     return static_cast<double>(std::sqrt(*std::max_element(tile_max.begin(), tile_max.end())));
   }
 
-  // gain[j] = current marginal gain of cands[j], tiles in parallel when there
-  // are enough of them to repay waking the threads. Each gain is summed in the
-  // canonical order, so it does not depend on the batching.
+  // A candidate's gaining points, (i, d_ie) in ascending i, recorded when a
+  // tile evaluated it. cur only shrinks, so no point outside the list can gain
+  // from e again, and every later gain of e is a sum over its list alone.
+  using GainList = std::vector<PointDist<T>>;
+
+  // Lists are kept for candidates with at most n/8 gaining points (longer
+  // ones are cheaper to evaluate in a tile), up to kListBytes per class.
+  static constexpr std::int64_t kListBytes = std::int64_t{64} << 20;
+
+  void init_lists() {
+    lists_.resize(n_);
+    listed_.assign(n_, 0);
+    list_cap_ = std::max<std::int64_t>(kTile, n_ / 8);
+    const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() &&
+                      kListBytes / static_cast<std::int64_t>(sizeof(PointDist<T>)) >= list_cap_;
+    list_room_ = fits ? kListBytes / static_cast<std::int64_t>(sizeof(PointDist<T>)) : 0;
+    if (fits) captured_.resize(kTile * list_cap_);
+  }
+
+  void drop_list(std::int64_t e) {
+    list_room_ += static_cast<std::int64_t>(lists_[e].capacity());
+    lists_[e] = GainList{};
+    listed_[e] = 0;
+  }
+
+  // gain[j] = current marginal gain of cands[j], by tiles, in parallel when
+  // there are enough of them to repay waking the threads. Each gain is summed
+  // in the canonical order, so it does not depend on the batching.
   void evaluate(const std::int64_t* cands, std::int64_t m, double* gain) const {
     const std::int64_t ntiles = (m + kTile - 1) / kTile;
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles >= 8 * threads_)
@@ -117,6 +145,68 @@ class ClassSolver {
         std::copy(out, out + w, gain + t * kTile);
       }
     }
+  }
+
+  // The same for at most one tile of candidates, on this thread (one tile is
+  // too little work to split: with OMP_WAIT_POLICY=PASSIVE a wake-up costs
+  // more), keeping the gaining points of those with few as their lists.
+  void evaluate_tile(const std::vector<std::int64_t>& cands, double* gain) {
+    const int w = static_cast<int>(cands.size());
+    cand_.resize(d_ * kTile);
+    pack_tile(xt_.data(), n_, d_, cands.data(), w, cand_.data());
+    const bool record = !captured_.empty() && list_room_ >= list_cap_;
+    TileCapture<T> capture{list_cap_, captured_.data(), {}};
+    for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
+    tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(), gain,
+              record ? &capture : nullptr);
+    for (int l = 0; record && l < w; ++l) {
+      const std::int64_t m = capture.count[l];
+      if (m > list_cap_ || m > list_room_) continue;
+      const PointDist<T>* first = captured_.data() + l * list_cap_;
+      lists_[cands[l]].assign(first, first + m);
+      list_room_ -= static_cast<std::int64_t>(lists_[cands[l]].capacity());
+      listed_[cands[l]] = 1;
+    }
+  }
+
+  // x if keep, else +0.0, without a branch (keep is data: unpredictable).
+  static double keep_or_zero(double x, bool keep) {
+    std::uint64_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    bits &= ~std::uint64_t{0} * keep;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+  }
+
+  // The list form of tile_gain: the same non-zero terms cur_i - d_ie, added
+  // in the same blocked order (the zero terms it skips leave every partial sum
+  // unchanged), so the same gain bit for bit. d_ie < cur_i as T values is
+  // tile_gain's test d_ie^2 < cur2_i, except where d_ie == cur_i and the term
+  // is zero anyway. Drops the points that can no longer gain.
+  double list_gain(GainList& L) {
+    double total = 0.0, part = 0.0;
+    std::int64_t block = 0;
+    std::size_t kept = 0;
+    for (std::size_t j = 0; j < L.size(); ++j) {
+      const PointDist<T> p = L[j];
+      const double c = cur_[p.i];
+      const bool keep = static_cast<double>(p.dist) < c;
+      L[kept] = p;
+      kept += keep;
+      const std::int64_t b = p.i / kBlock;
+      total += keep_or_zero(part, b != block);  // total + 0.0 == total
+      part = keep_or_zero(part, b == block);
+      block = b;
+      part += keep_or_zero(c - static_cast<double>(p.dist), keep);
+    }
+    total += part;
+    L.resize(kept);
+    if (L.capacity() > 2 * kept + 64) {
+      list_room_ += static_cast<std::int64_t>(L.capacity());
+      L.shrink_to_fit();
+      list_room_ -= static_cast<std::int64_t>(L.capacity());
+    }
+    return total;
   }
 
   // Make e the pick at position t: points strictly closer to e move to it
@@ -145,12 +235,14 @@ class ClassSolver {
     std::int64_t fresh_at;  // pick position at which bound is the exact gain
   };
 
+  // Best entry on top: larger bound, then lower index.
+  static bool below(const Entry& a, const Entry& b) {
+    return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
+  }
+
   void lazy(std::int64_t k, const std::vector<double>& colsum, double D, std::int64_t* picks,
             double* gains) {
-    // Best entry on top: larger bound, then lower index.
-    auto below = [](const Entry& a, const Entry& b) {
-      return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
-    };
+    init_lists();
     // F({e}) bounds every later gain of e in exact arithmetic; the margin
     // covers the rounding of both sides (each within ~n*eps*n*D of exact), so
     // the inflated value bounds every computed gain too.
@@ -170,43 +262,47 @@ class ClassSolver {
       for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
     }
     std::make_heap(heap.begin(), heap.end(), below);
-    // Stale entries are re-evaluated a tile at a time: a tile costs little more
-    // than one candidate, and extra evaluations only tighten bounds, never
-    // change the pick. One tile is too little work to split across threads
-    // (with OMP_WAIT_POLICY=PASSIVE a wake-up costs more than the tile).
-    const std::int64_t batch = kTile;
-    std::vector<Entry> popped;
-    std::vector<std::int64_t> ids;
-    std::vector<double> g;
+    // A stale entry is re-evaluated alone from its list if it has one, else
+    // in a tile with other stale entries (a tile costs little more than one
+    // candidate; extra evaluations only tighten bounds, never change the pick).
+    std::vector<std::int64_t> batch;
+    double g[kTile];
+    auto flush = [&](std::int64_t t) {
+      evaluate_tile(batch, g);
+      for (std::size_t j = 0; j < batch.size(); ++j) {
+        heap.push_back({g[j], batch[j], t});
+        std::push_heap(heap.begin(), heap.end(), below);
+      }
+      batch.clear();
+    };
     for (std::int64_t t = 1; t < k; ++t) {
       for (;;) {
         // Computed gains only shrink as cur shrinks (monotone rounding of a
         // fixed-order sum of non-negative terms), so stale bounds stay valid:
-        // a fresh top beats every other element's gain or ties it at a higher
-        // index, which is exactly the naive greedy choice.
-        if (heap.front().fresh_at == t) {
+        // a fresh top with nothing pending beats every other element's gain or
+        // ties it at a higher index, which is exactly the naive greedy choice.
+        if (!heap.empty() && heap.front().fresh_at != t) {
+          std::pop_heap(heap.begin(), heap.end(), below);
+          const std::int64_t e = heap.back().idx;
+          heap.pop_back();
+          if (listed_[e]) {
+            heap.push_back({list_gain(lists_[e]), e, t});
+            std::push_heap(heap.begin(), heap.end(), below);
+          } else {
+            batch.push_back(e);
+            if (static_cast<int>(batch.size()) == kTile) flush(t);
+          }
+        } else if (!batch.empty()) {
+          flush(t);
+        } else {
           std::pop_heap(heap.begin(), heap.end(), below);
           const Entry top = heap.back();
           heap.pop_back();
           picks[t] = top.idx;
           gains[t] = top.bound;
           add_pick(top.idx, t);
+          if (listed_[top.idx]) drop_list(top.idx);
           break;
-        }
-        popped.clear();
-        while (!heap.empty() && heap.front().fresh_at != t &&
-               static_cast<std::int64_t>(popped.size()) < batch) {
-          std::pop_heap(heap.begin(), heap.end(), below);
-          popped.push_back(heap.back());
-          heap.pop_back();
-        }
-        ids.resize(popped.size());
-        g.resize(popped.size());
-        for (std::size_t j = 0; j < popped.size(); ++j) ids[j] = popped[j].idx;
-        evaluate(ids.data(), static_cast<std::int64_t>(ids.size()), g.data());
-        for (std::size_t j = 0; j < popped.size(); ++j) {
-          heap.push_back({g[j], popped[j].idx, t});
-          std::push_heap(heap.begin(), heap.end(), below);
         }
       }
     }
@@ -234,6 +330,13 @@ class ClassSolver {
   std::vector<T> cur2_;
   std::vector<std::int64_t> assign_;
   std::vector<char> selected_;
+  // Lazy only: gain lists, their length limit, the room left for them (in
+  // entries), the tile and capture buffers of evaluate_tile.
+  std::vector<GainList> lists_;
+  std::vector<char> listed_;
+  std::int64_t list_cap_ = 0, list_room_ = 0;
+  std::vector<T> cand_;
+  std::vector<PointDist<T>> captured_;
 };
 
 }  // namespace

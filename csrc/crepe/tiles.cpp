@@ -57,9 +57,49 @@ void colsum_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, 
   *max_d2 = mx;
 }
 
+// Lanes still recording: count <= cap (a lane at cap overflows on its next entry).
 template <typename T>
+unsigned live_lanes(const TileCapture<T>& c) {
+  unsigned live = 0;
+  for (int l = 0; l < kTile; ++l)
+    if (c.count[l] <= c.cap) live |= 1u << l;
+  return live;
+}
+
+// Appends point i with distances dist[l] to every live lane set in mask.
+template <typename T>
+void record(TileCapture<T>& c, unsigned& live, unsigned mask, std::int64_t i, const T* dist) {
+  for (unsigned m = mask & live; m; m &= m - 1) {
+    const int l = __builtin_ctz(m);
+    std::int64_t& cnt = c.count[l];
+    if (cnt < c.cap) {
+      c.out[l * c.cap + cnt] = {static_cast<std::int32_t>(i), dist[l]};
+      ++cnt;
+    } else {
+      cnt = c.cap + 1;
+      live &= ~(1u << l);
+    }
+  }
+}
+
+// After `done` of n points, stops recording the lanes on course for more than
+// twice the cap (points are in input order, so the rate so far is a fair
+// forecast), rather than writing cap entries and then discarding them. A lane
+// stopped here is only a missed list, never a wrong one.
+template <typename T>
+unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::int64_t n) {
+  for (int l = 0; l < kTile; ++l)
+    if ((live >> l & 1u) && c.count[l] * n > 2 * c.cap * done) {
+      c.count[l] = c.cap + 1;
+      live &= ~(1u << l);
+    }
+  return live;
+}
+
+template <bool Cap, typename T>
 void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-                  const T* cur2, double* gain) {
+                  const T* cur2, double* gain, TileCapture<T>* capture) {
+  unsigned live = Cap ? live_lanes(*capture) : 0;
   double total[kTile] = {};
   for (std::int64_t lo = 0; lo < n; lo += kBlock) {
     double part[kTile] = {};
@@ -67,10 +107,18 @@ void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, co
       T d2[kTile];
       lane_d2(xt, n, d, cand, i, d2);
       // d2 >= cur2 implies sqrt(d2) >= cur: the term is zero, skip its sqrt.
+      unsigned mask = 0;
+      T dist[kTile];
       for (int l = 0; l < kTile; ++l)
-        if (d2[l] < cur2[i]) part[l] += cur[i] - static_cast<double>(std::sqrt(d2[l]));
+        if (d2[l] < cur2[i]) {
+          dist[l] = std::sqrt(d2[l]);
+          part[l] += cur[i] - static_cast<double>(dist[l]);
+          mask |= 1u << l;
+        }
+      if (Cap && (mask & live)) record(*capture, live, mask, i, dist);
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
+    if (Cap && live) live = keep_hopeful(*capture, live, std::min(n, lo + kBlock), n);
   }
   std::copy(total, total + kTile, gain);
 }
@@ -183,8 +231,11 @@ CREPE_AVX void colsum_avx(const float* xt, std::int64_t n, std::int64_t d, const
   *max_d2 = *std::max_element(m, m + 8);
 }
 
+template <bool Cap>
 CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-                        const double* cur, const double* cur2, double* gain) {
+                        const double* cur, const double* cur2, double* gain,
+                        TileCapture<double>* capture) {
+  unsigned live = Cap ? live_lanes(*capture) : 0;
   __m256d total[4];
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
   for (std::int64_t lo = 0; lo < n; lo += kBlock) {
@@ -205,21 +256,36 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
         }
         if (!any) continue;  // no lane gains from this point: all its terms are zero
         const __m256d c = _mm256_set1_pd(cur[i + p]);
+        __m256d s[4];
         // Lanes with d2 < cur2 add cur - sqrt(d2) >= 0; the others add +0.0,
         // which leaves the partial sum unchanged, as in the generic build.
-        for (int r = 0; r < 4; ++r)
-          part[r] = _mm256_add_pd(
-              part[r], _mm256_and_pd(lt[r], _mm256_sub_pd(c, _mm256_sqrt_pd(acc[p][r]))));
+        for (int r = 0; r < 4; ++r) {
+          s[r] = _mm256_sqrt_pd(acc[p][r]);
+          part[r] = _mm256_add_pd(part[r], _mm256_and_pd(lt[r], _mm256_sub_pd(c, s[r])));
+        }
+        if (Cap) {
+          const unsigned mask = _mm256_movemask_pd(lt[0]) | _mm256_movemask_pd(lt[1]) << 4 |
+                                _mm256_movemask_pd(lt[2]) << 8 | _mm256_movemask_pd(lt[3]) << 12;
+          if (mask & live) {
+            double v[kTile];
+            for (int r = 0; r < 4; ++r) _mm256_storeu_pd(v + 4 * r, s[r]);
+            record(*capture, live, mask, i + p, v);
+          }
+        }
       }
       i += np;
     }
     for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+    if (Cap && live) live = keep_hopeful(*capture, live, std::min(n, lo + kBlock), n);
   }
   for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
 
+template <bool Cap>
 CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
-                        const double* cur, const float* cur2, double* gain) {
+                        const double* cur, const float* cur2, double* gain,
+                        TileCapture<float>* capture) {
+  unsigned live = Cap ? live_lanes(*capture) : 0;
   __m256d total[4];
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
   for (std::int64_t lo = 0; lo < n; lo += kBlock) {
@@ -234,8 +300,15 @@ CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const f
         const __m256 c2 = _mm256_set1_ps(cur2[i + p]);
         const __m256 lt[2] = {_mm256_cmp_ps(acc[p][0], c2, _CMP_LT_OQ),
                               _mm256_cmp_ps(acc[p][1], c2, _CMP_LT_OQ)};
-        if (!(_mm256_movemask_ps(lt[0]) | _mm256_movemask_ps(lt[1]))) continue;
+        const unsigned mask = _mm256_movemask_ps(lt[0]) | _mm256_movemask_ps(lt[1]) << 8;
+        if (!mask) continue;
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
+        if (Cap && (mask & live)) {
+          float v[kTile];
+          _mm256_storeu_ps(v, s[0]);
+          _mm256_storeu_ps(v + 8, s[1]);
+          record(*capture, live, mask, i + p, v);
+        }
         const __m256d c = _mm256_set1_pd(cur[i + p]);
         const __m256d c2d = _mm256_set1_pd(static_cast<double>(cur2[i + p]));
         for (int q = 0; q < 4; ++q) {
@@ -247,6 +320,7 @@ CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const f
       i += np;
     }
     for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+    if (Cap && live) live = keep_hopeful(*capture, live, std::min(n, lo + kBlock), n);
   }
   for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
@@ -270,11 +344,14 @@ void tile_colsum(const T* xt, std::int64_t n, std::int64_t d, const T* cand, dou
 
 template <typename T>
 void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-               const T* cur2, double* gain) {
+               const T* cur2, double* gain, TileCapture<T>* capture) {
 #ifdef CREPE_HAVE_AVX_BUILD
-  if (use_avx()) return gain_avx(xt, n, d, cand, cur, cur2, gain);
+  if (use_avx())
+    return capture ? gain_avx<true>(xt, n, d, cand, cur, cur2, gain, capture)
+                   : gain_avx<false>(xt, n, d, cand, cur, cur2, gain, capture);
 #endif
-  gain_generic(xt, n, d, cand, cur, cur2, gain);
+  if (capture) return gain_generic<true>(xt, n, d, cand, cur, cur2, gain, capture);
+  gain_generic<false>(xt, n, d, cand, cur, cur2, gain, capture);
 }
 
 #define CREPE_INSTANTIATE(T)                                                                 \
@@ -282,7 +359,7 @@ void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const
                              T*);                                                            \
   template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*); \
   template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
-                             const T*, double*);
+                             const T*, double*, TileCapture<T>*);
 CREPE_INSTANTIATE(float)
 CREPE_INSTANTIATE(double)
 #undef CREPE_INSTANTIATE

@@ -24,11 +24,30 @@ template <typename T>
 void tile_colsum(const T* xt, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
                  T* max_d2);
 
+/// A point i of a class and its distance to some candidate.
+template <typename T>
+struct PointDist {
+  std::int32_t i;
+  T dist;
+};
+
+/// Where tile_gain records each lane's gaining points: lane l's go to
+/// out[l * cap ...] in ascending point order. count[l] is the number recorded;
+/// the caller sets it to 0 to record lane l or to cap + 1 to skip it, and the
+/// kernel sets it to cap + 1 when lane l has more than cap.
+template <typename T>
+struct TileCapture {
+  std::int64_t cap;
+  PointDist<T>* out;
+  std::int64_t count[kTile];
+};
+
 /// gain[l] = sum_i max(0, cur_i - d(x_i, cand_l)) (blocked order, double),
 /// where cur_i = sqrt(cur2_i) computed in T. O(n d kTile); sqrts are skipped
-/// where no lane gains.
+/// where no lane gains. With `capture`, also records (i, d(x_i, cand_l)) for
+/// every i where d^2 < cur2_i: every point with a non-zero term (n < 2^31).
 template <typename T>
 void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-               const T* cur2, double* gain);
+               const T* cur2, double* gain, TileCapture<T>* capture = nullptr);
 
 }  // namespace crepe
