@@ -108,14 +108,14 @@ class ClassSolver {
   // from e again, and every later gain of e is a sum over its list alone.
   using GainList = std::vector<PointDist<T>>;
 
-  // Lists are kept for candidates with at most n/8 gaining points (longer
+  // Lists are kept for candidates with at most n/4 gaining points (longer
   // ones are cheaper to evaluate in a tile), up to kListBytes per class.
   static constexpr std::int64_t kListBytes = std::int64_t{64} << 20;
 
   void init_lists() {
     lists_.resize(n_);
     listed_.assign(n_, 0);
-    list_cap_ = std::max<std::int64_t>(kTile, n_ / 8);
+    list_cap_ = std::max<std::int64_t>(kTile, n_ / 4);
     const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() &&
                       kListBytes / static_cast<std::int64_t>(sizeof(PointDist<T>)) >= list_cap_;
     list_room_ = fits ? kListBytes / static_cast<std::int64_t>(sizeof(PointDist<T>)) : 0;
@@ -193,10 +193,11 @@ class ClassSolver {
       const bool keep = static_cast<double>(p.dist) < c;
       L[kept] = p;
       kept += keep;
-      const std::int64_t b = p.i / kBlock;
-      total += keep_or_zero(part, b != block);  // total + 0.0 == total
-      part = keep_or_zero(part, b == block);
-      block = b;
+      if (p.i / kBlock != block) {  // rare: lists are short and sorted
+        total += part;
+        part = 0.0;
+        block = p.i / kBlock;
+      }
       part += keep_or_zero(c - static_cast<double>(p.dist), keep);
     }
     total += part;
@@ -209,22 +210,37 @@ class ClassSolver {
     return total;
   }
 
-  // Make e the pick at position t: points strictly closer to e move to it
-  // (the first pick takes every point).
-  void add_pick(std::int64_t e, std::int64_t t) {
-    std::vector<T> xe(d_), buf(n_);
-    for (std::int64_t k = 0; k < d_; ++k) xe[k] = xt_[k * n_ + e];
-    dist2_all(xt_.data(), n_, d_, xe.data(), buf.data());
-    for (std::int64_t i = 0; i < n_; ++i) {
-      const T d2 = buf[i];
-      if (t == 0 || d2 < cur2_[i]) {
-        const double dist = static_cast<double>(std::sqrt(d2));
-        if (t == 0 || dist < cur_[i]) {
-          cur_[i] = dist;
-          cur2_[i] = d2;
-          assign_[i] = t;
-        }
+  // Point i moves to the pick at position t if strictly closer (the first
+  // pick takes every point).
+  void move_if_closer(std::int64_t i, T d2, std::int64_t t) {
+    if (t == 0 || d2 < cur2_[i]) {
+      const double dist = static_cast<double>(std::sqrt(d2));
+      if (t == 0 || dist < cur_[i]) {
+        cur_[i] = dist;
+        cur2_[i] = d2;
+        assign_[i] = t;
       }
+    }
+  }
+
+  // Make e the pick at position t. With e's gain list, only the points on it
+  // can be closer to e than to their pick, so only they are looked at; their
+  // d^2 is recomputed exactly as dist2_all does.
+  void add_pick(std::int64_t e, std::int64_t t, const GainList* list = nullptr) {
+    if (list) {
+      for (const PointDist<T>& p : *list) {
+        T d2 = T(0);
+        for (std::int64_t k = 0; k < d_; ++k) {
+          const T u = xt_[k * n_ + p.i] - xt_[k * n_ + e];
+          d2 += u * u;
+        }
+        move_if_closer(p.i, d2, t);
+      }
+    } else {
+      std::vector<T> xe(d_), buf(n_);
+      for (std::int64_t k = 0; k < d_; ++k) xe[k] = xt_[k * n_ + e];
+      dist2_all(xt_.data(), n_, d_, xe.data(), buf.data());
+      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, buf[i], t);
     }
     selected_[e] = 1;
   }
@@ -236,9 +252,11 @@ class ClassSolver {
   };
 
   // Best entry on top: larger bound, then lower index.
-  static bool below(const Entry& a, const Entry& b) {
-    return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
-  }
+  struct Below {
+    bool operator()(const Entry& a, const Entry& b) const {
+      return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
+    }
+  };
 
   void lazy(std::int64_t k, const std::vector<double>& colsum, double D, std::int64_t* picks,
             double* gains) {
@@ -261,7 +279,7 @@ class ClassSolver {
       evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data());
       for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
     }
-    std::make_heap(heap.begin(), heap.end(), below);
+    std::make_heap(heap.begin(), heap.end(), Below{});
     // A stale entry is re-evaluated alone from its list if it has one, else
     // in a tile with other stale entries (a tile costs little more than one
     // candidate; extra evaluations only tighten bounds, never change the pick).
@@ -271,7 +289,7 @@ class ClassSolver {
       evaluate_tile(batch, g);
       for (std::size_t j = 0; j < batch.size(); ++j) {
         heap.push_back({g[j], batch[j], t});
-        std::push_heap(heap.begin(), heap.end(), below);
+        std::push_heap(heap.begin(), heap.end(), Below{});
       }
       batch.clear();
     };
@@ -282,12 +300,12 @@ class ClassSolver {
         // a fresh top with nothing pending beats every other element's gain or
         // ties it at a higher index, which is exactly the naive greedy choice.
         if (!heap.empty() && heap.front().fresh_at != t) {
-          std::pop_heap(heap.begin(), heap.end(), below);
+          std::pop_heap(heap.begin(), heap.end(), Below{});
           const std::int64_t e = heap.back().idx;
           heap.pop_back();
           if (listed_[e]) {
             heap.push_back({list_gain(lists_[e]), e, t});
-            std::push_heap(heap.begin(), heap.end(), below);
+            std::push_heap(heap.begin(), heap.end(), Below{});
           } else {
             batch.push_back(e);
             if (static_cast<int>(batch.size()) == kTile) flush(t);
@@ -295,13 +313,17 @@ class ClassSolver {
         } else if (!batch.empty()) {
           flush(t);
         } else {
-          std::pop_heap(heap.begin(), heap.end(), below);
+          std::pop_heap(heap.begin(), heap.end(), Below{});
           const Entry top = heap.back();
           heap.pop_back();
           picks[t] = top.idx;
           gains[t] = top.bound;
-          add_pick(top.idx, t);
-          if (listed_[top.idx]) drop_list(top.idx);
+          if (listed_[top.idx]) {
+            add_pick(top.idx, t, &lists_[top.idx]);
+            drop_list(top.idx);
+          } else {
+            add_pick(top.idx, t);
+          }
           break;
         }
       }
