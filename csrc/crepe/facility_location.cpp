@@ -49,8 +49,10 @@ void dist2_all(const T* xt, std::int64_t n, std::int64_t d, const T* xe, T* out)
 template <typename T>
 class ClassSolver {
  public:
-  ClassSolver(std::vector<T> xt, std::int64_t n, std::int64_t d, int threads)
-      : xt_(std::move(xt)), n_(n), d_(d), threads_(threads) {}
+  // list_bytes: memory the lazy greedy may spend on gain lists.
+  ClassSolver(std::vector<T> xt, std::int64_t n, std::int64_t d, int threads,
+              std::int64_t list_bytes)
+      : xt_(std::move(xt)), n_(n), d_(d), threads_(threads), list_bytes_(list_bytes) {}
 
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
            double* gains, double* objective) {
@@ -109,16 +111,15 @@ class ClassSolver {
   using GainList = std::vector<PointDist<T>>;
 
   // Lists are kept for candidates with at most n/4 gaining points (longer
-  // ones are cheaper to evaluate in a tile), up to kListBytes per class.
-  static constexpr std::int64_t kListBytes = std::int64_t{64} << 20;
+  // ones are cheaper to evaluate in a tile), up to list_bytes_ in all.
 
   void init_lists() {
     lists_.resize(n_);
     listed_.assign(n_, 0);
     list_cap_ = std::max<std::int64_t>(kTile, n_ / 4);
-    const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() &&
-                      kListBytes / static_cast<std::int64_t>(sizeof(PointDist<T>)) >= list_cap_;
-    list_room_ = fits ? kListBytes / static_cast<std::int64_t>(sizeof(PointDist<T>)) : 0;
+    const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
+    const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && entries >= list_cap_;
+    list_room_ = fits ? entries : 0;
     if (fits) captured_.resize(kTile * list_cap_);
   }
 
@@ -348,6 +349,7 @@ class ClassSolver {
   std::vector<T> xt_;
   std::int64_t n_, d_;
   int threads_;
+  std::int64_t list_bytes_;
   std::vector<double> cur_;
   std::vector<T> cur2_;
   std::vector<std::int64_t> assign_;
@@ -404,6 +406,8 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   // Many classes: one thread per class. Few: all threads inside each class.
   const bool outer = num_classes >= 2 * static_cast<std::int64_t>(nt);
   const int inner = outer ? 1 : nt;
+  // Gain lists share kListBudget among the classes solved at once.
+  const std::int64_t list_bytes = kListBudget / (outer ? nt : 1);
   std::exception_ptr error = nullptr;
 
   auto solve = [&](std::int64_t c) {
@@ -412,7 +416,7 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
     std::vector<T> xt(static_cast<std::size_t>(nc) * d);
     for (std::int64_t j = 0; j < nc; ++j)
       for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = X[r[j] * d + k];
-    ClassSolver<T> solver(std::move(xt), nc, d, inner);
+    ClassSolver<T> solver(std::move(xt), nc, d, inner, list_bytes);
     const std::int64_t o = out_start[c];
     solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
     for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];

@@ -6,7 +6,10 @@
 // The greedy sequence does not depend on D (the first pick is the medoid), so
 // the engine never forms the n x n matrix: it keeps cur_i = distance of i to
 // its nearest pick and evaluates gain(e) = sum_i max(0, cur_i - d_ie) with
-// distances computed on the fly. Memory is O(n d).
+// distances computed on the fly. Memory is O(n d), plus gain lists: once a
+// candidate has few gaining points (d_ie < cur_i), the lazy greedy keeps them
+// with their distances and re-evaluates it from that list alone (cur only
+// shrinks, so nothing outside it can gain again); a budget caps their memory.
 //
 // Determinism contract (shared with crepe/_reference.py, the NumPy oracle):
 //   * distances in the input's precision T (float or double): d_ij^2 = sum
@@ -28,6 +31,10 @@ namespace crepe {
 /// Points per block of the canonical summation order (see above).
 inline constexpr std::int64_t kBlock = 256;
 
+/// Memory the lazy greedy of one select_per_class call may spend on gain lists
+/// (per-candidate lists of the points that still gain from it), in bytes.
+inline constexpr std::int64_t kListBudget = std::int64_t{128} << 20;
+
 enum class Method : int { Naive = 0, Lazy = 1 };
 
 /// Per-class greedy facility location over all classes of a labelled set.
@@ -38,8 +45,9 @@ enum class Method : int { Naive = 0, Lazy = 1 };
 /// Outputs (caller-allocated): out_idx/out_weight/out_gain have sum(budgets)
 /// entries, classes in ascending order, each class in greedy order; out_idx
 /// holds original row numbers; out_obj has num_classes entries.
-/// Complexity per class: n^2 d for the first pick, O(n d) per lazy
-/// re-evaluation (O(k n^2 d) for Method::Naive). Memory O(n d).
+/// Complexity per class: n^2 d for the first pick and the second, then O(n d)
+/// per lazy re-evaluation, or O(m) for a candidate with a gain list of m points
+/// (O(k n^2 d) for Method::Naive). Memory O(n d) plus at most kListBudget.
 /// Thread safety: reentrant; uses up to `threads` OpenMP threads (0 = the
 /// OpenMP default). Results do not depend on `threads`.
 template <typename T>
