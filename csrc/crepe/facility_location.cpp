@@ -238,10 +238,11 @@ class ClassSolver {
         move_if_closer(p.i, d2, t);
       }
     } else {
-      std::vector<T> xe(d_), buf(n_);
-      for (std::int64_t k = 0; k < d_; ++k) xe[k] = xt_[k * n_ + e];
-      dist2_all(xt_.data(), n_, d_, xe.data(), buf.data());
-      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, buf[i], t);
+      xe_.resize(d_);
+      d2_.resize(n_);
+      for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xt_[k * n_ + e];
+      dist2_all(xt_.data(), n_, d_, xe_.data(), d2_.data());
+      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2_[i], t);
     }
     selected_[e] = 1;
   }
@@ -354,6 +355,7 @@ class ClassSolver {
   std::vector<T> cur2_;
   std::vector<std::int64_t> assign_;
   std::vector<char> selected_;
+  std::vector<T> xe_, d2_;  // add_pick's buffers
   // Lazy only: gain lists, their length limit, the room left for them (in
   // entries), the tile and capture buffers of evaluate_tile.
   std::vector<GainList> lists_;
