@@ -21,7 +21,8 @@ using crepe_py::I64;
 
 template <typename T>
 void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets, int method,
-                      int threads, I64 out_idx, I64 out_weight, F64 out_gain, F64 out_obj) {
+                      int threads, I64 out_idx, I64 out_weight, F64 out_gain, F64 out_obj,
+                      std::int64_t list_bytes) {
   if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D, got ndim=" + std::to_string(X.ndim()));
   if (method != 0 && method != 1) throw std::invalid_argument("method must be 0 (naive) or 1 (lazy)");
   const std::int64_t n = X.shape(0), d = X.shape(1), c = budgets.size();
@@ -41,7 +42,7 @@ void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets
   double* oo = out_obj.mutable_data();
   py::gil_scoped_release release;
   crepe::select_per_class<T>(x, n, d, cl, c, b, static_cast<crepe::Method>(method), threads, oi,
-                             ow, og, oo);
+                             ow, og, oo, list_bytes);
 }
 
 }  // namespace
@@ -49,6 +50,7 @@ void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets
 PYBIND11_MODULE(_core, m) {
   m.doc() = "crepe's compiled selection engine (CPU). Use crepe.select, not this module.";
   m.attr("BLOCK") = crepe::kBlock;
+  m.attr("LIST_BUDGET") = crepe::kListBudget;
 #ifdef _OPENMP
   m.attr("OPENMP") = true;
 #else
@@ -58,11 +60,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("select_per_class", &select_per_class<float>, py::arg("X").noconvert(),
         py::arg("cls").noconvert(), py::arg("budgets").noconvert(), py::arg("method"),
         py::arg("threads"), py::arg("out_idx").noconvert(), py::arg("out_weight").noconvert(),
-        py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert());
+        py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert(),
+        py::arg("list_bytes") = crepe::kListBudget);
   m.def("select_per_class", &select_per_class<double>, py::arg("X").noconvert(),
         py::arg("cls").noconvert(), py::arg("budgets").noconvert(), py::arg("method"),
         py::arg("threads"), py::arg("out_idx").noconvert(), py::arg("out_weight").noconvert(),
-        py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert());
+        py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert(),
+        py::arg("list_bytes") = crepe::kListBudget);
   m.def("resolve_threads", &crepe::resolve_threads, py::arg("threads"),
         "Threads the engine would use (0 = OpenMP default).");
 }

@@ -110,6 +110,26 @@ def test_gain_lists_match_naive(style: str, dtype: type) -> None:
     assert_same(crepe.select(small, k=120), select_reference(small, k=120))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_list_budget_changes_nothing(dtype: type) -> None:
+    """No lists, a budget that runs out after a few, and the default: the
+    engine's outputs are identical (lists only change how gains are summed up,
+    never the numbers)."""
+    X = proxy_like(2000, 10, "noisy", dtype, seed=5)
+    y = np.repeat([0, 1], 1000)
+    budgets = np.array([150, 100], dtype=np.int64)
+    runs = []
+    for list_bytes in (0, 40_000, _core.LIST_BUDGET):
+        out = (np.empty(250, np.int64), np.empty(250, np.int64), np.empty(250), np.empty(2))
+        _core.select_per_class(X, y, budgets, 1, 1, *out, list_bytes=list_bytes)
+        runs.append(out)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="list_bytes must be >= 0"):
+        _core.select_per_class(X, y, budgets, 1, 1, *runs[0], list_bytes=-1)
+
+
 def test_generic_build_matches_avx() -> None:
     """The portable kernels (forced with CREPE_NO_AVX=1, read at start-up) give
     bitwise the same selections as the AVX ones used in this process."""

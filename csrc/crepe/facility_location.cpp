@@ -371,7 +371,10 @@ template <typename T>
 void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int64_t* cls,
                       std::int64_t num_classes, const std::int64_t* budgets, Method method,
                       int threads, std::int64_t* out_idx, std::int64_t* out_weight,
-                      double* out_gain, double* out_obj) {
+                      double* out_gain, double* out_obj, std::int64_t list_bytes) {
+  if (list_bytes < 0)
+    throw std::invalid_argument("select_per_class: list_bytes must be >= 0, got " +
+                                std::to_string(list_bytes));
   if (n < 1 || d < 1 || num_classes < 1)
     throw std::invalid_argument("select_per_class: need n >= 1, d >= 1, num_classes >= 1; got n=" +
                                 std::to_string(n) + ", d=" + std::to_string(d) +
@@ -408,8 +411,8 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   // Many classes: one thread per class. Few: all threads inside each class.
   const bool outer = num_classes >= 2 * static_cast<std::int64_t>(nt);
   const int inner = outer ? 1 : nt;
-  // Gain lists share kListBudget among the classes solved at once.
-  const std::int64_t list_bytes = kListBudget / (outer ? nt : 1);
+  // The classes solved at once share list_bytes.
+  const std::int64_t class_list_bytes = list_bytes / (outer ? nt : 1);
   std::exception_ptr error = nullptr;
 
   auto solve = [&](std::int64_t c) {
@@ -418,7 +421,7 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
     std::vector<T> xt(static_cast<std::size_t>(nc) * d);
     for (std::int64_t j = 0; j < nc; ++j)
       for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = X[r[j] * d + k];
-    ClassSolver<T> solver(std::move(xt), nc, d, inner, list_bytes);
+    ClassSolver<T> solver(std::move(xt), nc, d, inner, class_list_bytes);
     const std::int64_t o = out_start[c];
     solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
     for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];
@@ -438,10 +441,11 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
 
 template void select_per_class<float>(const float*, std::int64_t, std::int64_t,
                                       const std::int64_t*, std::int64_t, const std::int64_t*,
-                                      Method, int, std::int64_t*, std::int64_t*, double*, double*);
+                                      Method, int, std::int64_t*, std::int64_t*, double*, double*,
+                                      std::int64_t);
 template void select_per_class<double>(const double*, std::int64_t, std::int64_t,
                                        const std::int64_t*, std::int64_t, const std::int64_t*,
                                        Method, int, std::int64_t*, std::int64_t*, double*,
-                                       double*);
+                                       double*, std::int64_t);
 
 }  // namespace crepe

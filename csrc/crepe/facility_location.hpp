@@ -31,8 +31,8 @@ namespace crepe {
 /// Points per block of the canonical summation order (see above).
 inline constexpr std::int64_t kBlock = 256;
 
-/// Memory the lazy greedy of one select_per_class call may spend on gain lists
-/// (per-candidate lists of the points that still gain from it), in bytes.
+/// Default memory the lazy greedy of one select_per_class call may spend on
+/// gain lists (per-candidate lists of the points that still gain from it).
 inline constexpr std::int64_t kListBudget = std::int64_t{128} << 20;
 
 enum class Method : int { Naive = 0, Lazy = 1 };
@@ -47,15 +47,17 @@ enum class Method : int { Naive = 0, Lazy = 1 };
 /// holds original row numbers; out_obj has num_classes entries.
 /// Complexity per class: n^2 d for the first pick and the second, then O(n d)
 /// per lazy re-evaluation, or O(m) for a candidate with a gain list of m points
-/// (O(k n^2 d) for Method::Naive). Memory O(n d) plus at most kListBudget.
+/// (O(k n^2 d) for Method::Naive). Memory O(n d) plus at most list_bytes.
 /// Thread safety: reentrant; uses up to `threads` OpenMP threads (0 = the
-/// OpenMP default). Results do not depend on `threads`.
+/// OpenMP default). list_bytes (>= 0; 0 = no lists) bounds the gain lists'
+/// memory. Results depend on neither `threads` nor `list_bytes`.
 template <typename T>
 void select_per_class(const T* X, std::int64_t n, std::int64_t d,
                       const std::int64_t* cls, std::int64_t num_classes,
                       const std::int64_t* budgets, Method method, int threads,
                       std::int64_t* out_idx, std::int64_t* out_weight,
-                      double* out_gain, double* out_obj);
+                      double* out_gain, double* out_obj,
+                      std::int64_t list_bytes = kListBudget);
 
 /// Threads the engine uses for `threads` (0 = OpenMP default, 1 without OpenMP).
 int resolve_threads(int threads);

@@ -1,6 +1,7 @@
 import numpy as np
 
 BLOCK: int
+LIST_BUDGET: int
 OPENMP: bool
 
 def select_per_class(
@@ -13,5 +14,6 @@ def select_per_class(
     out_weight: np.ndarray,
     out_gain: np.ndarray,
     out_obj: np.ndarray,
+    list_bytes: int = ...,
 ) -> None: ...
 def resolve_threads(threads: int) -> int: ...
