@@ -161,6 +161,19 @@ def test_generic_build_matches_avx() -> None:
             np.testing.assert_array_equal(generic[f"o{j}"], s.objective)
 
 
+def test_large_class_split_over_threads() -> None:
+    """A class of >= 64 blocks: lazy re-evaluations are split over the threads
+    in runs of whole blocks; 1 and 2 threads, and the naive engine, agree bit for bit.
+    float64, because float32 distances widened to double often sum exactly in
+    any order, which would hide a summation-order slip."""
+    X = proxy_like(64 * BLOCK + 300, 4, "noisy", np.float64, seed=3)
+    one = crepe.select(X, k=400, threads=1)
+    assert_same(crepe.select(X, k=400, threads=2), one)
+    naive = crepe.select(X, k=4, method="naive", threads=2)
+    np.testing.assert_array_equal(one.indices[:4], naive.indices)
+    np.testing.assert_array_equal(one.gains[:4], naive.gains)
+
+
 def test_threads_do_not_change_results() -> None:
     rng = np.random.default_rng(3)
     X = rng.normal(size=(4000, 10)).astype(np.float32)

@@ -120,7 +120,8 @@ class ClassSolver {
     const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
     const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && entries >= list_cap_;
     list_room_ = fits ? entries : 0;
-    if (fits) captured_.resize(kTile * list_cap_);
+    split_ = threads_ > 1 && n_ >= kSplitPoints ? threads_ : 1;
+    if (fits) captured_.assign(split_, std::vector<PointDist<T>>(kTile * list_cap_));
   }
 
   void drop_list(std::int64_t e) {
@@ -148,24 +149,49 @@ class ClassSolver {
     }
   }
 
-  // The same for at most one tile of candidates, on this thread (one tile is
-  // too little work to split: with OMP_WAIT_POLICY=PASSIVE a wake-up costs
-  // more), keeping the gaining points of those with few as their lists.
+  // The same for at most one tile of candidates, keeping the gaining points
+  // of those with few as their lists. The points are split into runs of
+  // whole blocks over split_ threads (only for classes large enough to repay
+  // waking them: with OMP_WAIT_POLICY=PASSIVE a wake-up costs more than a
+  // small tile), each run recording its own part of every list.
   void evaluate_tile(const std::vector<std::int64_t>& cands, double* gain) {
     const int w = static_cast<int>(cands.size());
     cand_.resize(d_ * kTile);
     pack_tile(xt_.data(), n_, d_, cands.data(), w, cand_.data());
     const bool record = !captured_.empty() && list_room_ >= list_cap_;
-    TileCapture<T> capture{list_cap_, captured_.data(), {}};
-    for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
-    tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(), gain,
-              record ? &capture : nullptr);
+    const std::int64_t nblocks = (n_ + kBlock - 1) / kBlock;
+    captures_.resize(split_);
+    if (split_ > 1) parts_.resize(nblocks * kTile);
+#pragma omp parallel num_threads(split_) if (split_ > 1)
+    {
+#ifdef _OPENMP
+      const int me = omp_get_thread_num();
+#else
+      const int me = 0;
+#endif
+      TileCapture<T>& capture = captures_[me];
+      capture = {list_cap_, record ? captured_[me].data() : nullptr, {}};
+      for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
+      const std::int64_t b0 = nblocks * me / split_, b1 = nblocks * (me + 1) / split_;
+      const PointBlocks run{b0 * kBlock, std::min(n_, b1 * kBlock), parts_.data() + b0 * kTile};
+      double g[kTile];
+      tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(), split_ > 1 ? g : gain,
+                record ? &capture : nullptr, split_ > 1 ? &run : nullptr);
+    }
+    if (split_ > 1)
+      for (int l = 0; l < kTile; ++l) {  // the blocks' partials in block order, as one run adds them
+        gain[l] = 0.0;
+        for (std::int64_t b = 0; b < nblocks; ++b) gain[l] += parts_[b * kTile + l];
+      }
     for (int l = 0; record && l < w; ++l) {
-      const std::int64_t m = capture.count[l];
+      std::int64_t m = 0;
+      for (const TileCapture<T>& c : captures_) m = c.count[l] > list_cap_ ? list_cap_ + 1 : m + c.count[l];
       if (m > list_cap_ || m > list_room_) continue;
-      const PointDist<T>* first = captured_.data() + l * list_cap_;
-      lists_[cands[l]].assign(first, first + m);
-      list_room_ -= static_cast<std::int64_t>(lists_[cands[l]].capacity());
+      GainList& L = lists_[cands[l]];
+      L.reserve(m);
+      for (const TileCapture<T>& c : captures_)  // runs in block order: L stays sorted
+        L.insert(L.end(), c.out + l * list_cap_, c.out + l * list_cap_ + c.count[l]);
+      list_room_ -= static_cast<std::int64_t>(L.capacity());
       listed_[cands[l]] = 1;
     }
   }
@@ -357,12 +383,17 @@ class ClassSolver {
   std::vector<char> selected_;
   std::vector<T> xe_, d2_;  // add_pick's buffers
   // Lazy only: gain lists, their length limit, the room left for them (in
-  // entries), the tile and capture buffers of evaluate_tile.
+  // entries); evaluate_tile's thread count and its tile, capture and partial
+  // sum buffers (one capture per thread).
+  static constexpr std::int64_t kSplitPoints = 64 * kBlock;
   std::vector<GainList> lists_;
   std::vector<char> listed_;
   std::int64_t list_cap_ = 0, list_room_ = 0;
+  int split_ = 1;
   std::vector<T> cand_;
-  std::vector<PointDist<T>> captured_;
+  std::vector<std::vector<PointDist<T>>> captured_;
+  std::vector<TileCapture<T>> captures_;
+  std::vector<double> parts_;
 };
 
 }  // namespace

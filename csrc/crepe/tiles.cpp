@@ -98,12 +98,14 @@ unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::
 
 template <bool Cap, typename T>
 void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-                  const T* cur2, double* gain, TileCapture<T>* capture) {
+                  const T* cur2, double* gain, TileCapture<T>* capture,
+                  const PointBlocks* blocks) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
+  const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   double total[kTile] = {};
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     double part[kTile] = {};
-    for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
+    for (std::int64_t i = lo; i < std::min(last, lo + kBlock); ++i) {
       T d2[kTile];
       lane_d2(xt, n, d, cand, i, d2);
       // d2 >= cur2 implies sqrt(d2) >= cur: the term is zero, skip its sqrt.
@@ -118,7 +120,8 @@ void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, co
       if (Cap && (mask & live)) record(*capture, live, mask, i, dist);
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
-    if (Cap && live) live = keep_hopeful(*capture, live, std::min(n, lo + kBlock), n);
+    if (blocks) std::copy(part, part + kTile, blocks->parts + (lo - first) / kBlock * kTile);
+    if (Cap && live) live = keep_hopeful(*capture, live, std::min(last, lo + kBlock) - first, n);
   }
   std::copy(total, total + kTile, gain);
 }
@@ -234,14 +237,15 @@ CREPE_AVX void colsum_avx(const float* xt, std::int64_t n, std::int64_t d, const
 template <bool Cap>
 CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
                         const double* cur, const double* cur2, double* gain,
-                        TileCapture<double>* capture) {
+                        TileCapture<double>* capture, const PointBlocks* blocks) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
+  const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     __m256d part[4];
     for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
-    const std::int64_t hi = std::min(n, lo + kBlock);
+    const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256d acc[kPointsPd][4];
       const int np = hi - i >= kPointsPd ? kPointsPd : 1;
@@ -276,7 +280,10 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
       i += np;
     }
     for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
-    if (Cap && live) live = keep_hopeful(*capture, live, std::min(n, lo + kBlock), n);
+    if (blocks)
+      for (int r = 0; r < 4; ++r)
+        _mm256_storeu_pd(blocks->parts + (lo - first) / kBlock * kTile + 4 * r, part[r]);
+    if (Cap && live) live = keep_hopeful(*capture, live, hi - first, n);
   }
   for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
@@ -284,14 +291,15 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
 template <bool Cap>
 CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
                         const double* cur, const float* cur2, double* gain,
-                        TileCapture<float>* capture) {
+                        TileCapture<float>* capture, const PointBlocks* blocks) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
+  const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     __m256d part[4];
     for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
-    const std::int64_t hi = std::min(n, lo + kBlock);
+    const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256 acc[kPointsPs][2];
       const int np = hi - i >= kPointsPs ? kPointsPs : 1;
@@ -320,7 +328,10 @@ CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const f
       i += np;
     }
     for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
-    if (Cap && live) live = keep_hopeful(*capture, live, std::min(n, lo + kBlock), n);
+    if (blocks)
+      for (int r = 0; r < 4; ++r)
+        _mm256_storeu_pd(blocks->parts + (lo - first) / kBlock * kTile + 4 * r, part[r]);
+    if (Cap && live) live = keep_hopeful(*capture, live, hi - first, n);
   }
   for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
@@ -344,14 +355,14 @@ void tile_colsum(const T* xt, std::int64_t n, std::int64_t d, const T* cand, dou
 
 template <typename T>
 void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-               const T* cur2, double* gain, TileCapture<T>* capture) {
+               const T* cur2, double* gain, TileCapture<T>* capture, const PointBlocks* blocks) {
 #ifdef CREPE_HAVE_AVX_BUILD
   if (use_avx())
-    return capture ? gain_avx<true>(xt, n, d, cand, cur, cur2, gain, capture)
-                   : gain_avx<false>(xt, n, d, cand, cur, cur2, gain, capture);
+    return capture ? gain_avx<true>(xt, n, d, cand, cur, cur2, gain, capture, blocks)
+                   : gain_avx<false>(xt, n, d, cand, cur, cur2, gain, capture, blocks);
 #endif
-  if (capture) return gain_generic<true>(xt, n, d, cand, cur, cur2, gain, capture);
-  gain_generic<false>(xt, n, d, cand, cur, cur2, gain, capture);
+  if (capture) return gain_generic<true>(xt, n, d, cand, cur, cur2, gain, capture, blocks);
+  gain_generic<false>(xt, n, d, cand, cur, cur2, gain, capture, blocks);
 }
 
 #define CREPE_INSTANTIATE(T)                                                                 \
@@ -359,7 +370,7 @@ void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const
                              T*);                                                            \
   template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*); \
   template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
-                             const T*, double*, TileCapture<T>*);
+                             const T*, double*, TileCapture<T>*, const PointBlocks*);
 CREPE_INSTANTIATE(float)
 CREPE_INSTANTIATE(double)
 #undef CREPE_INSTANTIATE

@@ -42,12 +42,23 @@ struct TileCapture {
   std::int64_t count[kTile];
 };
 
+/// A run of whole summation blocks, points [first, last) with first a multiple
+/// of kBlock, whose per-block partial sums go to parts: kTile per block, in
+/// block order. Adding them in order from 0.0 gives the full-range sum bit for
+/// bit, so disjoint runs can be evaluated on different threads.
+struct PointBlocks {
+  std::int64_t first, last;
+  double* parts;
+};
+
 /// gain[l] = sum_i max(0, cur_i - d(x_i, cand_l)) (blocked order, double),
 /// where cur_i = sqrt(cur2_i) computed in T. O(n d kTile); sqrts are skipped
 /// where no lane gains. With `capture`, also records (i, d(x_i, cand_l)) for
 /// every i where d^2 < cur2_i: every point with a non-zero term (n < 2^31).
+/// With `blocks`, only its points, sum over them into gain, partials into parts.
 template <typename T>
 void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-               const T* cur2, double* gain, TileCapture<T>* capture = nullptr);
+               const T* cur2, double* gain, TileCapture<T>* capture = nullptr,
+               const PointBlocks* blocks = nullptr);
 
 }  // namespace crepe
