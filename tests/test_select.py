@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -143,12 +149,6 @@ def test_generic_build_matches_avx() -> None:
         "    out[f'i{j}'], out[f'g{j}'], out[f'o{j}'] = s.indices, s.gains, s.objective\n"
         "np.savez(sys.argv[2], **out)\n"
     )
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generic.npz"
         env = dict(os.environ, CREPE_NO_AVX="1")
@@ -172,6 +172,22 @@ def test_large_class_split_over_threads() -> None:
     naive = crepe.select(X, k=4, method="naive", threads=2)
     np.testing.assert_array_equal(one.indices[:4], naive.indices)
     np.testing.assert_array_equal(one.gains[:4], naive.gains)
+    # OpenMP may start fewer threads than asked (here: a limit of 1); every run is still done.
+    code = (
+        "import sys, numpy as np, crepe\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_select import proxy_like, BLOCK\n"
+        "X = proxy_like(64 * BLOCK + 300, 4, 'noisy', np.float64, seed=3)\n"
+        "s = crepe.select(X, k=400, threads=2)\n"
+        "np.savez(sys.argv[2], i=s.indices, g=s.gains)\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "limited.npz"
+        env = dict(os.environ, OMP_THREAD_LIMIT="1")
+        subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path)], env=env, check=True)
+        limited = np.load(path)
+        np.testing.assert_array_equal(limited["i"], one.indices)
+        np.testing.assert_array_equal(limited["g"], one.gains)
 
 
 def test_threads_do_not_change_results() -> None:

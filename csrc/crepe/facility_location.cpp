@@ -111,16 +111,18 @@ class ClassSolver {
   using GainList = std::vector<PointDist<T>>;
 
   // Lists are kept for candidates with at most n/4 gaining points (longer
-  // ones are cheaper to evaluate in a tile), up to list_bytes_ in all.
+  // ones are cheaper to evaluate in a tile), within list_bytes_ in all.
 
   void init_lists() {
     lists_.resize(n_);
     listed_.assign(n_, 0);
-    list_cap_ = std::max<std::int64_t>(kTile, n_ / 4);
-    const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
-    const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && entries >= list_cap_;
-    list_room_ = fits ? entries : 0;
     split_ = threads_ > 1 && n_ >= kSplitPoints ? threads_ : 1;
+    // The capture buffers (kTile lanes of list_cap_ per run) come out of the
+    // same budget, at most half of it; the lists get the rest.
+    const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
+    list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * split_));
+    const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && list_cap_ >= kTile;
+    list_room_ = fits ? entries - kTile * split_ * list_cap_ : 0;
     if (fits) captured_.assign(split_, std::vector<PointDist<T>>(kTile * list_cap_));
   }
 
@@ -165,18 +167,21 @@ class ClassSolver {
 #pragma omp parallel num_threads(split_) if (split_ > 1)
     {
 #ifdef _OPENMP
-      const int me = omp_get_thread_num();
+      const int me = omp_get_thread_num(), team = omp_get_num_threads();
 #else
-      const int me = 0;
+      const int me = 0, team = 1;
 #endif
-      TileCapture<T>& capture = captures_[me];
-      capture = {list_cap_, record ? captured_[me].data() : nullptr, {}};
-      for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
-      const std::int64_t b0 = nblocks * me / split_, b1 = nblocks * (me + 1) / split_;
-      const PointBlocks run{b0 * kBlock, std::min(n_, b1 * kBlock), parts_.data() + b0 * kTile};
-      double g[kTile];
-      tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(), split_ > 1 ? g : gain,
-                record ? &capture : nullptr, split_ > 1 ? &run : nullptr);
+      // OpenMP may start fewer threads than asked: every run is still done.
+      for (int r = me; r < split_; r += team) {
+        TileCapture<T>& capture = captures_[r];
+        capture = {list_cap_, record ? captured_[r].data() : nullptr, {}};
+        for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
+        const std::int64_t b0 = nblocks * r / split_, b1 = nblocks * (r + 1) / split_;
+        const PointBlocks run{b0 * kBlock, std::min(n_, b1 * kBlock), parts_.data() + b0 * kTile};
+        double g[kTile];
+        tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(),
+                  split_ > 1 ? g : gain, record ? &capture : nullptr, split_ > 1 ? &run : nullptr);
+      }
     }
     if (split_ > 1)
       for (int l = 0; l < kTile; ++l) {  // the blocks' partials in block order, as one run adds them
