@@ -136,29 +136,47 @@ def test_list_budget_changes_nothing(dtype: type) -> None:
         _core.select_per_class(X, y, budgets, 1, 1, *runs[0], list_bytes=-1)
 
 
-def test_generic_build_matches_avx() -> None:
-    """The portable kernels (forced with CREPE_NO_AVX=1, read at start-up) give
-    bitwise the same selections as the AVX ones used in this process."""
+Case = tuple[int, int, str, str, int, dict[str, int]]  # proxy_like's n, d, style, dtype name, seed; select kwargs
+
+
+def select_elsewhere(env: dict[str, str], cases: list[Case]) -> list[dict[str, np.ndarray]]:
+    """For each case (n, d, style, dtype name, seed, select kwargs), run
+    crepe.select(proxy_like(n, d, style, dtype, seed), **kwargs) in a fresh
+    Python with `env` added (for settings read once, at start-up); returns each
+    result's indices, gains and objective."""
     code = (
-        "import sys, numpy as np, crepe\n"
+        "import ast, sys, numpy as np, crepe\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_select import proxy_like\n"
         "out = {}\n"
-        "for j, (style, dtype) in enumerate([('noisy', np.float32), ('clean', np.float64), ('grid', np.float32)]):\n"
-        "    s = crepe.select(proxy_like(900, 6, style, dtype, seed=j), k=90)\n"
+        "for j, (n, d, style, dtype, seed, kw) in enumerate(ast.literal_eval(sys.argv[3])):\n"
+        "    s = crepe.select(proxy_like(n, d, style, getattr(np, dtype), seed), **kw)\n"
         "    out[f'i{j}'], out[f'g{j}'], out[f'o{j}'] = s.indices, s.gains, s.objective\n"
         "np.savez(sys.argv[2], **out)\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "generic.npz"
-        env = dict(os.environ, CREPE_NO_AVX="1")
-        subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path)], env=env, check=True)
-        generic = np.load(path)
-        for j, (style, dtype) in enumerate([("noisy", np.float32), ("clean", np.float64), ("grid", np.float32)]):
-            s = crepe.select(proxy_like(900, 6, style, dtype, seed=j), k=90)
-            np.testing.assert_array_equal(generic[f"i{j}"], s.indices)
-            np.testing.assert_array_equal(generic[f"g{j}"], s.gains)
-            np.testing.assert_array_equal(generic[f"o{j}"], s.objective)
+        path = Path(tmp) / "out.npz"
+        args = [sys.executable, "-c", code, str(Path(__file__).parent), str(path), repr(cases)]
+        subprocess.run(args, env=dict(os.environ, **env), check=True)
+        with np.load(path) as f:
+            return [{"indices": f[f"i{j}"], "gains": f[f"g{j}"], "objective": f[f"o{j}"]} for j in range(len(cases))]
+
+
+def assert_same_as(s: crepe.Selection, other: dict[str, np.ndarray]) -> None:
+    for name, value in other.items():
+        np.testing.assert_array_equal(value, getattr(s, name))
+
+
+def test_generic_build_matches_avx() -> None:
+    """The portable kernels (forced with CREPE_NO_AVX=1, read at start-up) give
+    bitwise the same selections as the AVX ones used in this process."""
+    cases: list[Case] = [
+        (900, 6, style, dtype, j, {"k": 90})
+        for j, (style, dtype) in enumerate([("noisy", "float32"), ("clean", "float64"), ("grid", "float32")])
+    ]
+    for case, generic in zip(cases, select_elsewhere({"CREPE_NO_AVX": "1"}, cases)):
+        n, d, style, dtype, seed, kw = case
+        assert_same_as(crepe.select(proxy_like(n, d, style, getattr(np, dtype), seed), **kw), generic)  # type: ignore[arg-type]
 
 
 def test_large_class_split_over_threads() -> None:
@@ -173,21 +191,8 @@ def test_large_class_split_over_threads() -> None:
     np.testing.assert_array_equal(one.indices[:4], naive.indices)
     np.testing.assert_array_equal(one.gains[:4], naive.gains)
     # OpenMP may start fewer threads than asked (here: a limit of 1); every run is still done.
-    code = (
-        "import sys, numpy as np, crepe\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "from test_select import proxy_like, BLOCK\n"
-        "X = proxy_like(64 * BLOCK + 300, 4, 'noisy', np.float64, seed=3)\n"
-        "s = crepe.select(X, k=400, threads=2)\n"
-        "np.savez(sys.argv[2], i=s.indices, g=s.gains)\n"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "limited.npz"
-        env = dict(os.environ, OMP_THREAD_LIMIT="1")
-        subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path)], env=env, check=True)
-        limited = np.load(path)
-        np.testing.assert_array_equal(limited["i"], one.indices)
-        np.testing.assert_array_equal(limited["g"], one.gains)
+    case: Case = (64 * BLOCK + 300, 4, "noisy", "float64", 3, {"k": 400, "threads": 2})
+    assert_same_as(one, select_elsewhere({"OMP_THREAD_LIMIT": "1"}, [case])[0])
 
 
 def test_threads_do_not_change_results() -> None:
