@@ -234,6 +234,20 @@ CREPE_AVX void colsum_avx(const float* xt, std::int64_t n, std::int64_t d, const
   *max_d2 = *std::max_element(m, m + 8);
 }
 
+// The end of gain_avx's block [lo, hi): its partials join the total (and go
+// to blocks->parts with a run), and lanes bound to overflow stop recording.
+template <bool Cap, typename T>
+CREPE_AVX inline void end_block(const __m256d* part, __m256d* total, const PointBlocks* blocks,
+                                std::int64_t lo, std::int64_t hi, std::int64_t n,
+                                TileCapture<T>* capture, unsigned& live) {
+  for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
+  const std::int64_t first = blocks ? blocks->first : 0;
+  if (blocks)
+    for (int r = 0; r < 4; ++r)
+      _mm256_storeu_pd(blocks->parts + (lo - first) / kBlock * kTile + 4 * r, part[r]);
+  if (Cap && live) live = keep_hopeful(*capture, live, hi - first, n);
+}
+
 template <bool Cap>
 CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
                         const double* cur, const double* cur2, double* gain,
@@ -279,11 +293,7 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
       }
       i += np;
     }
-    for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
-    if (blocks)
-      for (int r = 0; r < 4; ++r)
-        _mm256_storeu_pd(blocks->parts + (lo - first) / kBlock * kTile + 4 * r, part[r]);
-    if (Cap && live) live = keep_hopeful(*capture, live, hi - first, n);
+    end_block<Cap>(part, total, blocks, lo, hi, n, capture, live);
   }
   for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
@@ -327,11 +337,7 @@ CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const f
       }
       i += np;
     }
-    for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
-    if (blocks)
-      for (int r = 0; r < 4; ++r)
-        _mm256_storeu_pd(blocks->parts + (lo - first) / kBlock * kTile + 4 * r, part[r]);
-    if (Cap && live) live = keep_hopeful(*capture, live, hi - first, n);
+    end_block<Cap>(part, total, blocks, lo, hi, n, capture, live);
   }
   for (int r = 0; r < 4; ++r) _mm256_storeu_pd(gain + 4 * r, total[r]);
 }
