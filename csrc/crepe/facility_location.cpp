@@ -112,7 +112,6 @@ class ClassSolver {
 
   // Lists are kept for candidates with at most n/4 gaining points (longer
   // ones are cheaper to evaluate in a tile), within list_bytes_ in all.
-
   void init_lists() {
     lists_.resize(n_);
     listed_.assign(n_, 0);
@@ -123,7 +122,7 @@ class ClassSolver {
     list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * split_));
     const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && list_cap_ >= kTile;
     list_room_ = fits ? entries - kTile * split_ * list_cap_ : 0;
-    if (fits) captured_.assign(split_, std::vector<PointDist<T>>(kTile * list_cap_));
+    if (fits) capture_bufs_.assign(split_, std::vector<PointDist<T>>(kTile * list_cap_));
   }
 
   void drop_list(std::int64_t e) {
@@ -160,7 +159,7 @@ class ClassSolver {
     const int w = static_cast<int>(cands.size());
     cand_.resize(d_ * kTile);
     pack_tile(xt_.data(), n_, d_, cands.data(), w, cand_.data());
-    const bool record = !captured_.empty() && list_room_ >= list_cap_;
+    const bool record = !capture_bufs_.empty() && list_room_ >= list_cap_;
     const std::int64_t nblocks = (n_ + kBlock - 1) / kBlock;
     captures_.resize(split_);
     if (split_ > 1) parts_.resize(nblocks * kTile);
@@ -174,7 +173,7 @@ class ClassSolver {
       // OpenMP may start fewer threads than asked: every run is still done.
       for (int r = me; r < split_; r += team) {
         TileCapture<T>& capture = captures_[r];
-        capture = {list_cap_, record ? captured_[r].data() : nullptr, {}};
+        capture = {list_cap_, record ? capture_bufs_[r].data() : nullptr, {}};
         for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
         const std::int64_t b0 = nblocks * r / split_, b1 = nblocks * (r + 1) / split_;
         const PointBlocks run{b0 * kBlock, std::min(n_, b1 * kBlock), parts_.data() + b0 * kTile};
@@ -388,15 +387,15 @@ class ClassSolver {
   std::vector<char> selected_;
   std::vector<T> xe_, d2_;  // add_pick's buffers
   // Lazy only: gain lists, their length limit, the room left for them (in
-  // entries); evaluate_tile's thread count and its tile, capture and partial
-  // sum buffers (one capture per thread).
+  // entries); evaluate_tile's number of runs (split_) and its tile buffer,
+  // one capture and capture buffer per run, and the runs' block partials.
   static constexpr std::int64_t kSplitPoints = 64 * kBlock;
   std::vector<GainList> lists_;
   std::vector<char> listed_;
   std::int64_t list_cap_ = 0, list_room_ = 0;
   int split_ = 1;
   std::vector<T> cand_;
-  std::vector<std::vector<PointDist<T>>> captured_;
+  std::vector<std::vector<PointDist<T>>> capture_bufs_;
   std::vector<TileCapture<T>> captures_;
   std::vector<double> parts_;
 };
