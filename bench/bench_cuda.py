@@ -77,7 +77,7 @@ def counted_work(sizes: np.ndarray, budgets: np.ndarray, evaluations: int, d: in
 
 def run(torch, name: str, X: np.ndarray, y: np.ndarray | None, *, k=None, fraction=None, repeats=3) -> dict:
     import crepe
-    from crepe import _gpu
+    from crepe.selection import cuda
 
     # Correctness first, on a slice.
     m = min(len(X), 3000)
@@ -95,17 +95,15 @@ def run(torch, name: str, X: np.ndarray, y: np.ndarray | None, *, k=None, fracti
         gpu = crepe.select(Xd, y, k=k, fraction=fraction)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    stats = dict(_gpu.last_stats)
+    p = cuda.prepare(Xd, y, fraction, k)
+    stats = cuda.run(p, method_id=crepe.METHODS["lazy"])[1]  # the counters of the run timed above
     t0 = time.perf_counter()
     cpu = crepe.select(X, y, k=k, fraction=fraction)
     t_cpu = time.perf_counter() - t0
     t_gpu = min(times)
     d = X.shape[1]
-    sizes = np.bincount(np.zeros(len(X), dtype=np.int64) if y is None else np.unique(y, return_inverse=True)[1])
-    budgets = np.array(
-        [k if k else max(1, int(np.floor(fraction * s + 0.5))) for s in sizes], dtype=np.int64
-    )
-    work = counted_work(sizes, budgets, stats["evaluations"], d, X.dtype.itemsize)
+    sizes = p.sizes
+    work = counted_work(sizes, p.budgets, stats.evaluations, d, X.dtype.itemsize)
     peak_flops = PEAK["fp32_flops"] if X.dtype == np.float32 else PEAK["fp64_flops"]
     return {
         "problem": name,
@@ -119,8 +117,8 @@ def run(torch, name: str, X: np.ndarray, y: np.ndarray | None, *, k=None, fracti
         "cpu_s": t_cpu,
         "speedup": t_cpu / t_gpu,
         "identical_to_cpu": same(cpu, gpu),
-        "rounds": stats["rounds"],
-        "evaluations_after_step1": stats["evaluations"],
+        "rounds": stats.rounds,
+        "evaluations_after_step1": stats.evaluations,
         "counted_pairs": work["pairs"],
         "achieved_flops": work["flops"] / t_gpu,
         "fraction_of_flop_peak": work["flops"] / t_gpu / peak_flops,

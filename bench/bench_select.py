@@ -27,7 +27,7 @@ import pytest
 from inputs import one_class, proxies
 
 import crepe
-from crepe._reference import select_reference
+from crepe.selection.reference import select_reference
 
 
 def best_of(fn: Callable[[], object], rounds: int) -> float:

@@ -91,7 +91,7 @@ def test_selection_round_parts(benchmark, quick: bool, full_epoch: dict) -> None
 
     import crepe
     from crepe import data
-    from crepe._reference import select_reference
+    from crepe.selection.reference import select_reference
     from crepe.models import build_model
     from crepe.proxies import compute_proxies, craig_coreset, privatise
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import crepe
-from crepe._reference import select_reference
+from crepe.selection.reference import select_reference
 from test_select import assert_same
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,14 +111,15 @@ def test_larger_class_matches_cpu(dtype: type) -> None:
 def test_batch_and_stream_do_not_change_results() -> None:
     import torch
 
-    from crepe._gpu import select_cuda
+    from crepe.selection import cuda
 
     rng = np.random.default_rng(4)
     X = torch.from_numpy(rng.normal(size=(1500, 6)).astype(np.float32)).cuda()
     y = torch.from_numpy(rng.integers(0, 3, size=1500)).cuda()
     want = crepe.select(X.cpu().numpy(), y.cpu().numpy(), fraction=0.1)
+    p = cuda.prepare(X, y, 0.1, None)
     for batch in (1, 7, 128, 4096):
-        assert_same(want, select_cuda(X, y, fraction=0.1, k=None, method_id=1, batch=batch))
+        assert_same(want, cuda.run(p, method_id=1, batch=batch)[0])
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
         assert_same(want, crepe.select(X, y, fraction=0.1))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import crepe
 from crepe import _core
-from crepe._reference import BLOCK, select_reference
+from crepe.selection.reference import BLOCK, select_reference
 
 
 def assert_same(a: crepe.Selection, b: crepe.Selection) -> None:

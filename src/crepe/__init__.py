@@ -6,7 +6,8 @@ commands that use them.
 
 from __future__ import annotations
 
-from crepe.select import METHODS, Selection, select
+from crepe.selection import METHODS, Selection, select
 
 __all__ = ["METHODS", "Selection", "select", "__version__"]
 __version__ = "0.1.0"
+

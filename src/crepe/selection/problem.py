@@ -1,4 +1,8 @@
-"""Input validation and budgets shared by the engine and the reference (numpy only)."""
+"""A validated selection problem and the one budget rule (numpy only).
+
+Both engines (cpu, cuda) and the oracle (reference) consume the same
+`Problem`; only where X lives differs.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,44 @@ from typing import Any
 
 import numpy as np
 
+from crepe.selection.result import Selection, make_selection
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A validated selection problem: what the engine and the oracle both consume."""
+    """A validated selection problem: what the engines and the oracle consume."""
 
-    X: np.ndarray  # (n, d) float32 or float64, C-contiguous, finite
+    # (n, d) float32 or float64, C-contiguous, finite: a numpy array, or for the
+    # CUDA engine a torch tensor on the GPU (it never comes to the host).
+    X: Any
     cls: np.ndarray  # (n,) int64 class id in [0, C): position of the label in `classes`
     classes: np.ndarray  # (C,) sorted distinct labels
     sizes: np.ndarray  # (C,) int64 points per class
     budgets: np.ndarray  # (C,) int64 picks per class, 1 <= budget <= size
+
+    def outputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Empty (indices, weights, gains, objective) arrays for an engine to fill."""
+        total = int(self.budgets.sum())
+        return (
+            np.empty(total, dtype=np.int64),
+            np.empty(total, dtype=np.int64),
+            np.empty(total, dtype=np.float64),
+            np.empty(len(self.classes), dtype=np.float64),
+        )
+
+    def selection(self, indices: np.ndarray, weights: np.ndarray, gains: np.ndarray, objective: np.ndarray) -> Selection:
+        """The read-only Selection of filled `outputs()`."""
+        return make_selection(
+            classes=self.classes, sizes=self.sizes, budgets=self.budgets,
+            indices=indices, weights=weights, gains=gains, objective=objective,
+        )  # fmt: skip
+
+
+def class_budget(n_c: int, fraction: float) -> int:
+    """Picks for a class of n_c points: k_c = max(1, floor(fraction * n_c + 0.5)), at most n_c."""
+    return min(n_c, max(1, math.floor(fraction * n_c + 0.5)))
 
 
 def is_torch_tensor(obj: Any) -> bool:
@@ -67,7 +97,7 @@ def as_labels(y: Any, n: int) -> np.ndarray:
 
 
 def budgets_for(sizes: np.ndarray, classes: np.ndarray, fraction: Any, k: Any) -> np.ndarray:
-    """Per-class budget: k_c = max(1, floor(fraction * n_c + 0.5)) capped at n_c, or k."""
+    """(C,) int64 picks per class: `class_budget` of each size, or k for every class."""
     if (fraction is None) == (k is None):
         raise ValueError("give exactly one of fraction= (share of each class) or k= (picks per class)")
     if fraction is not None:
@@ -76,9 +106,7 @@ def budgets_for(sizes: np.ndarray, classes: np.ndarray, fraction: Any, k: Any) -
         f = float(fraction)
         if not (0.0 < f <= 1.0):  # also rejects NaN
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        return np.array(
-            [min(int(s), max(1, math.floor(f * int(s) + 0.5))) for s in sizes], dtype=np.int64
-        )
+        return np.array([class_budget(int(s), f) for s in sizes], dtype=np.int64)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an integer >= 1, got {k!r}")
     if k < 1:
@@ -93,20 +121,20 @@ def budgets_for(sizes: np.ndarray, classes: np.ndarray, fraction: Any, k: Any) -
     return np.full(len(sizes), int(k), dtype=np.int64)
 
 
-def prepare(X: Any, y: Any, fraction: Any, k: Any) -> Problem:
-    """Validate everything a selection needs; raise ValueError/TypeError naming the problem."""
-    Xn = as_matrix(X)
-    n = Xn.shape[0]
-    if y is None:
-        labels = np.zeros(n, dtype=np.int64)
-    else:
-        labels = as_labels(y, n)
+def make_problem(X: Any, n: int, y: Any, fraction: Any, k: Any) -> Problem:
+    """The Problem for an already validated (n, d) matrix X (host or device) and raw y."""
+    labels = np.zeros(n, dtype=np.int64) if y is None else as_labels(y, n)
     classes, cls, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-    budgets = budgets_for(sizes, classes, fraction, k)
     return Problem(
-        X=Xn,
+        X=X,
         cls=np.ascontiguousarray(cls.reshape(-1), dtype=np.int64),
         classes=classes,
         sizes=sizes.astype(np.int64),
-        budgets=budgets,
+        budgets=budgets_for(sizes, classes, fraction, k),
     )
+
+
+def prepare(X: Any, y: Any, fraction: Any, k: Any) -> Problem:
+    """Validate a host selection; raise ValueError/TypeError naming the problem."""
+    Xn = as_matrix(X)
+    return make_problem(Xn, Xn.shape[0], y, fraction, k)

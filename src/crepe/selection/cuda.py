@@ -1,19 +1,22 @@
-"""crepe.select on a CUDA device: torch glue for the crepe._cuda engine.
+"""The CUDA engine: torch glue for crepe._cuda.
 
 Imported only when a selection runs on the GPU, so `import crepe` never loads
 torch. The matrix crosses to C++ as a device pointer plus the current stream
 of its device (torch's), like faiss does; the extension never links libtorch.
 Labels go to the host (class grouping and budgets are host work); the small
 outputs come back as NumPy arrays in the same `Selection` as the CPU engine.
+The engine's counters are returned beside the Selection (for bench/).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from crepe._inputs import Problem, as_labels, as_matrix, budgets_for, is_torch_tensor
+from crepe.selection.problem import Problem, as_matrix, is_torch_tensor, make_problem
+from crepe.selection.result import Selection
 
 BUILD_HINT = (
     "crepe was built without its CUDA extension (crepe._cuda). It is built when CMake finds "
@@ -39,10 +42,17 @@ def _torch() -> Any:
     return torch
 
 
-def select_cuda(X: Any, y: Any, *, fraction: Any, k: Any, method_id: int, batch: int | None = None) -> Any:
-    """Run the selection on X's CUDA device (or the current one for host X)."""
-    from crepe.select import make_selection
+@dataclass(frozen=True)
+class CudaStats:
+    """Counters of one GPU selection."""
 
+    rounds: int  # lazy-greedy rounds over all classes
+    evaluations: int  # candidate re-evaluations after the second pick
+
+
+def prepare(X: Any, y: Any, fraction: Any, k: Any) -> Problem:
+    """Validate a selection for the GPU; the Problem's X is a contiguous CUDA tensor
+    on X's device (host X is copied to the current device)."""
     _cuda = cuda_module()
     torch = _torch()
     if not torch.cuda.is_available():
@@ -70,23 +80,16 @@ def select_cuda(X: Any, y: Any, *, fraction: Any, k: Any, method_id: int, batch:
         if is_torch_tensor(y) and y.device.type != "cpu":
             raise ValueError(f"X is on the host but y is on {y.device}; put both on one device")
         Xd = torch.from_numpy(as_matrix(X)).to("cuda")  # explicit host -> device copy
-    n, d = int(Xd.shape[0]), int(Xd.shape[1])
-    labels = np.zeros(n, dtype=np.int64) if y is None else as_labels(y, n)
-    classes, cls, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-    budgets = budgets_for(sizes, classes, fraction, k)
-    # X stays on the device: the Problem carries only what make_selection reads.
-    p = Problem(
-        X=np.empty((0, d), dtype=np.float32),
-        cls=np.ascontiguousarray(cls.reshape(-1), dtype=np.int64),
-        classes=classes,
-        sizes=sizes.astype(np.int64),
-        budgets=budgets,
-    )
-    total = int(p.budgets.sum())
-    idx = np.empty(total, dtype=np.int64)
-    w = np.empty(total, dtype=np.int64)
-    g = np.empty(total, dtype=np.float64)
-    obj = np.empty(len(p.classes), dtype=np.float64)
+    # Labels go to the host: class grouping and budgets are host work.
+    return make_problem(Xd, int(Xd.shape[0]), y, fraction, k)
+
+
+def run(p: Problem, *, method_id: int, batch: int | None = None) -> tuple[Selection, CudaStats]:
+    """Select on the GPU that holds p.X, on torch's current stream of that device."""
+    _cuda = cuda_module()
+    torch = _torch()
+    Xd = p.X
+    out = p.outputs()
     stats = np.zeros(2, dtype=np.int64)
     dev = Xd.device
     with torch.cuda.device(dev):
@@ -94,23 +97,15 @@ def select_cuda(X: Any, y: Any, *, fraction: Any, k: Any, method_id: int, batch:
         _cuda.select_per_class(
             Xd.data_ptr(),
             Xd.dtype == torch.float64,
-            n,
-            d,
+            int(Xd.shape[0]),
+            int(Xd.shape[1]),
             p.cls,
             p.budgets,
             method_id,
             int(batch or _cuda.DEFAULT_BATCH),
             dev.index,
             stream.cuda_stream,
-            idx,
-            w,
-            g,
-            obj,
+            *out,
             stats,
         )
-    last_stats["rounds"], last_stats["evaluations"] = int(stats[0]), int(stats[1])
-    return make_selection(p, idx, w, g, obj)
-
-
-# Counters of the most recent GPU selection in this process (for bench/).
-last_stats: dict[str, int] = {"rounds": 0, "evaluations": 0}
+    return p.selection(*out), CudaStats(rounds=int(stats[0]), evaluations=int(stats[1]))

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from crepe._inputs import prepare
-from crepe.select import Selection, make_selection
+from crepe.selection.problem import prepare
+from crepe.selection.result import Selection
 
 BLOCK = 256  # must equal the engine's crepe::kBlock (a test checks)
 
@@ -79,8 +79,7 @@ def select_reference(X: Any, y: Any = None, *, fraction: float | None = None, k:
         rows = np.flatnonzero(p.cls == c)
         picks, w, g, obj = greedy_class(p.X[rows], int(p.budgets[c]))
         parts.append((rows[picks], w, g, obj))
-    return make_selection(
-        p,
+    return p.selection(
         np.concatenate([q[0] for q in parts]),
         np.concatenate([q[1] for q in parts]),
         np.concatenate([q[2] for q in parts]),

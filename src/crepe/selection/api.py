@@ -1,56 +1,20 @@
-"""crepe.select: CRAIG per-class facility location, maximised by greedy, in C++."""
+"""crepe.select: CRAIG per-class facility location, maximised by greedy, in C++.
+
+Option checks and the choice of engine; the engines (cpu, cuda) are imported
+only when a selection runs, so `import crepe` loads neither the extension nor torch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-
-from crepe._inputs import Problem, is_torch_tensor, prepare
+from crepe.selection.problem import is_torch_tensor, prepare
+from crepe.selection.result import Selection
 
 Method = Literal["lazy", "naive"]
 METHODS: dict[str, int] = {"naive": 0, "lazy": 1}
 Device = Literal["cpu", "cuda"]
 DEVICES = ("cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A coreset: per class, the greedy picks and their CRAIG weights.
-
-    All arrays are read-only. Classes come in ascending label order, and each
-    class's picks in greedy order.
-    """
-
-    indices: np.ndarray  # (K,) int64, row numbers into X
-    weights: np.ndarray  # (K,) int64, gamma_j = points whose nearest pick is j; sum = class size
-    gains: np.ndarray  # (K,) float64, marginal gain F(S + j) - F(S) at pick time
-    labels: np.ndarray  # (K,) label of each pick
-    classes: np.ndarray  # (C,) distinct labels, ascending
-    class_sizes: np.ndarray  # (C,) int64 points per class
-    objective: np.ndarray  # (C,) float64, F(S_c) for each class
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
-
-
-def make_selection(p: Problem, idx: np.ndarray, w: np.ndarray, g: np.ndarray, obj: np.ndarray) -> Selection:
-    """Assemble a read-only Selection from per-class outputs (classes ascending)."""
-    return Selection(
-        indices=_frozen(idx),
-        weights=_frozen(w),
-        gains=_frozen(g),
-        labels=_frozen(np.repeat(p.classes, p.budgets)),
-        classes=_frozen(p.classes.copy()),
-        class_sizes=_frozen(p.sizes.copy()),
-        objective=_frozen(obj),
-    )
 
 
 def select(
@@ -98,19 +62,12 @@ def select(
         raise ValueError(f"unknown device {device!r}; valid: {list(DEVICES)} or None (where X lives)")
     on_cuda = is_torch_tensor(X) and X.device.type == "cuda"
     if (device or ("cuda" if on_cuda else "cpu")) == "cuda":
-        from crepe._gpu import select_cuda
+        from crepe.selection import cuda
 
-        return select_cuda(X, y, fraction=fraction, k=k, method_id=METHODS[method])
+        return cuda.run(cuda.prepare(X, y, fraction, k), method_id=METHODS[method])[0]
     if on_cuda:
         X = X.detach().cpu()  # device="cpu": an explicit copy to the host
 
-    from crepe import _core
+    from crepe.selection import cpu
 
-    p = prepare(X, y, fraction, k)
-    total = int(p.budgets.sum())
-    idx = np.empty(total, dtype=np.int64)
-    w = np.empty(total, dtype=np.int64)
-    g = np.empty(total, dtype=np.float64)
-    obj = np.empty(len(p.classes), dtype=np.float64)
-    _core.select_per_class(p.X, p.cls, p.budgets, METHODS[method], threads or 0, idx, w, g, obj)
-    return make_selection(p, idx, w, g, obj)
+    return cpu.run(prepare(X, y, fraction, k), method_id=METHODS[method], threads=threads)

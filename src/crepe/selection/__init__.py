@@ -1,0 +1,12 @@
+"""CRAIG selection: `select` (api) on a validated `Problem` (problem), by the CPU
+or CUDA engine (cpu, cuda), into a frozen `Selection` (result); `reference` is
+the slow NumPy oracle. Imports point one way: api -> cpu, cuda -> problem ->
+result, and reference -> problem, result; result imports nothing of crepe.
+"""
+
+from __future__ import annotations
+
+from crepe.selection.api import METHODS, select
+from crepe.selection.result import Selection
+
+__all__ = ["METHODS", "Selection", "select"]
