@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 import crepe
 from crepe import _core
+from crepe.selection import reference
+from crepe.selection.problem import class_budget
 from crepe.selection.reference import BLOCK, select_reference
 
 
@@ -227,13 +229,26 @@ def test_golden() -> None:
     )
 
 
-def test_budget_rule() -> None:
-    # k_c = max(1, floor(f * n_c + 0.5)), capped at n_c
-    y = np.repeat([0, 1, 2, 3], [5, 15, 1, 30])
+# Budgets worked out by hand: f * n_c rounded half up, at least 1, at most n_c.
+HAND_BUDGETS = [
+    (0.1, [5, 15, 25, 1], [1, 2, 3, 1]),  # 0.5 -> 1, 1.5 -> 2, 2.5 -> 3, 0.1 -> at least 1
+    (0.05, [30, 10, 49], [2, 1, 2]),  # 1.5 -> 2, 0.5 -> 1, 2.45 -> 2
+    (0.5, [3, 2, 7], [2, 1, 4]),  # 1.5 -> 2, 1.0 -> 1, 3.5 -> 4
+    (1.0, [1, 4, 9], [1, 4, 9]),  # all of each class
+]
+
+
+@pytest.mark.parametrize(("fraction", "sizes", "want"), HAND_BUDGETS)
+def test_budgets_match_hand_values(fraction: float, sizes: list[int], want: list[int]) -> None:
+    """The engine's rule and the oracle's own count, each against the hand values:
+    the oracle does not share the engine's budget code, so this and the oracle
+    test catch a fault in either."""
+    assert [class_budget(n, fraction) for n in sizes] == want
+    assert reference.budgets(np.array(sizes), fraction=fraction, k=None).tolist() == want
+    y = np.repeat(np.arange(len(sizes)), sizes)
     X = np.random.default_rng(0).normal(size=(len(y), 2))
-    s = crepe.select(X, y, fraction=0.1)
-    assert np.bincount(np.searchsorted(s.classes, s.labels)).tolist() == [1, 2, 1, 3]
-    assert len(crepe.select(X, y, fraction=1.0)) == len(y)
+    for s in (crepe.select(X, y, fraction=fraction), select_reference(X, y, fraction=fraction)):
+        assert np.bincount(np.searchsorted(s.classes, s.labels)).tolist() == want
 
 
 def test_inputs_torch_and_layouts() -> None:

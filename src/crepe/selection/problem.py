@@ -1,7 +1,8 @@
 """A validated selection problem and the one budget rule (numpy only).
 
-Both engines (cpu, cuda) and the oracle (reference) consume the same
-`Problem`; only where X lives differs.
+Both engines (cpu, cuda) consume the same `Problem`; only where X lives
+differs. The oracle (reference) validates through here too, but counts its
+budgets with its own code, so a fault in `class_budget` shows up as a mismatch.
 """
 
 from __future__ import annotations

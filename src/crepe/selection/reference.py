@@ -5,6 +5,10 @@ only) and re-evaluates every candidate at every step. It sums in the same fixed
 order as the C++ engine (see `blocked_sum`), which changes nothing but rounding:
 that way exact ties stay exact ties in both, and the lowest-index tie-break
 gives the same sequence.
+
+It validates its input like `crepe.select` but counts each class's budget with
+its own code (`budgets`), so a fault in the engine's budget rule shows up as
+a mismatch instead of being shared.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from crepe.selection.problem import prepare
-from crepe.selection.result import Selection
+from crepe.selection.result import Selection, make_selection
 
 BLOCK = 256  # must equal the engine's crepe::kBlock (a test checks)
 
@@ -71,17 +75,35 @@ def greedy_class(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.array(picks, dtype=np.int64), weights, np.array(gains), objective
 
 
+def budgets(sizes: np.ndarray, *, fraction: float | None, k: int | None) -> np.ndarray:
+    """Picks per class, written out apart from the engine's rule: k for every
+    class, or fraction * n_c rounded half up, at least 1, at most n_c."""
+    if k is not None:
+        return np.full(len(sizes), k, dtype=np.int64)
+    assert fraction is not None
+    out = []
+    for n_c in sizes.tolist():
+        share = fraction * n_c
+        rounded = int(share) + (1 if share - int(share) >= 0.5 else 0)  # half up; share >= 0
+        out.append(min(n_c, max(1, rounded)))
+    return np.array(out, dtype=np.int64)
+
+
 def select_reference(X: Any, y: Any = None, *, fraction: float | None = None, k: int | None = None) -> Selection:
     """Same contract and result as `crepe.select`, computed the slow, obvious way."""
-    p = prepare(X, y, fraction, k)
+    p = prepare(X, y, fraction, k)  # validation only; the budgets are counted below
+    ks = budgets(p.sizes, fraction=fraction, k=k)
     parts = []
     for c in range(len(p.classes)):
         rows = np.flatnonzero(p.cls == c)
-        picks, w, g, obj = greedy_class(p.X[rows], int(p.budgets[c]))
+        picks, w, g, obj = greedy_class(p.X[rows], int(ks[c]))
         parts.append((rows[picks], w, g, obj))
-    return p.selection(
-        np.concatenate([q[0] for q in parts]),
-        np.concatenate([q[1] for q in parts]),
-        np.concatenate([q[2] for q in parts]),
-        np.array([q[3] for q in parts]),
+    return make_selection(
+        classes=p.classes,
+        sizes=p.sizes,
+        budgets=ks,
+        indices=np.concatenate([q[0] for q in parts]),
+        weights=np.concatenate([q[1] for q in parts]),
+        gains=np.concatenate([q[2] for q in parts]),
+        objective=np.array([q[3] for q in parts]),
     )
