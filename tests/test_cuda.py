@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,8 @@ def _gpu_ready() -> bool:
 
 GPU = _gpu_ready()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU, torch with CUDA and crepe._cuda")
+# Until a GPU run verifies the CUDA path, using it warns (tested below); here that is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::crepe.selection.UnverifiedCUDAWarning")
 
 
 def cases(seed: int, count: int):
@@ -167,6 +170,25 @@ def test_bad_gpu_input_rejected() -> None:
 
 
 # ---- anywhere
+
+
+def test_cuda_path_warns_once_that_it_is_unverified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """crepe.select on the CUDA path says, once per process, that it is unverified
+    on hardware. No GPU needed: the CUDA engine is swapped for the CPU one."""
+    from crepe.selection import api, cpu, cuda, problem
+
+    monkeypatch.setattr(cuda, "prepare", problem.prepare)
+    monkeypatch.setattr(cuda, "run", lambda p, *, method_id: (cpu.run(p, method_id=method_id, threads=None), None))
+    api.warn_unverified_cuda.cache_clear()  # another test may have spent the once
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.warns(crepe.selection.UnverifiedCUDAWarning, match="not been verified on hardware") as seen:
+        first = crepe.select(X, k=3, device="cuda")
+    assert len(seen) == 1
+    assert seen[0].filename == __file__  # points at the caller of crepe.select
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        assert_same(first, crepe.select(X, k=3, device="cuda"))
+        crepe.select(X, k=3)  # the CPU path never warns
 
 
 def test_unknown_device_rejected() -> None:

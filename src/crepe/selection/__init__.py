@@ -6,7 +6,7 @@ result, and reference -> problem, result; result imports nothing of crepe.
 
 from __future__ import annotations
 
-from crepe.selection.api import METHODS, select
+from crepe.selection.api import METHODS, UnverifiedCUDAWarning, select
 from crepe.selection.result import Selection
 
-__all__ = ["METHODS", "Selection", "select"]
+__all__ = ["METHODS", "Selection", "UnverifiedCUDAWarning", "select"]

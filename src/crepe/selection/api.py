@@ -6,6 +6,8 @@ only when a selection runs, so `import crepe` loads neither the extension nor to
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, Literal
 
 from crepe.selection.problem import is_torch_tensor, prepare
@@ -15,6 +17,20 @@ Method = Literal["lazy", "naive"]
 METHODS: dict[str, int] = {"naive": 0, "lazy": 1}
 Device = Literal["cpu", "cuda"]
 DEVICES = ("cpu", "cuda")
+
+
+class UnverifiedCUDAWarning(UserWarning):
+    """The CUDA engine has not yet been run on a GPU by crepe's tests."""
+
+
+@functools.cache  # once per process (cache_clear() re-arms it, for tests)
+def warn_unverified_cuda() -> None:
+    warnings.warn(
+        "crepe.select's CUDA path has not been verified on hardware yet: its kernels have never run "
+        "on a GPU in crepe's tests; check results against device='cpu' before relying on them",
+        UnverifiedCUDAWarning,
+        stacklevel=3,  # the caller of crepe.select
+    )
 
 
 def select(
@@ -47,7 +63,9 @@ def select(
             "cpu" copies a CUDA X to the host first; "cuda" moves host X to the
             current GPU (needs torch with CUDA and crepe built with its CUDA
             extension). On a GPU, a torch y must be on X's device. Both engines
-            return the same Selection, bitwise.
+            return the same Selection, bitwise. The CUDA path has not been
+            verified on hardware yet: it warns once per process
+            (`UnverifiedCUDAWarning`).
 
     Within a class, distances are Euclidean, similarity is s_ij = D_c - d_ij
     with D_c the largest distance in the class, and F(S) = sum_i max_{j in S}
@@ -64,7 +82,9 @@ def select(
     if (device or ("cuda" if on_cuda else "cpu")) == "cuda":
         from crepe.selection import cuda
 
-        return cuda.run(cuda.prepare(X, y, fraction, k), method_id=METHODS[method])[0]
+        p = cuda.prepare(X, y, fraction, k)
+        warn_unverified_cuda()  # after the checks: a refused call has nothing to warn about
+        return cuda.run(p, method_id=METHODS[method])[0]
     if on_cuda:
         X = X.detach().cpu()  # device="cpu": an explicit copy to the host
 
