@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -213,9 +214,7 @@ def test_block_size_matches_engine() -> None:
 
 def test_golden() -> None:
     """Frozen result of a small seeded case (two classes, labels 3 and 7)."""
-    rng = np.random.default_rng(2024)
-    X = np.round(rng.normal(size=(40, 3)), 1)
-    y = np.repeat([3, 7], 20)
+    X, y = golden_case()
     s = crepe.select(X, y, fraction=0.2)
     assert s.indices.tolist() == [10, 7, 2, 3, 38, 23, 28, 34]
     assert s.weights.tolist() == [6, 7, 3, 4, 8, 5, 5, 2]
@@ -272,6 +271,46 @@ def test_result_is_read_only() -> None:
         s.indices[0] = 1
     with pytest.raises(AttributeError):
         s.indices = np.arange(2)  # type: ignore[misc]
+
+
+def golden_case() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2024)
+    return np.round(rng.normal(size=(40, 3)), 1), np.repeat([3, 7], 20)
+
+
+def test_result_repr_and_equality() -> None:
+    X, y = golden_case()
+    s = crepe.select(X, y, fraction=0.2)
+    assert repr(s) == "Selection(8 picks of 40 points, 2 classes, objective 148.742)"
+    assert s == crepe.select(X, y, fraction=0.2, method="naive")
+    assert s == select_reference(X, y, fraction=0.2)
+    assert s != crepe.select(X, y, fraction=0.3)  # other shapes
+    assert s != crepe.select(X, y.astype(np.int32), fraction=0.2)  # same values, labels of another dtype
+    assert s != dataclasses.replace(s, gains=s.gains + 1e-12)
+    assert (s == "s") is False and s != None  # noqa: E711
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(s)
+
+
+def test_result_and_select_are_documented() -> None:
+    doc = crepe.Selection.__doc__ or ""
+    for f in dataclasses.fields(crepe.Selection):
+        assert f"\n        {f.name}: " in doc, f"Selection's docstring does not explain {f.name}"
+    returns = " ".join((crepe.select.__doc__ or "").partition("\n    Returns:\n")[2].split())
+    assert "Torch inputs, CPU or CUDA, come back as numpy arrays" in returns
+
+
+def test_torch_input_returns_numpy() -> None:
+    torch = pytest.importorskip("torch")
+    X, y = golden_case()
+    s = crepe.select(torch.from_numpy(X), torch.from_numpy(y), fraction=0.2)
+    assert all(isinstance(getattr(s, f.name), np.ndarray) for f in dataclasses.fields(s))
+    assert s == crepe.select(X, y, fraction=0.2)
+
+
+def test_dir_shows_public_names_only() -> None:
+    assert sorted(dir(crepe)) == sorted(crepe.__all__)
+    assert all(hasattr(crepe, name) for name in crepe.__all__)
 
 
 X_OK = np.random.default_rng(0).normal(size=(10, 3))

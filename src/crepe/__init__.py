@@ -11,3 +11,7 @@ from crepe.selection import METHODS, Selection, select
 __all__ = ["METHODS", "Selection", "select", "__version__"]
 __version__ = "0.1.0"
 
+
+def __dir__() -> list[str]:
+    # Only the public names: not `annotations` or the subpackages imported on the way.
+    return sorted(__all__)

@@ -67,6 +67,12 @@ def select(
             verified on hardware yet: it warns once per process
             (`UnverifiedCUDAWarning`).
 
+    Returns:
+        A frozen `Selection` of read-only numpy arrays (indices, weights, gains,
+        labels, classes, class_sizes, objective; see its docstring). Torch
+        inputs, CPU or CUDA, come back as numpy arrays too: the results are
+        small, and numpy keeps `import crepe` free of torch.
+
     Within a class, distances are Euclidean, similarity is s_ij = D_c - d_ij
     with D_c the largest distance in the class, and F(S) = sum_i max_{j in S}
     s_ij. Among equal gains the lowest row index (within the class) is picked;
