@@ -3,7 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python -m pytest bench/bench_train.py -s -p no:randomly \
         --benchmark-json=bench-train.json [--quick]
 
-Everything goes through the real code path (`crepe.train.run`, whose
+Everything goes through the real code path (`crepe.training.loop.run`, whose
 metrics.jsonl times each epoch's selection and training separately), on 2
 threads, B = 256, sigma = 1, C = 1, fraction 0.1:
 - seconds per epoch: full-data DP-SGD vs a 10% CRAIG coreset;
@@ -51,10 +51,10 @@ def config(quick: bool, **kw: object) -> TrainConfig:
 
 
 def run(cfg: TrainConfig, out: Path) -> tuple[dict, list[dict]]:
-    from crepe import train
+    from crepe.training import loop, rundir
 
-    assert train.prepare_out(cfg, out) == "new"
-    summary = train.run(cfg, out, log=lambda s: None)
+    assert rundir.prepare_out(cfg, out, {}) == "new"
+    summary = loop.run(cfg, out, log=lambda s: None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return summary, rows
 
@@ -65,12 +65,13 @@ def full_epoch(quick: bool, tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = load()
     summary, rows = run(config(quick, method="full", epochs=FULL_EPOCHS), tmp_path_factory.mktemp("full") / "run")
     # Check: the reported epsilon is the composition of int(1/q) steps per epoch at q = B/n.
-    from crepe import privacy
+    from crepe.privacy.accounting import epsilon
+    from crepe.privacy.ledger import record
 
     n = summary["n_train"]
     ledger: list = []
-    privacy.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / n, steps=FULL_EPOCHS * int(n / 256))
-    assert summary["eps_total"] == pytest.approx(privacy.epsilon(ledger, delta=1e-5), rel=1e-12)
+    record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / n, steps=FULL_EPOCHS * int(n / 256))
+    assert summary["eps_total"] == pytest.approx(epsilon(ledger, delta=1e-5), rel=1e-12)
     out = {
         "n_train": n,
         "epochs_measured": FULL_EPOCHS,
@@ -93,7 +94,8 @@ def test_selection_round_parts(benchmark, quick: bool, full_epoch: dict) -> None
     from crepe import data
     from crepe.selection.reference import select_reference
     from crepe.models import build_model
-    from crepe.proxies import compute_proxies, craig_coreset, privatise
+    from crepe.smallsets.proxies import compute_proxies, privatise
+    from crepe.smallsets.sets import craig_coreset
 
     torch.set_num_threads(THREADS)
     cfg = config(quick)

@@ -31,20 +31,34 @@ def fails(argv: list[str], capsys, match: str) -> str:
         (["--method", "kmeans"], "unknown method 'kmeans'; valid: craig, random, full"),
         (["--proxy", "full-grad"], "valid: logits, last-layer"),
         (["--weights", "scale"], "valid: clip-then-scale, weight-then-clip, none"),
-        (["--optimizer", "lbfgs"], "valid: sgd, adam"),
+        (["--optimizer", "lbfgs"], "valid: sgd, adam, adam-bc"),
         (["--accountant", "gdp"], "valid: rdp, prv"),
         (["--selection-scope", "class"], "valid: per-class, global"),
-        (["--sigma", "0"], "--sigma must be a finite number > 0 with DP on"),
-        (["--sigma", "-1"], "--sigma must be a finite number > 0 with DP on"),
-        (["--sigma", "nan"], "--sigma must be a finite number > 0"),
-        (["--fraction", "0"], "--fraction must lie in (0, 1]"),
-        (["--fraction", "1.5"], "--fraction must lie in (0, 1]"),
-        (["--fraction", "-0.1"], "--fraction must lie in (0, 1]"),
-        (["--select-every", "0"], "--select-every must be an integer >= 1"),
-        (["--select-sigma", "-1"], "select_sigma must be >= 0"),
-        (["--delta", "1"], "--delta must lie in (0, 1)"),
-        (["--epochs", "0"], "epochs must be an integer >= 1"),
-        (["--fraction", "abc"], "invalid float value"),
+        (["--clipping", "auto"], "valid: flat, automatic, adaptive"),
+        (["--sigma", "0"], "--sigma must be > 0 with DP on"),
+        (["--sigma", "-1"], "--sigma must be a finite number >= 0, got -1.0"),
+        (["--sigma", "nan"], "--sigma must be a finite number >= 0, got nan"),
+        (["--fraction", "0"], "--fraction must be a finite number > 0 and <= 1, got 0.0"),
+        (["--fraction", "1.5"], "--fraction must be a finite number > 0 and <= 1"),
+        (["--fraction", "-0.1"], "--fraction must be a finite number > 0 and <= 1"),
+        (["--select-every", "0"], "--select-every must be an integer >= 1, got 0"),
+        (["--select-sigma", "-1"], "--select-sigma must be a finite number >= 0"),
+        (["--delta", "1"], "--delta must be a finite number > 0 and <= 0.5"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1"),
+        (["--epochs", "2.5"], "--epochs must be an integer, got '2.5'"),
+        (["--fraction", "abc"], "--fraction must be a number, got 'abc'"),
+        (["--frac", "0.2"], "unrecognized arguments: --frac"),  # no abbreviations
+        (["--epoch", "2"], "unrecognized arguments: --epoch"),
+        (["--no-dp", "--sigma", "2"], "--sigma has no effect with --no-dp"),
+        (["--no-dp", "--clipping", "adaptive"], "--clipping adaptive needs DP training"),
+        (["--no-dp", "--target-epsilon", "3"], "--target-epsilon needs DP training"),
+        (["--no-dp", "--diagnostics"], "--diagnostics needs DP training"),
+        (["--target-epsilon", "3", "--sigma", "1"], "give one of them, not both"),
+        (["--target-epsilon", "0"], "--target-epsilon must be a finite number > 0"),
+        (["--target-epsilon", "nan"], "--target-epsilon must be a finite number > 0"),
+        (["--target-epsilon", "1e-6"], "--target-epsilon 1e-06 is unreachable with this schedule: the smallest reachable epsilon is"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
+        (["--preset", "fast"], "unknown preset 'fast'; valid: seed-protocol, dp-recipe"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -58,6 +72,11 @@ def test_sigma_zero_is_fine_without_dp(data_root, tmp_path) -> None:
     from crepe.config import TrainConfig
 
     assert TrainConfig(dp=False, sigma=0.0).resolve().select_sigma == 0.0
+
+
+def test_usage_error_is_one_line(data_root, tmp_path, capsys) -> None:
+    err = fails(args(data_root, tmp_path / "run", "--epochs", "0"), capsys, "--epochs")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_data_dir_without_files(tmp_path, capsys) -> None:
@@ -115,6 +134,6 @@ def test_help_and_unknown_command(capsys) -> None:
 
 
 def test_missing_delegate_is_a_clear_error(monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "crepe.report", None)  # import now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "crepe.study.report", None)  # import now raises ModuleNotFoundError
     assert cli.main(["report", "x"]) == 2
-    assert "crepe.report is not available" in capsys.readouterr().err
+    assert "crepe.study.report is not available" in capsys.readouterr().err

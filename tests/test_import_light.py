@@ -7,7 +7,7 @@ import sys
 
 CODE = """
 import sys
-import crepe, crepe.cli, crepe.config, crepe.privacy
+import crepe, crepe.cli, crepe.config, crepe.privacy, crepe.training.rundir, crepe.study
 heavy = sorted(m for m in ("torch", "opacus", "torchvision") if m in sys.modules)
 print(",".join(heavy) or "light")
 """

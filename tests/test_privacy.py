@@ -8,19 +8,32 @@ import math
 import numpy as np
 import pytest
 
-from crepe import privacy
+from crepe.privacy import accounting
+from crepe.privacy import ledger as L
+from crepe.training import rundir
 
 DELTA = 1e-5
 
 
-def seed_schedule(*, select_sigma: float = 3.0, rounds: int = 3) -> list[privacy.Entry]:
-    """The seed study on Fashion-MNIST: 3 rounds of selection, 20 epochs of 23 steps at q = 256/6000 each."""
-    ledger: list[privacy.Entry] = []
+def seed_schedule(*, select_sigma: float = 3.0, rounds: int = 3) -> list[L.Entry]:
+    """A 60-epoch fixture (NOT the seed protocol): `rounds` selections, each followed by 20 epochs
+    of 23 steps at q = 256/6000 (Fashion-MNIST, 10% coreset)."""
+    ledger: list[L.Entry] = []
     for _ in range(rounds):
-        privacy.record(ledger, kind="select", noise_multiplier=select_sigma, sample_rate=1.0)
+        L.record(ledger, kind="select", noise_multiplier=select_sigma, sample_rate=1.0)
         for _ in range(20 * 23):
-            privacy.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000)
+            L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000)
     return ledger
+
+
+def test_golden_seed_protocol_50_epochs() -> None:
+    """The seed protocol: 50 epochs, selections at epochs 0, 20, 40 (20 + 20 + 10 epochs of 23 steps),
+    sigma = 1, sigma_sel = 3, delta 1e-5 -> 11.279 (Opacus 1.6 RDP, default orders)."""
+    ledger: list[L.Entry] = []
+    for epochs in (20, 20, 10):
+        L.record(ledger, kind="select", noise_multiplier=3.0, sample_rate=1.0)
+        L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000, steps=epochs * 23)
+    assert accounting.epsilon(ledger, delta=DELTA) == pytest.approx(11.279, abs=5e-4)
 
 
 def test_record_merges_identical_consecutive_releases_only() -> None:
@@ -29,8 +42,8 @@ def test_record_merges_identical_consecutive_releases_only() -> None:
     assert [e["steps"] for e in ledger] == [1, 460] * 3
 
 
-def test_golden_seed_schedule_rdp() -> None:
-    eps = privacy.epsilons(seed_schedule(), delta=DELTA, accountant="rdp")
+def test_golden_60_epoch_fixture_rdp() -> None:
+    eps = accounting.epsilons(seed_schedule(), delta=DELTA, accountant="rdp")
     # Frozen values for this fixed configuration (Opacus 1.6 RDP, default orders).
     assert eps["total"] == pytest.approx(12.400842690022552, rel=1e-9)
     assert eps["select"] == pytest.approx(2.541218097242522, rel=1e-9)
@@ -46,7 +59,7 @@ def test_total_equals_independent_opacus_rdp_composition() -> None:
         q=256 / 6000, noise_multiplier=1.0, steps=3 * 460, orders=orders
     )
     expected, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA)
-    assert privacy.epsilon(seed_schedule(), delta=DELTA) == pytest.approx(float(expected), rel=1e-12)
+    assert accounting.epsilon(seed_schedule(), delta=DELTA) == pytest.approx(float(expected), rel=1e-12)
 
 
 def test_selection_part_matches_gaussian_closed_form() -> None:
@@ -58,38 +71,38 @@ def test_selection_part_matches_gaussian_closed_form() -> None:
     k, s = 3, 3.0
     rdp = k * a / (2 * s * s)
     closed = np.min(rdp - (np.log(DELTA) + np.log(a)) / (a - 1) + np.log((a - 1) / a))
-    assert privacy.epsilon(seed_schedule(select_sigma=s, rounds=k), delta=DELTA, kinds=("select",)) == pytest.approx(
+    assert accounting.epsilon(seed_schedule(select_sigma=s, rounds=k), delta=DELTA, kinds=("select",)) == pytest.approx(
         closed, rel=1e-12
     )
 
 
 def test_one_full_epoch_matches_build_notes_figure() -> None:
     # BUILD_NOTES: one full Fashion-MNIST epoch, B = 256, sigma = 1 -> eps = 0.925 at delta 1e-5.
-    ledger: list[privacy.Entry] = []
-    privacy.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 60000, steps=234)
-    assert privacy.epsilon(ledger, delta=DELTA) == pytest.approx(0.925, abs=1e-3)
+    ledger: list[L.Entry] = []
+    L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 60000, steps=234)
+    assert accounting.epsilon(ledger, delta=DELTA) == pytest.approx(0.925, abs=1e-3)
 
 
 def test_prv_composes_mixed_steps_and_is_not_looser_than_rdp() -> None:
     ledger = seed_schedule()
-    prv = privacy.epsilons(ledger, delta=DELTA, accountant="prv")
-    rdp = privacy.epsilons(ledger, delta=DELTA, accountant="rdp")
+    prv = accounting.epsilons(ledger, delta=DELTA, accountant="prv")
+    rdp = accounting.epsilons(ledger, delta=DELTA, accountant="rdp")
     for k in ("total", "select", "train"):
         assert 0 < prv[k] <= rdp[k]
     assert prv["select"] < prv["total"] and prv["train"] < prv["total"]
 
 
 def test_composition_costs_more_than_each_part() -> None:
-    eps = privacy.epsilons(seed_schedule(), delta=DELTA)
+    eps = accounting.epsilons(seed_schedule(), delta=DELTA)
     assert max(eps["select"], eps["train"]) < eps["total"] <= eps["select"] + eps["train"]
 
 
 def test_noiseless_release_is_infinite_and_json_safe() -> None:
     ledger = seed_schedule()
-    privacy.record(ledger, kind="select", noise_multiplier=0.0, sample_rate=1.0)
-    eps = privacy.epsilons(ledger, delta=DELTA)
+    L.record(ledger, kind="select", noise_multiplier=0.0, sample_rate=1.0)
+    eps = accounting.epsilons(ledger, delta=DELTA)
     assert math.isinf(eps["total"]) and math.isinf(eps["select"]) and math.isfinite(eps["train"])
-    j = privacy.as_json(eps)
+    j = rundir.eps_json(eps)
     assert j["eps_total"] is None and j["eps_infinite"] is True and j["eps_total_infinite"] is True
     assert j["eps_select"] is None and j["eps_select_infinite"] is True
     assert j["eps_train"] == eps["train"] and j["eps_train_infinite"] is False
@@ -97,13 +110,13 @@ def test_noiseless_release_is_infinite_and_json_safe() -> None:
 
 
 def test_empty_ledger_is_zero() -> None:
-    assert privacy.epsilons([], delta=DELTA) == {"total": 0.0, "select": 0.0, "train": 0.0}
+    assert accounting.epsilons([], delta=DELTA) == {"total": 0.0, "select": 0.0, "train": 0.0}
 
 
 @pytest.mark.parametrize(
     ("kw", "msg"),
     [
-        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, train"),
+        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, train, clip-count, generate"),
         ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 0.0}, "sample_rate"),
         ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 1.5}, "sample_rate"),
         ({"kind": "train", "noise_multiplier": -1.0, "sample_rate": 0.5}, "noise_multiplier"),
@@ -111,12 +124,12 @@ def test_empty_ledger_is_zero() -> None:
 )
 def test_bad_ledger_entries(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
-        privacy.record([], **kw)
+        L.record([], **kw)
 
 
 def test_unknown_accountant() -> None:
     with pytest.raises(ValueError, match="valid: rdp, prv"):
-        privacy.epsilon(seed_schedule(), delta=DELTA, accountant="gdp")
+        accounting.epsilon(seed_schedule(), delta=DELTA, accountant="gdp")
 
 
 def test_rdp_equals_opacus_rdp_accountant_stepped_one_release_at_a_time() -> None:
@@ -126,6 +139,6 @@ def test_rdp_equals_opacus_rdp_accountant_stepped_one_release_at_a_time() -> Non
     for entry in seed_schedule(select_sigma=2.0):
         for _ in range(entry["steps"]):
             acc.step(noise_multiplier=entry["noise_multiplier"], sample_rate=entry["sample_rate"])
-    assert privacy.epsilon(seed_schedule(select_sigma=2.0), delta=DELTA) == pytest.approx(
+    assert accounting.epsilon(seed_schedule(select_sigma=2.0), delta=DELTA) == pytest.approx(
         acc.get_epsilon(delta=DELTA), rel=1e-12
     )

@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-from crepe import privacy
+from crepe.privacy import accounting
+from crepe.privacy import ledger as L
+from crepe.training import rundir
 
 DELTA = 1e-5
 
@@ -32,12 +34,12 @@ def gaussian_epsilon(delta: float, sigma: float, rounds: int) -> float:
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 5.0])
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_selection_epsilon_bounds_the_exact_gaussian_epsilon(sigma: float, rounds: int) -> None:
-    ledger: list[privacy.Entry] = []
+    ledger: list[L.Entry] = []
     for _ in range(rounds):
-        privacy.record(ledger, kind="select", noise_multiplier=sigma, sample_rate=1.0)
-        privacy.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=0.1, steps=10)
+        L.record(ledger, kind="select", noise_multiplier=sigma, sample_rate=1.0)
+        L.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=0.1, steps=10)
     exact = gaussian_epsilon(DELTA, sigma, rounds)
-    prv = privacy.epsilons(ledger, delta=DELTA, accountant="prv")["select"]
-    rdp = privacy.epsilons(ledger, delta=DELTA, accountant="rdp")["select"]
+    prv = accounting.epsilons(ledger, delta=DELTA, accountant="prv")["select"]
+    rdp = accounting.epsilons(ledger, delta=DELTA, accountant="rdp")["select"]
     assert exact <= prv <= exact + 0.011  # Opacus PRV: upper bound with eps_error 0.01
     assert exact <= rdp <= exact * 1.12  # RDP: valid, somewhat looser

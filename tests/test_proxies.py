@@ -10,7 +10,9 @@ import torch
 import crepe
 from crepe import data
 from crepe.models import build_model
-from crepe.proxies import class_budget, compute_proxies, craig_coreset, privatise, random_coreset
+from crepe.selection.problem import class_budget
+from crepe.smallsets.proxies import compute_proxies, privatise
+from crepe.smallsets.sets import craig_coreset, random_coreset
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +82,6 @@ def test_sigma_zero_equals_non_private_craig_on_the_same_proxies(batch) -> None:
     np.testing.assert_array_equal(got.gamma, want.weights)
 
 
-def test_huge_sigma_selection_does_not_depend_on_the_data(batch) -> None:
-    # With sigma_sel huge the noisy proxies carry no trace of the clean ones:
-    # the same noise draw gives the same coreset for unrelated proxies.
-    torch.manual_seed(0)
-    clean = compute_proxies(build_model("cnn"), *batch, kind="logits")
-    other = torch.randn(clean.shape, generator=torch.Generator().manual_seed(9))
-    y = batch[1].numpy()
-    for seed in range(3):
-        a = _select(clean, y, sigma=1e9, seed=seed)
-        b = _select(other, y, sigma=1e9, seed=seed)
-        np.testing.assert_array_equal(a.indices, b.indices)
-    # ...while without noise the two differ (the comparison has power).
-    assert not np.array_equal(_select(clean, y, sigma=0.0, seed=0).indices, _select(other, y, sigma=0.0, seed=0).indices)
-
-
 def _clustered_class(n: int = 200, spread: int = 50) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """One class: n - spread proxies at one point, `spread` points scattered around it."""
     g = torch.Generator().manual_seed(123)
@@ -128,7 +115,7 @@ def test_huge_sigma_selection_is_distributed_like_random_selection() -> None:
     assert share_clean > base + 20 * se  # the statistic does detect a data-driven choice
 
 
-def test_random_coreset_budgets_match_craig(batch) -> None:
+def test_random_coreset_has_the_per_class_and_global_budgets(batch) -> None:
     y = batch[1].numpy()
     cs = random_coreset(y, fraction=0.1, scope="per-class", generator=torch.Generator().manual_seed(0))
     for c in np.unique(y):

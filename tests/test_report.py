@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crepe import report
+from crepe.study import report
 from crepe.config import TrainConfig
 
 
@@ -162,6 +162,6 @@ def test_import_report_stays_light() -> None:
     import subprocess
     import sys
 
-    code = "import sys, crepe.report, crepe.sweep; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'opacus')))"
+    code = "import sys, crepe.study.report, crepe.study.sweep; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'opacus')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from crepe import _core, cli, data, train  # noqa: F401 (_core: an editable install rebuilds it on first import, before output capture)
-from crepe.proxies import class_budget
+from crepe import _core, cli, data  # noqa: F401 (_core: an editable install rebuilds it on first import, before output capture)
+from crepe.config import TrainConfig
+from crepe.smallsets.sets import class_budget
+from crepe.training import loop, rundir, state
 
 N_TRAIN, N_TEST, B = 300, 100, 10  # coreset 30: q = 1/3, 3 steps; full: q = 1/30, 30 steps
 REQUIRED_METRICS = {
@@ -68,8 +70,8 @@ def test_end_to_end(data_root, tmp_path, capsys, method: str, dp: bool) -> None:
         assert 0 <= r["test_acc"] <= 1 and r["examples_seen"] > 0
     summary = json.loads((out / "summary.json").read_text())
     assert REQUIRED_SUMMARY <= set(summary) and summary["status"] == "complete"
-    assert summary["labels_public"] == (method != "full")
-    assert (summary["caveat"] is not None) == (method != "full")
+    assert summary["labels_public"] == (method != "full" and dp)  # no caveat on an infinite epsilon
+    assert (summary["caveat"] is not None) == (method != "full" and dp)
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["dp"] == dp
     assert config["select_sigma"] == (1.0 if dp else 0.0) and config["lr"] == 0.1
@@ -121,18 +123,19 @@ def test_other_options_resnet_last_layer_adam_prv(data_root, tmp_path) -> None:
 
 def test_resume_reproduces_the_ledger(data_root, tmp_path, capsys) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    flags = ["--epochs", "3", "--select-every", "2"]
+    flags = ["--epochs", "3", "--select-every", "2", "--noise", "reproducible"]
     assert cli.main(base_args(data_root, a) + flags) == 0
     # b: same run, interrupted after one epoch, then resumed.
-    cfg = train.TrainConfig(
+    cfg = TrainConfig(
         dataset="fashion-mnist", data_dir=str(data_root), train_subset=N_TRAIN, test_subset=N_TEST,
-        epochs=3, select_every=2, batch_size=B,
+        epochs=3, select_every=2, batch_size=B, noise="reproducible",
     ).resolve()
-    assert train.prepare_out(cfg, b) == "new"
-    assert train.run(cfg, b, stop_after_epochs=1)["status"] == "incomplete"
+    assert rundir.prepare_out(cfg, b, {}) == "new"
+    assert loop.run(cfg, b, stop_after_epochs=1)["status"] == "incomplete"
     assert not (b / "summary.json").exists() and len((b / "metrics.jsonl").read_text().splitlines()) == 1
-    ck = torch.load(b / "checkpoint.pt", weights_only=True)
-    assert ck["epoch"] == 1 and ck["ledger"][0]["kind"] == "select"
+    fp = data.load("fashion-mnist", data_dir=str(data_root), train_subset=N_TRAIN, test_subset=N_TEST).fingerprint
+    ck = state.load(b / "checkpoint.pt", config=cfg.to_dict(), fingerprint=fp)
+    assert ck["state"]["epoch"] == 1 and ck["state"]["ledger"][0]["kind"] == "select"
     assert cli.main(["train", "--resume", str(b)]) == 0
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sb["ledger"] == sa["ledger"]

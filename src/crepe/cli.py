@@ -1,134 +1,184 @@
 """Command line: crepe train | sweep | report.
 
-Convention: `main(argv)` returns an exit status and never raises for bad
-input: 0 success, 2 bad input or usage (one message on stderr, prefixed
-"crepe <command>: error:"; nothing is written or overwritten), 1 a runtime
-failure with a message (e.g. data could not be downloaded). torch and opacus
-are imported only when a run starts, so `crepe --help` is fast.
+Convention for all three commands: `main(argv)` returns an exit status and
+never raises for bad input: 0 success; 2 bad input (`UsageError`: one line on
+stderr, "crepe <command>: error: ...", nothing written or overwritten); 1 a
+runtime failure with a message (e.g. data could not be downloaded); 130/143
+interrupted by Ctrl-C / SIGTERM (one line saying how to resume: every epoch is
+checkpointed atomically). torch and opacus are imported only when a run starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from crepe.config import (
-    ACCOUNTANTS,
-    DATASETS,
-    METHODS,
-    MODELS,
-    OPTIMIZERS,
-    PROXIES,
-    SCOPES,
-    WEIGHTINGS,
-    TrainConfig,
-)
+from crepe import __version__
+from crepe.config import TrainConfig, UsageError, options
 
-DELEGATED = {"sweep": "crepe.sweep", "report": "crepe.report"}
+DELEGATED = {"sweep": "crepe.study.sweep", "report": "crepe.study.report"}
 RESUME_FLAGS = {"data_dir", "threads"}  # flags that may accompany --resume
 
 
-class UsageError(Exception):
-    pass
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --frac is not --fraction
+        super().__init__(*args, **kwargs)
 
-class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message}\n{self.format_usage().strip()}")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _names(valid: tuple[str, ...]) -> str:
-    return "|".join(valid)
+def add_option(p: argparse.ArgumentParser, name: str, s: Any) -> None:
+    """One `crepe train` flag from its declaration (crepe.config)."""
+    default = TrainConfig.__dataclass_fields__[name].default
+    shown = "" if default is None else f" (default: {default})"
+    text = (s.help + shown).replace("%", "%%")  # argparse formats help with %
+    if s.kind == "bool":
+        dest_action = "store_false" if s.no_flag else "store_true"
+        p.add_argument(s.flag, dest=name, action=dest_action, help=text)
+        return
+    def parse(text: str) -> Any:
+        try:
+            return s.parse(text)
+        except UsageError as e:  # argparse reports ArgumentTypeError's own words
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    kw: dict[str, Any] = {"dest": name, "help": text, "type": parse}
+    if s.choices:
+        kw["metavar"] = "{" + ",".join(s.choices) + "}"
+    p.add_argument(s.flag, **kw)
 
 
 def train_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = _Parser(
+    p = Parser(
         prog="crepe train",
         description=(
-            "DP-SGD (Opacus) on CRAIG coresets selected from privatised last-layer gradients, "
-            "with privacy accounting under zero-out adjacency (see docs/privacy.md)."
+            "DP-SGD (Opacus) on a small training set -- a CRAIG coreset selected from privatised "
+            "last-layer gradients, a random subset, or all data -- with one privacy ledger "
+            "(zero-out adjacency; docs/privacy.md)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,  # only flags actually given reach the config
     )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="new run folder (must be empty, absent, or hold this same run)")
     where.add_argument("--resume", type=Path, help="continue the run in this folder")
-    a = p.add_argument
-    a("--dataset", help=f"{_names(DATASETS)} (default {d.dataset})")
-    a("--data-dir", help="folder of the original IDX .gz files (or with a <dataset>/ subfolder); default: torchvision download into ~/.cache/crepe")
-    a("--train-subset", type=int, help="use the first N training examples")
-    a("--test-subset", type=int, help="use the first N test examples")
-    a("--model", help=f"{_names(MODELS)} (default {d.model})")
-    a("--proxy", help=f"{_names(PROXIES)} (default {d.proxy}); last-layer is d=330 for the CNN, ~50x slower selection")
-    a("--select-clip", type=float, help=f"L2 clip of each proxy before noise (default {d.select_clip})")
-    a("--select-sigma", type=float, help="proxy noise multiplier (default: --sigma; 0 under --no-dp; 0 = non-private selection, epsilon infinite)")
-    a("--method", help=f"{_names(METHODS)} (default {d.method})")
-    a("--fraction", type=float, help=f"coreset share of each class, in (0, 1] (default {d.fraction})")
-    a("--select-every", type=int, help=f"re-select every N epochs (default {d.select_every})")
-    a("--epochs", type=int, help=f"(default {d.epochs})")
-    a("--no-dp", dest="dp", action="store_false", help="plain SGD, no noise or clipping (epsilon infinite)")
-    a("--sigma", type=float, help=f"DP-SGD noise multiplier (default {d.sigma})")
-    a("--max-grad-norm", type=float, help=f"per-example clip norm C (default {d.max_grad_norm})")
-    a("--batch-size", type=int, help=f"expected Poisson batch size B; q = B/|S| (default {d.batch_size})")
-    a("--lr", type=float, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
-    a("--optimizer", help=f"{_names(OPTIMIZERS)} (default {d.optimizer})")
-    a("--weights", help=f"{_names(WEIGHTINGS)} (default {d.weights})")
-    a("--accountant", help=f"{_names(ACCOUNTANTS)} (default {d.accountant})")
-    a("--delta", type=float, help=f"(default {d.delta:g})")
-    a("--selection-scope", help=f"{_names(SCOPES)} (default {d.selection_scope}; per-class treats labels as public)")
-    a("--seed", type=int, help=f"(default {d.seed})")
-    a("--threads", type=int, help="torch and selection threads (default: torch's)")
+    for name, s in options().items():
+        add_option(p, name, s)
     return p
 
 
-def _config_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in vars(ns).items() if k in names}
+def provenance() -> dict[str, Any]:
+    """What produced a run: versions, the command line, the git commit of a checkout."""
+    import importlib.metadata as md
+    import subprocess
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    commit = None
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "crepe": __version__,
+        "git_commit": commit,
+        "torch": version("torch"),
+        "opacus": version("opacus"),
+        "argv": sys.argv,
+    }
+
+
+def _resolved_threads(cfg: TrainConfig) -> TrainConfig:
+    from dataclasses import replace
+
+    import torch
+
+    return cfg if cfg.threads is not None else replace(cfg, threads=torch.get_num_threads())
+
+
+def new_run_config(given: dict[str, Any]) -> TrainConfig:
+    """The resolved config of a new run: flags over preset over defaults; sigma solved from a target epsilon."""
+    from crepe import data
+
+    cfg = TrainConfig.from_flags(given).resolve()
+    data.resolve_source(cfg.dataset, cfg.data_dir)  # fail before anything is written
+    if cfg.data_dir is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))  # resume works from any folder
+    if cfg.sigma is None:  # --target-epsilon: solve sigma on the planned ledger
+        from crepe.privacy.calibration import calibrate
+        from crepe.smallsets.sets import set_size
+
+        ds = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+        size = set_size(ds.y_train.numpy(), method=cfg.method, fraction=cfg.fraction, scope=cfg.selection_scope)
+        cfg = calibrate(cfg, set_size=size)
+    return cfg
 
 
 def cmd_train(argv: list[str]) -> int:
-    from crepe import data, train
+    from crepe.training import rundir
 
     ns = train_parser().parse_args(argv)
-    kwargs = _config_kwargs(ns)
+    names = set(options())
+    given = {k: v for k, v in vars(ns).items() if k in names}
     if getattr(ns, "resume", None) is not None:
-        extra = sorted(set(kwargs) - RESUME_FLAGS)
+        extra = sorted(set(given) - RESUME_FLAGS)
         if extra:
-            flags = ", ".join("--" + k.replace("_", "-") if k != "dp" else "--no-dp" for k in extra)
-            raise ValueError(f"--resume continues a run as configured; it does not take {flags}")
+            flags = ", ".join(options()[k].flag for k in extra)
+            raise UsageError(f"--resume continues a run as configured; it does not take {flags}")
         run_dir = Path(ns.resume)
-        cfg = train.open_run(run_dir, **kwargs)
-        if train.is_complete(run_dir):
-            print(f"crepe train: {run_dir} is already complete", file=sys.stderr)
-            import json
+        if not run_dir.is_dir():
+            raise UsageError(f"--resume {run_dir}: no such directory")
+        cfg = rundir.read_config(run_dir)
+        if "data_dir" in given:
+            given["data_dir"] = str(Path(given["data_dir"]).resolve())
+        from dataclasses import replace
 
-            print(train.final_line(json.loads((run_dir / train.SUMMARY).read_text())))
+        cfg = replace(cfg, **given)
+        if rundir.is_complete(run_dir):
+            print(f"crepe train: {run_dir} is already complete", file=sys.stderr)
+            print(rundir.final_line(rundir.read_summary(run_dir) or {}))
             return 0
+        if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+            raise UsageError(
+                f"the data folder {cfg.data_dir} recorded in {run_dir / rundir.CONFIG} does not exist here; "
+                "pass --data-dir to say where the data is now"
+            )
         created = False
+        if given:
+            rundir.write_config(run_dir, cfg, rundir.read_json(run_dir / rundir.CONFIG).get("provenance", {}))
     else:
         run_dir = Path(ns.out)
-        cfg = TrainConfig(**kwargs).resolve()
-        data.resolve_source(cfg.dataset, cfg.data_dir)  # fail before creating anything
-        state = train.prepare_out(cfg, run_dir)
+        cfg = _resolved_threads(new_run_config(given))
+        state = rundir.prepare_out(cfg, run_dir, provenance())
         if state == "complete":
-            import json
-
             print(f"crepe train: {run_dir} already holds this run, complete", file=sys.stderr)
-            print(train.final_line(json.loads((run_dir / train.SUMMARY).read_text())))
+            print(rundir.final_line(rundir.read_summary(run_dir) or {}))
             return 0
         created = state == "new"
+    from crepe.training.loop import run
+
     try:
-        summary = train.run(cfg, run_dir)
+        summary = run(cfg, run_dir)
     except BaseException:
-        if created and not (run_dir / train.CHECKPOINT).exists():
+        if created and not (run_dir / rundir.CHECKPOINT).exists():
             _remove_new_run(run_dir)
         raise
-    print(train.final_line(summary))
+    print(rundir.final_line(summary))
     if summary["labels_public"]:
         print(f"crepe train: note: {summary['caveat']}", file=sys.stderr)
     return 0
@@ -136,9 +186,9 @@ def cmd_train(argv: list[str]) -> int:
 
 def _remove_new_run(run_dir: Path) -> None:
     """Undo a run folder this call created, if it failed before its first checkpoint."""
-    from crepe import train
+    from crepe.training import rundir
 
-    for name in (train.CONFIG, train.METRICS):
+    for name in (rundir.CONFIG, rundir.METRICS):
         (run_dir / name).unlink(missing_ok=True)
     try:
         run_dir.rmdir()
@@ -147,17 +197,30 @@ def _remove_new_run(run_dir: Path) -> None:
 
 
 def top_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="crepe", description="CRAIG coresets for differentially private training.")
+    p = Parser(prog="crepe", description="CRAIG coresets for differentially private training.")
+    p.add_argument("--version", action="version", version=f"crepe {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{train,sweep,report}")
-    sub.add_parser("train", help="DP-SGD on a CRAIG coreset (crepe train --help)", add_help=False)
+    sub.add_parser("train", help="DP-SGD on a small private training set (crepe train --help)", add_help=False)
     sub.add_parser("sweep", help="grids of crepe train runs (crepe sweep --help)", add_help=False)
     sub.add_parser("report", help="tables and plots from run folders (crepe report --help)", add_help=False)
     return p
 
 
+_terminated = False
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt  # the same tidy exit as Ctrl-C, with status 143
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script: SIGTERM ends like Ctrl-C
+        signal.signal(signal.SIGTERM, _sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
+    prog = f"crepe {command}" if command in ("train", *DELEGATED) else "crepe"
     try:
         if command in DELEGATED:
             import importlib
@@ -167,21 +230,38 @@ def main(argv: list[str] | None = None) -> int:
             except ModuleNotFoundError as e:
                 if e.name != DELEGATED[command]:
                     raise
-                print(f"crepe {command}: error: {DELEGATED[command]} is not available in this installation", file=sys.stderr)
-                return 2
+                raise UsageError(f"{DELEGATED[command]} is not available in this installation") from None
             return int(mod.main(argv[1:]) or 0)
         if command == "train":
             return cmd_train(argv[1:])
-        top_parser().parse_args(argv)  # --help, or an unknown command
+        top_parser().parse_args(argv)  # --help, --version, or an unknown command
         top_parser().print_help(sys.stderr)
         return 2
-    except SystemExit as e:  # --help
+    except SystemExit as e:  # --help, --version
         return int(e.code or 0)
-    except (UsageError, ValueError) as e:
-        if type(e) not in (UsageError, ValueError):  # e.g. io.UnsupportedOperation: a bug, not bad input
-            raise
-        print(f"crepe {command or ''}: error: {e}".replace("crepe : ", "crepe: "), file=sys.stderr)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = ""
+        if command == "train":
+            target = _flag_value(argv, "--out") or _flag_value(argv, "--resume")
+            where = f"; every finished epoch is saved: resume with `crepe train --resume {target}`" if target else ""
+        print(f"{prog}: interrupted{where}", file=sys.stderr)
+        return 143 if _terminated else 130
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except RuntimeError as e:
-        print(f"crepe {command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crepe.config import DATASETS, check_choice
+from crepe.config import UsageError, check_choice, options
+
+DATASETS = options()["dataset"].choices
 
 if TYPE_CHECKING:
     import torch
@@ -39,14 +41,22 @@ MNIST_T10K_SPLIT_SEED = 20240601
 MNIST_T10K_TRAIN = 8000
 DEFAULT_CACHE = Path.home() / ".cache" / "crepe"
 
-HOW_TO_GET = (
-    "get the data with one of: (1) run on a machine with network access without "
-    "--data-dir (torchvision downloads into ~/.cache/crepe); (2) point --data-dir at a "
-    "folder holding the original IDX files train-images-idx3-ubyte.gz, "
-    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
-    "(or a folder with a <dataset>/ subfolder of them); Fashion-MNIST is also the Debian "
-    "package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"
+IDX_FILES = (
+    "the original IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (or a folder with a <dataset>/ subfolder of them)"
 )
+DEBIAN = {"fashion-mnist": "; Fashion-MNIST is also the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"}
+
+
+def how_to_get(dataset: str, *, offline: bool) -> str:
+    """The ways out that apply: with --data-dir given, or after torchvision's download failed."""
+    if offline:
+        first = "point --data-dir at a folder holding " + IDX_FILES
+        second = ", or run without --data-dir on a machine with network access (torchvision downloads into ~/.cache/crepe)"
+    else:
+        first = "torchvision could not download it: run where the network is reachable"
+        second = ", or pass --data-dir with a folder holding " + IDX_FILES
+    return first + second + DEBIAN.get(dataset, "")
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ def resolve_source(dataset: str, data_dir: str | None) -> DataSource:
         return DataSource(dataset, None, "standard")
     root = Path(data_dir)
     if not root.is_dir():
-        raise ValueError(f"--data-dir {root} is not a directory; {HOW_TO_GET}")
+        raise UsageError(f"--data-dir {root} is not a directory; {how_to_get(dataset, offline=True)}")
     for folder in (root, root / dataset):
         if _has(folder, "train") and _has(folder, "test"):
             return DataSource(dataset, folder, "standard")
@@ -88,11 +98,11 @@ def resolve_source(dataset: str, data_dir: str | None) -> DataSource:
         if _has(folder, "test") and not any((folder / f).is_file() for f in FILES["train"]):
             if dataset == "mnist":
                 return DataSource(dataset, folder, f"mnist-t10k-{MNIST_T10K_TRAIN}/{10000 - MNIST_T10K_TRAIN}")
-            raise ValueError(
+            raise UsageError(
                 f"{folder} holds only the t10k (test) split of {dataset}; the t10k split "
-                f"fallback exists for mnist only; {HOW_TO_GET}"
+                f"fallback exists for mnist only; {how_to_get(dataset, offline=True)}"
             )
-    raise ValueError(f"no {dataset} IDX files in {root} or {root / dataset}; {HOW_TO_GET}")
+    raise UsageError(f"no {dataset} IDX files in {root} or {root / dataset}; {how_to_get(dataset, offline=True)}")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -100,20 +110,20 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+        raise UsageError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     count = int(np.prod(shape))
     if len(raw) - offset != count:
-        raise ValueError(f"{path}: header says shape {shape} but holds {len(raw) - offset} bytes")
+        raise UsageError(f"{path}: header says shape {shape} but holds {len(raw) - offset} bytes")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _read_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = (read_idx(folder / f) for f in FILES[split])
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
+        raise UsageError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
     return images, labels
 
 
@@ -128,7 +138,7 @@ def _torchvision_arrays(dataset: str, cache: Path) -> dict[str, tuple[np.ndarray
         except Exception as e:  # network errors come in many types; re-raise with the way out
             raise RuntimeError(
                 f"could not load {dataset} through torchvision into {cache} ({type(e).__name__}: {e}); "
-                f"{HOW_TO_GET}"
+                f"{how_to_get(dataset, offline=False)}"
             ) from e
         # The raw uint8 tensors: no per-item transform loop.
         out[split] = (ds.data.numpy(), ds.targets.numpy())
@@ -168,7 +178,7 @@ def load(
         images, labels = arrays[split]
         if subset is not None:
             if subset > len(labels):
-                raise ValueError(f"--{split}-subset {subset} exceeds the {len(labels)} {split} examples")
+                raise UsageError(f"--{split}-subset {subset} exceeds the {len(labels)} {split} examples")
             images, labels = images[:subset], labels[:subset]
         x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(torch.float32).div_(255.0)  # a writable copy
         x = x.sub_(mean).div_(std).unsqueeze(1)  # (n, 1, 28, 28)

@@ -10,24 +10,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crepe.config import MODELS, check_choice
+from crepe.config import check_choice, options
+
+MODELS = options()["model"].choices
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class CNN(nn.Module):
     """The Opacus MNIST example's CNN: conv 16x8x8/2 -> pool -> conv 32x4x4/2 -> pool -> fc 32 -> fc 10."""
 
-    def __init__(self, classes: int = 10) -> None:
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 8, stride=2, padding=3),  # (n,16,14,14)
-            nn.ReLU(),
+            act(),
             nn.MaxPool2d(2, 1),  # (n,16,13,13)
             nn.Conv2d(16, 32, 4, stride=2),  # (n,32,5,5)
-            nn.ReLU(),
+            act(),
             nn.MaxPool2d(2, 1),  # (n,32,4,4)
             nn.Flatten(),
             nn.Linear(32 * 4 * 4, 32),
-            nn.ReLU(),  # h: (n, 32)
+            act(),  # h: (n, 32)
         )
         self.head = nn.Linear(32, classes)
 
@@ -38,13 +41,13 @@ class CNN(nn.Module):
 class BasicBlock(nn.Module):
     """Pre-activation-free ResNet basic block with GroupNorm (BatchNorm is not DP-compatible)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, groups: int = 8) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, act: type[nn.Module], groups: int = 8) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.norm1 = nn.GroupNorm(groups, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(groups, cout)
-        self.act = nn.ReLU()
+        self.act = act()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
@@ -60,16 +63,16 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A small ResNet for 28x28: stem 16 -> blocks 16, 32/2, 64/2 -> global average pool -> fc."""
 
-    def __init__(self, classes: int = 10, width: int = 16) -> None:
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU, width: int = 16) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
             nn.Conv2d(1, w, 3, padding=1, bias=False),  # (n,w,28,28)
             nn.GroupNorm(8, w),
-            nn.ReLU(),
-            BasicBlock(w, w, 1),
-            BasicBlock(w, 2 * w, 2),  # (n,2w,14,14)
-            BasicBlock(2 * w, 4 * w, 2),  # (n,4w,7,7)
+            act(),
+            BasicBlock(w, w, 1, act),
+            BasicBlock(w, 2 * w, 2, act),  # (n,2w,14,14)
+            BasicBlock(2 * w, 4 * w, 2, act),  # (n,4w,7,7)
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),  # h: (n, 4w)
         )
@@ -82,7 +85,8 @@ class ResNet(nn.Module):
 _BUILDERS = {"cnn": CNN, "resnet": ResNet}
 
 
-def build_model(name: str, *, classes: int = 10) -> nn.Module:
+def build_model(name: str, *, activation: str = "relu", classes: int = 10) -> nn.Module:
     """A fresh model (initialised from the global torch RNG: seed it first)."""
     check_choice("model", name, MODELS)
-    return _BUILDERS[name](classes=classes)
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    return _BUILDERS[name](classes=classes, act=ACTIVATIONS[activation])

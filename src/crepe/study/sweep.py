@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crepe.config import ACCOUNTANTS, DATASETS, METHODS, MODELS, OPTIMIZERS, PROXIES, SCOPES, WEIGHTINGS
+from crepe.config import METHODS, options
+
+_O = options()
+DATASETS, MODELS, OPTIMIZERS, PROXIES = (_O[k].choices for k in ("dataset", "model", "optimizer", "proxy"))
+SCOPES, WEIGHTINGS, ACCOUNTANTS = (_O[k].choices for k in ("selection_scope", "weights", "accountant"))
 
 MANIFEST = "sweep.json"
 LOGS = "logs"

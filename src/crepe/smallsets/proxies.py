@@ -1,5 +1,4 @@
-"""Per-example last-layer gradient proxies in closed form, their privatisation,
-and the coreset choice made from the privatised proxies only (DESIGN.md section 2).
+"""Per-example last-layer gradient proxies in closed form and their privatisation (DESIGN.md section 2).
 
 For cross-entropy with softmax p = softmax(W h + b) and one-hot label e_y:
   d loss / d logits = p - e_y                      ("logits" proxy, d = C)
@@ -9,14 +8,14 @@ Both come from one batched forward pass in eval mode; no per-sample autograd.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from crepe.config import PROXIES, SCOPES, check_choice
+from crepe.config import check_choice, options
+
+PROXIES = options()["proxy"].choices
 
 
 @torch.no_grad()
@@ -61,42 +60,3 @@ def privatise(
         return clipped
     noise = torch.randn(proxies.shape, generator=generator, dtype=proxies.dtype)
     return clipped + noise * (sigma * clip)
-
-
-@dataclass(frozen=True)
-class Coreset:
-    indices: np.ndarray  # (k,) int64 rows of the training set
-    gamma: np.ndarray  # (k,) int64 CRAIG weights (ones for random/full)
-
-
-def class_budget(n_c: int, fraction: float) -> int:
-    """k_c = max(1, floor(fraction * n_c + 0.5)), at most n_c (the rule crepe.select uses)."""
-    return min(n_c, max(1, int(np.floor(fraction * n_c + 0.5))))
-
-
-def craig_coreset(
-    noisy: torch.Tensor, labels: np.ndarray, *, fraction: float, scope: str, threads: int | None
-) -> Coreset:
-    """CRAIG on privatised proxies. Per-class scope reads the (public) labels;
-    global scope runs one facility location over all points with budget round(f n)."""
-    import crepe
-
-    check_choice("selection scope", scope, SCOPES)
-    y = labels if scope == "per-class" else None
-    sel = crepe.select(noisy.numpy(), y, fraction=fraction, threads=threads)
-    return Coreset(np.array(sel.indices, dtype=np.int64), np.array(sel.weights, dtype=np.int64))
-
-
-def random_coreset(labels: np.ndarray, *, fraction: float, scope: str, generator: torch.Generator) -> Coreset:
-    """A uniform subset with the same budgets as CRAIG; it reads no data beyond the labels."""
-    check_choice("selection scope", scope, SCOPES)
-    groups = [np.arange(len(labels))] if scope == "global" else [
-        np.flatnonzero(labels == c) for c in np.unique(labels)
-    ]
-    picks = []
-    for g in groups:
-        k = class_budget(len(g), fraction)
-        perm = torch.randperm(len(g), generator=generator).numpy()
-        picks.append(g[perm[:k]])
-    idx = np.concatenate(picks).astype(np.int64)
-    return Coreset(idx, np.ones(len(idx), dtype=np.int64))

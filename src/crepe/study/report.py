@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crepe.config import UsageError
+from crepe.training import rundir
+
 # Settings that may differ between runs without changing what is compared.
 IGNORED = ("seed", "data_dir", "threads")
 # Settings that make rows (a column of the table when they vary across the sweep).
@@ -122,27 +125,15 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
         )
     for d in dirs:
         try:
-            config = json.loads((d / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            skipped.append(f"{d.name}: unreadable config.json ({e})")
+            config = rundir.read_config(d).to_dict()
+            summary = rundir.read_summary(d) or {}
+            metrics = rundir.read_metrics(d)
+        except UsageError as e:
+            skipped.append(f"{d.name}: {e}")
             continue
-        summary_path = d / "summary.json"
-        summary: dict[str, Any] = {}
-        if summary_path.is_file():
-            try:
-                summary = json.loads(summary_path.read_text())
-            except json.JSONDecodeError as e:
-                skipped.append(f"{d.name}: unreadable summary.json ({e})")
-                continue
         if summary.get("status") != "complete":
             skipped.append(f"{d.name}: not complete")
             continue
-        metrics: list[dict[str, Any]] = []
-        mpath = d / "metrics.jsonl"
-        if mpath.is_file():
-            for line in mpath.read_text().splitlines():
-                if line.strip():
-                    metrics.append(json.loads(line))
         runs.append(Run(d.name, d, config, summary, tuple(metrics)))
     if not runs:
         raise ValueError(f"no complete runs in {sweep_dir} ({len(skipped)} incomplete: {'; '.join(skipped[:5])})")

@@ -1,0 +1,153 @@
+"""One DP optimizer for every clip rule and weighting, and its non-private twin.
+
+Per step (DESIGN.md sections 3 and 7), for the examples i of a Poisson batch:
+  f_i = clip_rule(|g_i|) * w_i            (w_i in [0, 1]: coreset weight, 1 otherwise)
+  g   = (sum_i f_i g_i + N(0, (sigma C)^2 I)) / normaliser
+with normaliser q * sum_{j in S} w_j (the expected weighted batch size), a
+public quantity. An empty batch is still a noisy step. Every step reports its
+releases through `on_release(kind, noise_multiplier, sample_rate)` from
+Opacus' step hook, so no step can run without entering the ledger.
+
+`PlainOptimizer` gives non-private training the same interface (weights are
+applied to the loss by the caller; no clipping, no noise; releases recorded
+with noise 0, which makes epsilon infinite).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from opacus.optimizers import DPOptimizer as OpacusDPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+
+from crepe.dp.clipping import ClipRule
+
+OnRelease = Callable[[str, float, float], None]
+
+
+class DPOptimizer(OpacusDPOptimizer):
+    """Opacus' DPOptimizer with factor = clip_rule x weight and releases reported per step."""
+
+    def __init__(
+        self,
+        base: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        clip_rule: ClipRule,
+        generator: torch.Generator | None,
+        on_release: OnRelease,
+        count_noise: float = 0.0,
+    ) -> None:
+        super().__init__(
+            base,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=clip_rule.max_grad_norm,
+            expected_batch_size=1,  # set by start_set()
+            loss_reduction="mean",
+            generator=generator,
+        )
+        self.clip_rule = clip_rule
+        self.on_release = on_release
+        self.count_noise = count_noise  # adaptive clipping: noise multiplier of the unclipped count
+        self.sample_weights: torch.Tensor | None = None
+        self.sample_rate = 1.0
+        self.expected_examples = 1.0
+        self._unclipped = 0.0
+        self.attach_step_hook(lambda opt: self._after_noise())
+
+    def start_set(self, *, sample_rate: float, normaliser: float, expected_examples: float) -> None:
+        """Before the steps over a (new) training set: q, q * sum(w), and q * m."""
+        self.sample_rate = sample_rate
+        self.expected_batch_size = normaliser  # Opacus divides the noisy sum by it
+        self.expected_examples = expected_examples
+
+    def empty_batch(self) -> None:
+        """Prepare a step for a batch that drew no example: pure noise, still a release."""
+        for p in self.params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        self.sample_weights = None
+
+    def per_example_norms(self) -> torch.Tensor:
+        grads = self.grad_samples
+        return torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in grads], dim=1).norm(2, dim=1)
+
+    def contribution_factors(self) -> torch.Tensor:
+        """(B,) f_i such that example i adds f_i g_i to the sum; |f_i g_i| <= C."""
+        if len(self.grad_samples[0]) == 0:
+            return torch.zeros((0,), device=self.grad_samples[0].device)
+        norms = self.per_example_norms()
+        factor = self.clip_rule.factor(norms)
+        self._unclipped = float((norms <= self.clip_rule.max_grad_norm).sum())
+        if self.sample_weights is not None:
+            w = self.sample_weights.to(factor.device, factor.dtype)
+            if w.shape != factor.shape:
+                raise ValueError(f"sample_weights has shape {tuple(w.shape)}, batch is {tuple(factor.shape)}")
+            if bool((w < 0).any()) or bool((w > 1).any()):
+                raise ValueError("sample_weights must lie in [0, 1]: a weight above 1 would raise sensitivity")
+            factor = factor * w
+        return factor
+
+    def clip_and_accumulate(self) -> None:
+        self._unclipped = 0.0
+        self.max_grad_norm = self.clip_rule.max_grad_norm  # the noise std below is sigma times this C
+        factor = self.contribution_factors()
+        for p in self.params:
+            _check_processed_flag(p.grad_sample)
+            gs = self._get_flat_grad_sample(p).to(p.dtype)  # (B, *p.shape)
+            grad = torch.einsum("i,i...", factor.to(gs.device, p.dtype), gs)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
+
+    def _after_noise(self) -> None:
+        """Opacus' step hook: runs once per noisy step, after noise and scaling."""
+        self.on_release("train", self.noise_multiplier, self.sample_rate)
+        base = self.original_optimizer
+        if hasattr(base, "noise_variance"):  # DP-AdamBC: the noise variance per coordinate
+            base.noise_variance = (self.noise_multiplier * self.max_grad_norm / self.expected_batch_size) ** 2
+        if self.clip_rule.adaptive:
+            noise = _generate_noise(std=self.count_noise, reference=torch.zeros(()), generator=self.generator)
+            self.on_release("clip-count", self.count_noise, self.sample_rate)
+            self.clip_rule.update((self._unclipped + float(noise)) / self.expected_examples)
+
+    def state_dict(self):  # type: ignore[no-untyped-def]
+        return {"base": self.original_optimizer.state_dict(), "max_grad_norm": self.clip_rule.max_grad_norm}
+
+    def load_state_dict(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.original_optimizer.load_state_dict(state["base"])
+        self.clip_rule.max_grad_norm = float(state["max_grad_norm"])
+
+
+class PlainOptimizer:
+    """Non-private training behind the DP optimizer's interface: the loss the caller
+    backpropagates is summed over the batch; step() divides by the normaliser."""
+
+    def __init__(self, base: torch.optim.Optimizer, *, on_release: OnRelease) -> None:
+        self.original_optimizer = base
+        self.on_release = on_release
+        self.sample_weights: torch.Tensor | None = None  # unused: weights go into the loss
+        self.sample_rate = 1.0
+        self.normaliser = 1.0
+
+    def start_set(self, *, sample_rate: float, normaliser: float, expected_examples: float) -> None:
+        self.sample_rate, self.normaliser = sample_rate, normaliser
+
+    def empty_batch(self) -> None:
+        pass  # no gradient: the base optimizer skips every parameter
+
+    def step(self) -> None:
+        for group in self.original_optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad /= self.normaliser
+        self.original_optimizer.step()
+        self.on_release("train", 0.0, self.sample_rate)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.original_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):  # type: ignore[no-untyped-def]
+        return {"base": self.original_optimizer.state_dict(), "max_grad_norm": None}
+
+    def load_state_dict(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.original_optimizer.load_state_dict(state["base"])

@@ -1,0 +1,1 @@
+"""Small training sets chosen under DP: full, random, CRAIG (from privatised proxies)."""

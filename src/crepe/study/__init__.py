@@ -1,0 +1,1 @@
+"""The study: grids of `crepe train` runs (sweep) and their tables and plots (report)."""

@@ -1,0 +1,1 @@
+"""`crepe train`: the run folder, the checkpointed state, one epoch, and the loop."""

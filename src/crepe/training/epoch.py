@@ -1,0 +1,89 @@
+"""One epoch of (DP-)SGD over a small weighted training set.
+
+The set S (m examples, CRAIG weights gamma) is sampled in int(1/q) Poisson
+batches, q = B/m. How weights enter (DESIGN.md section 3) is fixed per set, so
+the step itself does not branch on DP or on the weighting:
+- DP, clip-then-scale: factor clip(g_i) * w_i, w = gamma / max gamma; normaliser q sum(w);
+- DP, weight-then-clip: the loss of i is gamma_i loss_i (clipping cancels large weights); normaliser q m;
+- non-private: the loss of i is w_i loss_i; normaliser q sum(w).
+Unweighted sets (full, random, --weights none) have w = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from crepe.dp.sampling import poisson_batches
+from crepe.privacy.calibration import steps_per_epoch
+from crepe.smallsets.sets import Coreset
+
+
+@dataclass(frozen=True)
+class SetWeights:
+    """How one small set's weights enter the steps."""
+
+    sample_rate: float  # q = B / m
+    loss_weights: torch.Tensor | None  # (m,) multiplies each example's loss
+    factor_weights: torch.Tensor | None  # (m,) multiplies each example's clip factor (DP)
+    normaliser: float  # the noisy sum is divided by it
+    expected_examples: float  # q m
+
+
+def set_weights(s: Coreset, *, batch_size: int, dp: bool, weighting: str) -> SetWeights:
+    m = len(s.indices)
+    gamma = torch.from_numpy(s.gamma).to(torch.float32)  # (m,)
+    weighted = weighting != "none" and bool((gamma != 1).any())
+    w = gamma / gamma.max() if weighted else torch.ones(m)  # (m,) in (0, 1]
+    q = min(1.0, batch_size / m)
+    if dp and weighting == "weight-then-clip" and weighted:
+        return SetWeights(q, gamma, None, q * m, q * m)
+    if dp:
+        return SetWeights(q, None, w if weighted else None, q * float(w.sum()), q * m)
+    return SetWeights(q, w if weighted else None, None, q * float(w.sum()), q * m)
+
+
+@dataclass
+class EpochStats:
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    steps: int = 0
+
+
+def train_epoch(
+    net: nn.Module,
+    opt,  # crepe.dp.optimizer.DPOptimizer or PlainOptimizer
+    x: torch.Tensor,  # (n, 1, 28, 28) the whole training split
+    y: torch.Tensor,  # (n,)
+    s: Coreset,
+    sw: SetWeights,
+    *,
+    generator: torch.Generator,
+    progress: Callable[[int, int], None] = lambda i, total: None,
+) -> EpochStats:
+    S = torch.from_numpy(s.indices)  # (m,)
+    steps = steps_per_epoch(sw.sample_rate)
+    opt.start_set(sample_rate=sw.sample_rate, normaliser=sw.normaliser, expected_examples=sw.expected_examples)
+    st = EpochStats()
+    for i, pos in enumerate(poisson_batches(len(S), sample_rate=sw.sample_rate, steps=steps, generator=generator), 1):
+        if len(pos) == 0:
+            opt.empty_batch()  # still a (noisy) step: skipping it would change the mechanism
+        else:
+            idx = S[pos]
+            out = net(x[idx])  # (b, classes)
+            losses = nn.functional.cross_entropy(out, y[idx], reduction="none")  # (b,)
+            weighted = losses if sw.loss_weights is None else losses * sw.loss_weights[pos]
+            weighted.sum().backward()
+            opt.sample_weights = None if sw.factor_weights is None else sw.factor_weights[pos]
+            st.loss_sum += float(losses.detach().sum())
+            st.correct += int((out.detach().argmax(1) == y[idx]).sum())
+            st.seen += len(idx)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        st.steps += 1
+        progress(i, steps)
+    return st

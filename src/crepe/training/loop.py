@@ -1,0 +1,279 @@
+"""The training loop of `crepe train`.
+
+Per epoch:
+  1. at epochs 0, k, 2k, ... (k = select_every), craig and random re-select the
+     small set with the current model (craig: proxies for all n examples,
+     clipped + noised with sigma_sel, CRAIG on the noisy proxies only; one
+     "select" release);
+  2. one epoch of (DP-)SGD over the set (training/epoch.py); the optimizer
+     records each step's releases in the ledger from its step hook;
+  3. test accuracy; epsilon total/select/train; checkpoint (atomic,
+     checksummed), then the metrics.jsonl line.
+
+Randomness (DESIGN.md section 9): --seed fixes model initialisation. The DP
+noise, Poisson sampling and selection noise draw from generators seeded from
+the OS (noise = "secret"), kept only in the checkpoint; noise = "reproducible"
+derives them from --seed, and every epsilon printed then says it holds only if
+the seed is secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from crepe import data as data_mod
+from crepe.config import TrainConfig
+from crepe.dp.clipping import make_clip_rule
+from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
+from crepe.dp.optimizer import DPOptimizer, PlainOptimizer
+from crepe.dp.optimizers import make_base_optimizer
+from crepe.models import build_model
+from crepe.privacy.accounting import epsilons
+from crepe.privacy.calibration import count_noise
+from crepe.privacy.ledger import record
+from crepe.smallsets.proxies import compute_proxies, privatise
+from crepe.smallsets.sets import craig_coreset, full_set, random_coreset
+from crepe.training import rundir, state as ckpt
+from crepe.training.epoch import set_weights, train_epoch
+from crepe.training.state import GENERATORS, RunState
+
+
+def seeds(cfg: TrainConfig) -> tuple[int, dict[str, int]]:
+    """(model init seed, {generator: seed}) -- the latter secret unless noise is reproducible."""
+    derived = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(len(GENERATORS) + 1)]
+    if cfg.noise == "reproducible":
+        return derived[0], dict(zip(GENERATORS, derived[1:]))
+    return derived[0], {name: secrets.randbits(63) for name in GENERATORS}
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, noise_gen: torch.Generator, ledger: list) -> tuple[nn.Module, Any]:
+    """The network to run batches through and the optimizer, DP or plain, sharing one interface."""
+    assert cfg.lr is not None and cfg.sigma is not None
+    base = make_base_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+
+    def on_release(kind: str, noise_multiplier: float, sample_rate: float) -> None:
+        record(ledger, kind=kind, noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+
+    if not cfg.dp:
+        return model, PlainOptimizer(base, on_release=on_release)
+    from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    ModuleValidator.validate(model, strict=True)
+    rule = make_clip_rule(cfg.clipping, max_grad_norm=cfg.max_grad_norm, quantile=cfg.clip_quantile, lr=cfg.clip_lr)
+    opt = DPOptimizer(
+        base,
+        noise_multiplier=cfg.sigma,
+        clip_rule=rule,
+        generator=noise_gen,
+        on_release=on_release,
+        count_noise=count_noise(cfg.batch_size),
+    )
+    return GradSampleModule(model, batch_first=True, loss_reduction="sum"), opt
+
+
+def _progress(enabled: bool, label: str) -> Callable[[int, int], None]:
+    def show(i: int, total: int) -> None:
+        if enabled and (i == total or i % max(1, total // 50) == 0):
+            done = int(30 * i / total)
+            sys.stderr.write(f"\r  {label} [{'#' * done}{'.' * (30 - done)}] {i}/{total}")
+            if i == total:
+                sys.stderr.write("\r" + " " * 72 + "\r")
+            sys.stderr.flush()
+
+    return show
+
+
+def run(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    stop_after_epochs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` (resolved) in `run_dir` (prepared by rundir.prepare_out), continuing from its
+    checkpoint if there is one. Returns the summary, or, when `stop_after_epochs` (epochs to run
+    in this call) stops it early, {"status": "incomplete", "epoch": e} (the folder stays resumable).
+    """
+    say = log if log is not None else (lambda s: print(s, file=sys.stderr, flush=True))
+    bar = log is None and sys.stderr.isatty()
+    run_dir = Path(run_dir)
+    assert cfg.sigma is not None and cfg.select_sigma is not None and cfg.lr is not None, "resolve the config first"
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+
+    ds = data_mod.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+    x_tr, y_tr, x_te, y_te = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+    y_np = y_tr.numpy()
+    n = len(y_tr)
+    say(f"crepe train: {cfg.dataset} from {ds.source}: {n} train / {len(y_te)} test examples")
+    if ds.split != "standard":
+        say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
+
+    model_seed, gen_seeds = seeds(cfg)
+    torch.manual_seed(model_seed)
+    model = build_model(cfg.model, activation=cfg.activation)
+    gens = {k: torch.Generator().manual_seed(s) for k, s in gen_seeds.items()}
+    st = RunState()
+    net, opt = build_optimizer(cfg, model, gens["noise"], st.ledger)
+    config = cfg.to_dict()
+
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    if ckpt_path.is_file():
+        ck = ckpt.load(ckpt_path, config=config, fingerprint=ds.fingerprint)
+        restored = ckpt.restore_state(ck)
+        ckpt.verify_against_metrics(
+            restored, rundir.read_metrics(run_dir), delta=cfg.delta, accountant=cfg.accountant, where=run_dir
+        )
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        for k, g in gens.items():
+            g.set_state(ck["generators"][k])
+        st.ledger.extend(restored.ledger)  # the optimizer records into this very list
+        restored.ledger = st.ledger
+        st = restored
+        rundir.write_metrics(run_dir / rundir.METRICS, st.metrics)  # at most the last line was missing
+        say(f"crepe train: resumed {run_dir} after epoch {st.epoch}/{cfg.epochs}")
+
+    probe = None
+    if cfg.diagnostics:  # a fixed probe of training examples (seeded by --seed: not a DP release)
+        probe = torch.randperm(n, generator=torch.Generator().manual_seed(model_seed))[:PROBE_SIZE]
+
+    @torch.no_grad()
+    def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
+        model.eval()
+        correct = sum(int((model(x[s : s + 2048]).argmax(1) == y[s : s + 2048]).sum()) for s in range(0, len(y), 2048))
+        model.train()
+        return correct / max(1, len(y))
+
+    ran = 0
+    with warnings.catch_warnings():
+        # Opacus' hooks on a first layer whose input needs no grad: harmless (BUILD_NOTES).
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        while st.epoch < cfg.epochs:
+            if stop_after_epochs is not None and ran >= stop_after_epochs:
+                return {"status": "incomplete", "epoch": st.epoch}
+            t_epoch = time.perf_counter()
+
+            # ---- 1. selection round
+            selected, select_time = False, 0.0
+            if cfg.method == "full":
+                st.coreset = st.coreset or full_set(n)
+            elif st.coreset is None or st.epoch % cfg.select_every == 0:
+                t0 = time.perf_counter()
+                if cfg.method == "craig":
+                    clean = compute_proxies(model, x_tr, y_tr, kind=cfg.proxy)
+                    noisy = privatise(clean, clip=cfg.select_clip, sigma=cfg.select_sigma, generator=gens["select"])
+                    del clean  # nothing below may read the clean proxies
+                    st.coreset = craig_coreset(
+                        noisy, y_np, fraction=cfg.fraction, scope=cfg.selection_scope, threads=cfg.threads
+                    )
+                    record(st.ledger, kind="select", noise_multiplier=cfg.select_sigma, sample_rate=1.0)
+                else:
+                    st.coreset = random_coreset(y_np, fraction=cfg.fraction, scope=cfg.selection_scope, generator=gens["select"])
+                select_time, selected = time.perf_counter() - t0, True
+            assert st.coreset is not None
+
+            # ---- 2. one epoch of (DP-)SGD over the set
+            t0 = time.perf_counter()
+            sw = set_weights(st.coreset, batch_size=cfg.batch_size, dp=cfg.dp, weighting=cfg.weights)
+            es = train_epoch(
+                net, opt, x_tr, y_tr, st.coreset, sw, generator=gens["sampler"], progress=_progress(bar, f"epoch {st.epoch + 1}")
+            )
+            train_time = time.perf_counter() - t0
+
+            # ---- 3. evaluate, account, record, checkpoint
+            t0 = time.perf_counter()
+            test_acc = accuracy(x_te, y_te)
+            diag = None
+            if probe is not None:
+                diag = clipping_diagnostics(
+                    net, list(model.parameters()), opt.clip_rule, x_tr[probe], y_tr[probe], sigma=cfg.sigma, batch_size=sw.normaliser
+                )
+            eval_time = time.perf_counter() - t0
+            eps = epsilons(st.ledger, delta=cfg.delta, accountant=cfg.accountant)
+            st.epoch += 1
+            ran += 1
+            st.select_time_s += select_time
+            st.train_time_s += train_time
+            st.eval_time_s += eval_time
+            st.examples_seen += es.seen
+            st.total_time_s += time.perf_counter() - t_epoch
+            row: dict[str, Any] = {
+                "epoch": st.epoch,
+                "train_loss": es.loss_sum / es.seen if es.seen else None,  # not covered by epsilon
+                "train_acc": es.correct / es.seen if es.seen else None,  # not covered by epsilon
+                "test_acc": test_acc,
+                **rundir.eps_json(eps),
+                "delta": cfg.delta,
+                "selected": selected,
+                "coreset_size": len(st.coreset.indices),
+                "sample_rate": sw.sample_rate,
+                "steps": es.steps,
+                "clip_norm": opt.clip_rule.max_grad_norm if cfg.dp else None,
+                "examples_seen": es.seen,
+                "examples_seen_total": st.examples_seen,
+                "select_time_s": select_time,
+                "train_time_s": train_time,
+                "eval_time_s": eval_time,
+            }
+            if diag is not None:
+                row["diagnostics"] = diag  # not covered by epsilon
+            st.metrics.append(row)
+            ckpt.save(ckpt_path, config=config, fingerprint=ds.fingerprint, model=model, optimizer=opt, generators=gens, state=st)
+            rundir.append_line(run_dir / rundir.METRICS, row)
+            say(
+                f"epoch {st.epoch}/{cfg.epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
+                f"test acc {test_acc:.4f} eps {rundir.fmt_eps(eps['total'])} "
+                f"(select {rundir.fmt_eps(eps['select'])}, train {rundir.fmt_eps(eps['train'])}) "
+                f"select {select_time:.2f}s train {train_time:.2f}s |S| {row['coreset_size']}"
+            )
+
+    # ---- summary
+    t0 = time.perf_counter()
+    train_acc = accuracy(x_tr, y_tr)
+    st.total_time_s += time.perf_counter() - t0
+    eps = epsilons(st.ledger, delta=cfg.delta, accountant=cfg.accountant)
+    last = st.metrics[-1]
+    summary: dict[str, Any] = {
+        "status": "complete",
+        "epochs": cfg.epochs,
+        "test_acc": last["test_acc"],
+        "train_acc": train_acc,  # the final model on the whole training split
+        "train_acc_batches": last["train_acc"],  # the last epoch's Poisson batches, training mode
+        "train_acc_note": rundir.NOT_COVERED,
+        **rundir.eps_json(eps),
+        "delta": cfg.delta,
+        "accountant": cfg.accountant,
+        "adjacency": "zero-out",
+        "noise": cfg.noise,
+        "labels_public": cfg.labels_public,
+        "caveat": rundir.LABELS_CAVEAT if cfg.labels_public else None,
+        "noise_caveat": rundir.REPRODUCIBLE_CAVEAT if cfg.noise == "reproducible" and cfg.dp else None,
+        "checkpoint_note": "checkpoint.pt holds all future noise, the subset and a label fingerprint: as sensitive as the data",
+        "private_selection": cfg.private_selection,
+        "sigma": cfg.sigma,
+        "select_sigma": cfg.select_sigma,
+        "select_time_s": st.select_time_s,
+        "train_time_s": st.train_time_s,
+        "eval_time_s": st.eval_time_s,
+        "total_time_s": st.total_time_s,
+        "examples_seen": st.examples_seen,
+        "coreset_size": last["coreset_size"],
+        "n_train": n,
+        "n_test": len(y_te),
+        "data_split": ds.split,
+        "data_source": ds.source,
+        "ledger": st.ledger,
+    }
+    rundir.atomic_write_json(run_dir / rundir.SUMMARY, summary)
+    return summary

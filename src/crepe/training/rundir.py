@@ -1,0 +1,166 @@
+"""A run folder, without torch: file names, atomic fsync'd writes, status, epsilon in JSON.
+
+    RUN_DIR/config.json     the resolved TrainConfig (+ provenance)
+    RUN_DIR/metrics.jsonl   one line per finished epoch, append-only
+    RUN_DIR/checkpoint.pt   everything needed to continue (checksummed; as sensitive as the data)
+    RUN_DIR/summary.json    final figures and the whole privacy ledger
+
+cli, sweep and report read run folders only through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from crepe.config import TrainConfig, UsageError
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+LABELS_CAVEAT = (
+    "per-class selection reads the true labels and class sizes without noise: labels and the class "
+    "histogram are released exactly and get no protection; this epsilon holds with labels treated as "
+    "public (use --selection-scope global for an epsilon that keeps labels private)"
+)
+REPRODUCIBLE_CAVEAT = "reproducible noise: this epsilon is valid only if the seed is kept secret"
+NOT_COVERED = "not covered by epsilon"  # label of statistics computed on private data outside the ledger
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, os.replace: no torn file after a kill."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def append_line(path: Path, obj: Any) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not readable JSON ({e})") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UsageError(f"{path}: line {i} is damaged; the run folder cannot be trusted") from None
+    return rows
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a crepe run folder (no {CONFIG})")
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise UsageError(f"{path} does not hold a config object; not a crepe run folder")
+    d = {k: v for k, v in d.items() if k != "provenance"}
+    return TrainConfig.from_dict(d)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None
+    s = read_json(path)
+    return s if isinstance(s, dict) else None
+
+
+def is_complete(run_dir: Path) -> bool:
+    try:
+        s = read_summary(run_dir)
+    except UsageError:
+        return False
+    return s is not None and s.get("status") == "complete"
+
+
+def write_config(run_dir: Path, cfg: TrainConfig, provenance: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / CONFIG, {**cfg.to_dict(), "provenance": provenance})
+
+
+def prepare_out(cfg: TrainConfig, out: Path, provenance: dict[str, Any]) -> str:
+    """Create a run folder for `cfg` at `out`, never touching a user's files.
+
+    Returns "new", "resume" (out holds the same run, unfinished) or "complete"
+    (out holds the same run, finished). Raises UsageError for anything else.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / CONFIG).is_file():
+            raise UsageError(f"--out {out} exists, is not empty and is not a crepe run; choose another --out")
+        a, b = read_config(out).identity(), cfg.identity()
+        diff = sorted(k for k in a if a[k] != b[k])
+        if diff:
+            raise UsageError(
+                f"--out {out} holds a different run (differs in {', '.join(diff)}); "
+                "choose another --out, or continue that run with --resume"
+            )
+        return "complete" if is_complete(out) else "resume"
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, cfg, provenance)
+    return "new"
+
+
+def eps_json(eps: dict[str, float]) -> dict[str, Any]:
+    """JSON form: eps_* is a float, or null when infinite, with eps_*_infinite flags.
+
+    ("inf" is not valid JSON.) eps_infinite is the flag of eps_total.
+    """
+    out: dict[str, Any] = {}
+    for k in ("total", "select", "train"):
+        inf = math.isinf(eps[k])
+        out[f"eps_{k}"] = None if inf else eps[k]
+        out[f"eps_{k}_infinite"] = inf
+    out["eps_infinite"] = out["eps_total_infinite"]
+    return out
+
+
+def fmt_eps(eps: float | None) -> str:
+    return "inf" if eps is None or math.isinf(eps) else f"{eps:.3f}"
+
+
+def final_line(summary: dict[str, Any]) -> str:
+    tail = ", labels treated as public" if summary["labels_public"] else ""
+    if summary.get("noise") == "reproducible" and not summary["eps_total_infinite"]:
+        tail += ", valid only if the seed is secret"
+    return (
+        f"crepe train: test accuracy {summary['test_acc']:.4f} | epsilon {fmt_eps(summary['eps_total'])} "
+        f"(select {fmt_eps(summary['eps_select'])}, train {fmt_eps(summary['eps_train'])}) "
+        f"at delta {summary['delta']:g}, zero-out adjacency{tail}"
+    )

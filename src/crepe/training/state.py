@@ -1,0 +1,125 @@
+"""The checkpointed state of a run, and its checksummed file.
+
+A checkpoint holds the model, the optimizer, the generator states of the DP
+noise, sampling and selection noise (all future noise: as sensitive as the
+data, never publish it), the current small set and the privacy ledger. The
+file is a magic line, the SHA-256 of the payload, and the payload (torch.save):
+a damaged file is refused, never trusted. On resume the ledger is also checked
+against the append-only metrics.jsonl (see `verify_against_metrics`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crepe.config import UsageError
+from crepe.privacy.accounting import epsilon
+from crepe.privacy.ledger import Entry, check_entries
+from crepe.smallsets.sets import Coreset
+from crepe.training.rundir import atomic_write_bytes
+
+MAGIC = b"crepe-checkpoint-2\n"
+GENERATORS = ("sampler", "noise", "select")
+
+
+@dataclass
+class RunState:
+    """What changes as a run goes on (besides model and optimizer)."""
+
+    epoch: int = 0
+    coreset: Coreset | None = None
+    ledger: list[Entry] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    select_time_s: float = 0.0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    total_time_s: float = 0.0
+    examples_seen: int = 0
+
+
+def save(
+    path: Path,
+    *,
+    config: dict[str, Any],
+    fingerprint: str,
+    model: torch.nn.Module,
+    optimizer: Any,
+    generators: dict[str, torch.Generator],
+    state: RunState,
+) -> None:
+    c = state.coreset
+    payload = {
+        "config": config,
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+        "coreset": None if c is None else {"indices": torch.from_numpy(c.indices), "gamma": torch.from_numpy(c.gamma)},
+        "state": {k: v for k, v in vars(state).items() if k != "coreset"},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+def load(path: Path, *, config: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The verified payload of `path`; UsageError (nothing changed) if it is damaged or foreign."""
+    raw = path.read_bytes()
+    if not raw.startswith(MAGIC):
+        raise UsageError(
+            f"{path} is not a checkpoint of this crepe version (written by an older crepe, or damaged); "
+            "it cannot be resumed: start a new run with another --out"
+        )
+    digest, body = raw[len(MAGIC) : len(MAGIC) + 64], raw[len(MAGIC) + 65 :]
+    if hashlib.sha256(body).hexdigest().encode() != digest:
+        raise UsageError(f"{path} is damaged (checksum mismatch): refusing to resume from it; the folder is left as it was")
+    try:
+        ck = torch.load(io.BytesIO(body), weights_only=True)
+    except Exception as e:  # a checksummed payload that torch cannot read: still damaged
+        raise UsageError(f"{path} cannot be read ({e}); the folder is left as it was") from None
+    if ck["fingerprint"] != fingerprint:
+        raise UsageError(
+            f"{path} was written for different data (fingerprint {ck['fingerprint']}, now {fingerprint}): check --data-dir"
+        )
+    mine = {k: v for k, v in config.items() if k not in ("data_dir", "threads")}
+    theirs = {k: v for k, v in ck["config"].items() if k not in ("data_dir", "threads")}
+    if mine != theirs:
+        raise UsageError(f"{path} belongs to a different configuration than the run folder's config.json")
+    check_entries(ck["state"]["ledger"])
+    return ck
+
+
+def restore_state(ck: dict[str, Any]) -> RunState:
+    c = ck["coreset"]
+    coreset = None if c is None else Coreset(c["indices"].numpy(), c["gamma"].numpy())
+    return RunState(coreset=coreset, **ck["state"])
+
+
+def verify_against_metrics(state: RunState, rows: list[dict[str, Any]], *, delta: float, accountant: str, where: Path) -> None:
+    """The checkpoint and metrics.jsonl must tell the same story: metrics.jsonl is written after
+    each checkpoint, so it holds the checkpoint's rows, or all but the last; and epsilon of the
+    checkpoint's ledger must equal the epsilon its last epoch printed."""
+    mine = state.metrics
+    if len(rows) > len(mine) or len(rows) < len(mine) - 1 or rows != mine[: len(rows)]:
+        raise UsageError(
+            f"{where}: metrics.jsonl ({len(rows)} epochs) does not match the checkpoint ({len(mine)} epochs); "
+            "the run folder cannot be trusted and is left as it was"
+        )
+    if mine:
+        eps = epsilon(state.ledger, delta=delta, accountant=accountant)
+        logged = mine[-1]["eps_total"]
+        same = (math.isinf(eps) and logged is None) or (logged is not None and np.isclose(eps, logged, rtol=1e-9))
+        if not same or state.epoch != len(mine):
+            raise UsageError(
+                f"{where}: the checkpoint's privacy ledger gives epsilon {eps}, but its epoch {state.epoch} "
+                f"recorded {logged}: the ledger is damaged; the folder is left as it was"
+            )
