@@ -46,7 +46,7 @@ def clipping_diagnostics(
     c = rule.factor(norms)[:, None] * g  # (P, d)
     g_bar, c_bar = g.mean(0), c.mean(0)
     C = rule.max_grad_norm
-    q = torch.quantile(norms, torch.tensor([0.1, 0.5, 0.9]))
+    q = torch.quantile(norms, torch.tensor([0.1, 0.5, 0.9], dtype=norms.dtype))
     per_class = {str(int(k)): _cos(c[y == k].mean(0), g[y == k].mean(0)) for k in torch.unique(y)}
     return {
         "frac_clipped": float((norms > C).float().mean()),

@@ -1,0 +1,210 @@
+"""What a run applies must equal what its ledger accounts (issue 14).
+
+A harness wraps the real training loop's pieces and records what actually
+happens -- the noise added at each noisy step (its empirical standard
+deviation over ~26k coordinates), the divisor of each step, the batch sizes,
+the arrays handed to selection -- and checks it release by release against
+the ledger. sigma != sigma_sel and C != C_sel, so a swap is visible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crepe import _core, data  # noqa: F401 (an editable install rebuilds _core on first import)
+from crepe.config import TrainConfig
+from crepe.dp.optimizer import DPOptimizer
+from crepe.privacy.calibration import steps_per_epoch
+from crepe.training import epoch as epoch_mod, loop, rundir
+
+SIGMA, SIGMA_SEL, C, C_SEL = 1.7, 2.9, 0.6, 1.3
+
+
+@dataclass
+class Trace:
+    noise_std: list[float] = field(default_factory=list)  # per noisy step: std of (grad - clipped sum)
+    divisor: list[float] = field(default_factory=list)  # per noisy step: what the noisy sum was divided by
+    batch: list[int] = field(default_factory=list)  # per noisy step: examples in the batch
+    rates: list[tuple[int, float, int]] = field(default_factory=list)  # per epoch: (m, q, steps) of the sampler
+    clean: list[torch.Tensor] = field(default_factory=list)  # per selection round: clean proxies
+    handed: list[torch.Tensor] = field(default_factory=list)  # per round: what CRAIG received
+    sets: list = field(default_factory=list)  # per round: the chosen set
+
+
+def traced_run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path, *, garbage_clean: bool = False,
+               fixed_noisy: torch.Tensor | None = None) -> tuple[dict, Trace]:
+    t = Trace()
+    add_noise, scale_grad, pre_step = DPOptimizer.add_noise, DPOptimizer.scale_grad, DPOptimizer.pre_step
+
+    def traced_add_noise(self):  # type: ignore[no-untyped-def]
+        summed = [p.summed_grad.detach().clone() for p in self.params]
+        add_noise(self)
+        noise = torch.cat([(p.grad.detach() - s).reshape(-1) for p, s in zip(self.params, summed)])
+        t.noise_std.append(float(noise.std()))
+
+    def traced_scale_grad(self):  # type: ignore[no-untyped-def]
+        before = torch.cat([p.grad.detach().reshape(-1) for p in self.params])
+        scale_grad(self)
+        after = torch.cat([p.grad.detach().reshape(-1) for p in self.params])
+        i = int(before.abs().argmax())
+        t.divisor.append(float(before[i] / after[i]))
+
+    def traced_pre_step(self, closure=None):  # type: ignore[no-untyped-def]
+        t.batch.append(len(self.grad_samples[0]))
+        return pre_step(self, closure)
+
+    monkeypatch.setattr(DPOptimizer, "add_noise", traced_add_noise)
+    monkeypatch.setattr(DPOptimizer, "scale_grad", traced_scale_grad)
+    monkeypatch.setattr(DPOptimizer, "pre_step", traced_pre_step)
+
+    batches = epoch_mod.poisson_batches
+
+    def traced_batches(m, *, sample_rate, steps, generator):  # type: ignore[no-untyped-def]
+        t.rates.append((m, sample_rate, steps))
+        return batches(m, sample_rate=sample_rate, steps=steps, generator=generator)
+
+    monkeypatch.setattr(epoch_mod, "poisson_batches", traced_batches)
+    proxies, privatise, craig = loop.compute_proxies, loop.privatise, loop.craig_coreset
+
+    def traced_proxies(*a, **k):  # type: ignore[no-untyped-def]
+        clean = proxies(*a, **k)
+        if garbage_clean:
+            clean = torch.randn(clean.shape) * 1e3
+        t.clean.append(clean.clone())
+        return clean
+
+    def traced_privatise(*a, **k):  # type: ignore[no-untyped-def]
+        return privatise(*a, **k) if fixed_noisy is None else fixed_noisy.clone()
+
+    def traced_craig(noisy, *a, **k):  # type: ignore[no-untyped-def]
+        t.handed.append(noisy.clone())
+        s = craig(noisy, *a, **k)
+        t.sets.append(s)
+        return s
+
+    monkeypatch.setattr(loop, "compute_proxies", traced_proxies)
+    monkeypatch.setattr(loop, "privatise", traced_privatise)
+    monkeypatch.setattr(loop, "craig_coreset", traced_craig)
+    assert rundir.prepare_out(cfg, out, {}) == "new"
+    summary = loop.run(cfg, out, log=lambda s: None)
+    return summary, t
+
+
+def config(data_root: Path, **kw) -> TrainConfig:
+    base = dict(
+        dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=50, epochs=3, select_every=2,
+        batch_size=10, sigma=SIGMA, select_sigma=SIGMA_SEL, max_grad_norm=C, select_clip=C_SEL, accountant="prv",
+        noise="reproducible", threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base).resolve()
+
+
+@pytest.fixture(scope="module")
+def craig_run(data_root, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    try:
+        yield traced_run(mp, config(data_root), tmp_path_factory.mktemp("wiring") / "run")
+    finally:
+        mp.undo()
+
+
+def test_every_noisy_step_applies_the_accounted_sigma_C(craig_run) -> None:
+    summary, t = craig_run
+    train = [e for e in summary["ledger"] if e["kind"] == "train"]
+    assert sum(e["steps"] for e in train) == len(t.noise_std) == 3 * steps_per_epoch(10 / 30)
+    expected = [e["noise_multiplier"] * C for e in train for _ in range(e["steps"])]
+    np.testing.assert_allclose(t.noise_std, expected, rtol=0.03)  # ~26k coordinates: 3% is > 5 standard errors
+
+
+def test_the_sampler_uses_the_accounted_rate_and_step_count(craig_run) -> None:
+    summary, t = craig_run
+    train = [e for e in summary["ledger"] if e["kind"] == "train"]
+    assert {e["sample_rate"] for e in train} == {10 / 30}
+    assert t.rates == [(30, 10 / 30, 3)] * 3  # m = |S|, q = B/m, int(1/q) steps, every epoch
+
+
+def test_clip_then_scale_divides_by_q_sum_w(craig_run) -> None:
+    summary, t = craig_run
+    q = 10 / 30
+    # The set of each epoch: epochs 0 and 1 use round 1's set, epoch 2 round 2's.
+    per_epoch = [t.sets[0], t.sets[0], t.sets[1]]
+    expected = [q * float((s.gamma / s.gamma.max()).sum()) for s in per_epoch for _ in range(3)]
+    assert all(not math.isclose(e, q * 30) for e in expected)  # q m differs: the check has power
+    np.testing.assert_allclose(t.divisor, expected, rtol=1e-5)
+
+
+def test_selection_receives_clipped_proxies_plus_accounted_noise(craig_run) -> None:
+    summary, t = craig_run
+    sel = [e for e in summary["ledger"] if e["kind"] == "select"]
+    assert sum(e["steps"] for e in sel) == len(t.handed) == 2  # rounds at epochs 0 and 2
+    assert all(e["sample_rate"] == 1.0 for e in sel)
+    for clean, noisy, e in zip(t.clean, t.handed, [e for e in sel for _ in range(e["steps"])]):
+        norms = clean.norm(dim=1, keepdim=True)
+        clipped = clean * (C_SEL / norms.clamp(min=1e-12)).clamp(max=1.0)
+        residual = (noisy - clipped).reshape(-1)
+        assert float(residual.std()) == pytest.approx(e["noise_multiplier"] * C_SEL, rel=0.05)
+        assert abs(float(residual.mean())) < 0.1 * C_SEL * SIGMA_SEL
+    assert summary["eps_select"] > 0
+
+
+def test_epsilon_equals_an_independent_prv_computation_of_the_schedule(craig_run) -> None:
+    from opacus.accountants import PRVAccountant
+
+    summary, _ = craig_run
+    acc = PRVAccountant()  # written from the flags alone: 2 rounds at q = 1, 3 epochs x 3 steps at q = 1/3
+    acc.history = [(SIGMA_SEL, 1.0, 2), (SIGMA, 10 / 30, 9)]
+    with np.errstate(divide="ignore"):
+        expected = acc.get_epsilon(delta=1e-5)
+    assert summary["eps_total"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_clean_proxies_never_reach_selection(data_root, tmp_path, monkeypatch) -> None:
+    """With the privatised proxies fixed, replacing the clean ones by garbage changes nothing."""
+    cfg = config(data_root, epochs=1)
+    fixed = torch.randn(300, 10, generator=torch.Generator().manual_seed(3))
+    _, real = traced_run(monkeypatch, cfg, tmp_path / "a", fixed_noisy=fixed)
+    _, junk = traced_run(monkeypatch, cfg, tmp_path / "b", garbage_clean=True, fixed_noisy=fixed)
+    assert not torch.equal(real.clean[0], junk.clean[0])
+    np.testing.assert_array_equal(real.sets[0].indices, junk.sets[0].indices)
+    np.testing.assert_array_equal(real.sets[0].gamma, junk.sets[0].gamma)
+
+
+def test_empty_poisson_batches_still_take_a_recorded_noisy_step(data_root, tmp_path, monkeypatch) -> None:
+    cfg = config(data_root, method="random", batch_size=1, epochs=1)  # |S| = 30, q = 1/30: ~36% empty
+    summary, t = traced_run(monkeypatch, cfg, tmp_path / "run")
+    train = [e for e in summary["ledger"] if e["kind"] == "train"]
+    assert sum(e["steps"] for e in train) == len(t.noise_std) == len(t.batch) == 30
+    empties = [i for i, b in enumerate(t.batch) if b == 0]
+    assert len(empties) >= 3
+    for i in empties:
+        assert t.noise_std[i] == pytest.approx(SIGMA * C, rel=0.03)
+        assert t.divisor[i] == pytest.approx(1 / 30 * 30, rel=1e-5)
+
+
+def test_weight_then_clip_divides_by_q_m(data_root, tmp_path, monkeypatch) -> None:
+    cfg = config(data_root, weights="weight-then-clip", epochs=1)
+    _, t = traced_run(monkeypatch, cfg, tmp_path / "run")
+    np.testing.assert_allclose(t.divisor, [10 / 30 * 30] * 3, rtol=1e-5)
+
+
+def test_adaptive_clipping_accounts_its_count_and_matches_opacus_by_hand(data_root, tmp_path, monkeypatch) -> None:
+    from opacus.accountants import RDPAccountant
+
+    cfg = config(data_root, method="full", clipping="adaptive", accountant="rdp", epochs=1, train_subset=100)
+    summary, t = traced_run(monkeypatch, cfg, tmp_path / "run")
+    acc = RDPAccountant()  # 10 steps at q = 10/100, each a gradient release and a count release (std B/20)
+    for _ in range(10):
+        acc.step(noise_multiplier=SIGMA, sample_rate=0.1)
+        acc.step(noise_multiplier=10 / 20, sample_rate=0.1)
+    assert summary["eps_total"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+    rows = rundir.read_metrics(tmp_path / "run")
+    assert rows[-1]["clip_norm"] != C  # C moved
+    # the noise of each step is sigma times that step's C: here C changes, so std/sigma varies
+    assert len(set(round(s / SIGMA, 6) for s in t.noise_std)) > 1
