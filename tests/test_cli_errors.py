@@ -74,6 +74,30 @@ def test_sigma_zero_is_fine_without_dp(data_root, tmp_path) -> None:
     assert TrainConfig(dp=False, sigma=0.0).resolve().select_sigma == 0.0
 
 
+def test_subset_too_large_is_refused_before_torch_loads(data_root, tmp_path) -> None:
+    import subprocess
+
+    code = (
+        "import sys; from crepe import cli; rc = cli.main(sys.argv[1:]); "
+        "print('torch' in sys.modules, rc)"
+    )
+    argv = args(data_root, tmp_path / "run")
+    argv[argv.index("--train-subset") + 1] = "60001"
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "2"], out.stdout + out.stderr
+    assert "--train-subset 60001 exceeds the 60000 train examples of fashion-mnist" in out.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    import subprocess
+
+    script = Path(sys.executable).with_name("crepe")
+    # `true` exits at once: crepe then writes into a closed pipe (EPIPE)
+    out = subprocess.run(f"'{script}' train --help | true", shell=True, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+    assert subprocess.run([str(script), "--version"], capture_output=True, text=True).stdout.startswith("crepe ")
+
+
 def test_usage_error_is_one_line(data_root, tmp_path, capsys) -> None:
     err = fails(args(data_root, tmp_path / "run", "--epochs", "0"), capsys, "--epochs")
     assert len(err.strip().splitlines()) == 1

@@ -114,7 +114,8 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
     from crepe import data
 
     cfg = TrainConfig.from_flags(given).resolve()
-    data.resolve_source(cfg.dataset, cfg.data_dir)  # fail before anything is written
+    src = data.resolve_source(cfg.dataset, cfg.data_dir)  # fail before anything is written or torch loads
+    data.check_subsets(src, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
     if cfg.data_dir is not None:
         from dataclasses import replace
 

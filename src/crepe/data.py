@@ -105,6 +105,30 @@ def resolve_source(dataset: str, data_dir: str | None) -> DataSource:
     raise UsageError(f"no {dataset} IDX files in {root} or {root / dataset}; {how_to_get(dataset, offline=True)}")
 
 
+STANDARD_SIZES = {"train": 60000, "test": 10000}  # both datasets, as torchvision downloads them
+
+
+def split_sizes(src: DataSource) -> dict[str, int]:
+    """Examples per split, from the IDX headers alone (milliseconds, no torch)."""
+    if src.folder is None:
+        return dict(STANDARD_SIZES)
+    if src.split != "standard":
+        return {"train": MNIST_T10K_TRAIN, "test": 10000 - MNIST_T10K_TRAIN}
+    sizes = {}
+    for split, (_, labels) in FILES.items():
+        with gzip.open(src.folder / labels, "rb") as f:
+            sizes[split] = int.from_bytes(f.read(8)[4:8], "big")
+    return sizes
+
+
+def check_subsets(src: DataSource, *, train_subset: int | None, test_subset: int | None) -> None:
+    """Refuse a subset larger than its split before anything heavy loads."""
+    sizes = split_sizes(src)
+    for split, subset in (("train", train_subset), ("test", test_subset)):
+        if subset is not None and subset > sizes[split]:
+            raise UsageError(f"--{split}-subset {subset} exceeds the {sizes[split]} {split} examples of {src.dataset}")
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (.gz) as a uint8 array: images (n, 28, 28) or labels (n,)."""
     with gzip.open(path, "rb") as f:
