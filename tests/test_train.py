@@ -149,6 +149,11 @@ def test_resume_reproduces_the_ledger(data_root, tmp_path, capsys) -> None:
     assert cli.main(base_args(data_root, b) + flags) == 0
     assert capsys.readouterr().out.count("test accuracy") == 2
     assert sb == json.loads((b / "summary.json").read_text())
+    # Its final line written into a closed pipe (`true` exits at once): a quiet exit, no traceback.
+    script = Path(sys.executable).with_name("crepe")
+    piped = subprocess.run(f"'{script}' train --resume '{b}' | true; exit ${{PIPESTATUS[0]}}", shell=True,
+                           executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
 
 def test_console_script_smoke(data_root, tmp_path) -> None:
