@@ -74,17 +74,22 @@ def test_presets() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--lambda", "1"], "unknown option(s) --lambda 1; grid keys: --dataset, --model, --method"),
-        (["--seed", "0"], "--seeds"),  # no abbreviations: the grid key is --seeds
-        (["--method", "craig", "coreset"], "bad value for grid key 'method': 'coreset' is not valid; valid: craig, random, full"),
+        (["--lambda", "1"], "unknown option(s) --lambda 1 (see crepe sweep --help)"),
+        (["--seed", "0"], "(did you mean --seeds?)"),  # no abbreviations: the grid key is --seeds
+        (["--method", "craig", "coreset"], "unknown method 'coreset'; valid: craig, random, full"),
         (["--model", "vit"], "valid: cnn, resnet"),
-        (["--sigma", "0"], "must be a finite number > 0"),
-        (["--sigma", "one"], "'one' is not a number"),
+        (["--sigma", "0"], "--sigma must be > 0 with DP on, got 0"),
+        (["--sigma", "one"], "--sigma must be a number, got 'one'"),
         (["--privacy", "maybe"], "valid: dp, nodp"),
-        (["--preset", "huge"], "unknown preset 'huge'; valid presets: paper, quick"),
-        (["--epochs", "0"], "bad value for 'epochs'"),
-        (["--fraction", "1.5"], "must lie in (0, 1]"),
-        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--preset", "huge"], "unknown preset 'huge'; valid: paper, quick"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["--fraction", "1.5"], "--fraction must be a finite number > 0 and <= 1, got 1.5"),
+        (["--jobs", "0"], "--jobs must be an integer >= 1, got 0"),
+        (["--threads", "x"], "--threads must be an integer, got 'x'"),
+        (["--sigma", "1", "--target-epsilon", "3"], "--target-epsilon solves sigma: give --sigma or --target-epsilon, not both"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),  # crepe train's own rule
+        (["--train-preset", "fast"], "unknown train preset 'fast'; valid: seed-protocol, dp-recipe"),
+        (["--out"], "expected one argument (see crepe sweep --help)"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
