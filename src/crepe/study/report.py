@@ -28,7 +28,6 @@ gaps of a few points); ε and time axes are logarithmic with labelled ticks.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 from crepe.cli import Parser
 from crepe.config import UsageError
+from crepe.study import command
 from crepe.study import grid as opts
 from crepe.study.grid import REPLICATE
 from crepe.training import rundir
@@ -134,8 +134,8 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
         raise UsageError(f"{sweep_dir} is not a directory")
     runs: list[Run] = []
     skipped: list[str] = []
-    dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
-    if (sweep_dir / "config.json").is_file():
+    dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / rundir.CONFIG).is_file())
+    if (sweep_dir / rundir.CONFIG).is_file():
         dirs = [sweep_dir]  # a single run directory reports as a one-run sweep
     if not dirs:
         raise UsageError(
@@ -690,11 +690,7 @@ def report(sweep_dir: Path, out_dir: Path | None = None, *, plots: bool = True) 
 
 
 def main(argv: list[str]) -> int:
-    try:
-        return _main(argv)
-    except UsageError as e:
-        print(f"crepe report: error: {e}", file=sys.stderr)
-        return 2
+    return command("crepe report", _main, argv)
 
 
 def _main(argv: list[str]) -> int:

@@ -39,6 +39,7 @@ from typing import Any
 
 from crepe.cli import Parser
 from crepe.config import Spec, UsageError, check_choice, options
+from crepe.study import command
 from crepe.study import grid as opts
 from crepe.study.grid import PRIVACY, REPLICATE, SOLVES, Setting, fmt
 from crepe.training import rundir
@@ -570,11 +571,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        return _main(argv)
-    except UsageError as e:
-        print(f"crepe sweep: error: {e}", file=sys.stderr)
-        return 2
+    return command("crepe sweep", _main, argv)
 
 
 def _main(argv: list[str]) -> int:
