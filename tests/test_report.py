@@ -165,3 +165,116 @@ def test_import_report_stays_light() -> None:
     code = "import sys, crepe.study.report, crepe.study.sweep; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'opacus')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------
+# Figures, as matplotlib objects.
+
+
+def _drawn(fig):  # type: ignore[no-untyped-def]
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _inside(fig, artist) -> bool:  # type: ignore[no-untyped-def]
+    box, whole = artist.get_window_extent(_drawn(fig)), fig.bbox
+    return box.x0 >= whole.x0 - 1 and box.x1 <= whole.x1 + 1 and box.y0 >= whole.y0 - 1 and box.y1 <= whole.y1 + 1
+
+
+def test_one_panel_figures_keep_their_titles(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    write_run(tmp_path / "s", "a", method="craig", sigma=1.0, seed=0, test_acc=0.52, epochs=1, dataset="fashion-mnist")
+    figs = report.figures(report.aggregate(report.find_runs(tmp_path / "s")[0]))
+    try:
+        for name, fig in figs.items():
+            w, h = fig.get_size_inches()
+            assert (w, h) >= report.MIN_SIZE and w >= report.MIN_SIZE[0] and h >= report.MIN_SIZE[1], name
+            titles = [ax.title for ax in fig.axes] + ([fig._suptitle] if fig._suptitle else [])
+            assert all(_inside(fig, t) for t in titles if t.get_text()), name
+            assert all(_inside(fig, leg) for leg in fig.legends), name
+        epoch_ax = figs["acc_per_epoch.png"].axes[0]
+        lo, hi = epoch_ax.get_xlim()
+        assert [t.get_text() for t, x in zip(epoch_ax.get_xticklabels(), epoch_ax.get_xticks()) if lo <= x <= hi] == ["1"]
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
+def test_a_log_axis_under_a_decade_has_plain_labelled_ticks() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([2.9, 4.5], [80, 80.3])
+    report.log_axis(ax.xaxis, [2.9, 4.5])
+    _drawn(fig)
+    lo, hi = ax.get_xlim()
+    labels = [t.get_text() for t, x in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= x <= hi and t.get_text()]
+    plt.close(fig)
+    assert len(labels) >= 3 and all(label.replace(".", "").isdigit() for label in labels), labels  # 3, 4, 5 (no 10^0.5)
+
+
+def test_accuracy_range_never_magnifies_seed_noise() -> None:
+    a, b = report.accuracy_limits([80.0, 80.3], [1.0, 1.0])  # a 0.3-point gap with 1-point seed noise
+    assert b - a >= 4 * 1.0 and b - a >= report.MIN_SPAN and a <= 80.0 and b >= 80.3
+    a, b = report.accuracy_limits([97.0, 99.5], [0.1])
+    assert b == 100.0 and b - a >= report.MIN_SPAN  # kept inside 0-100
+    a, b = report.accuracy_limits([20.0, 90.0], [0.5])
+    assert a <= 20.0 and b >= 90.0
+
+
+def test_report_plots_use_the_readable_ranges(sweep_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figs = report.figures(report.aggregate(report.find_runs(sweep_dir)[0]))
+    try:
+        eps_ax = figs["acc_vs_eps.png"].axes[0]
+        _drawn(figs["acc_vs_eps.png"])
+        lo, hi = eps_ax.get_ylim()
+        assert hi - lo >= report.MIN_SPAN
+        legend = figs["acc_vs_eps.png"].legends[0]  # outside the panel: covers no data
+        assert not legend.get_window_extent().overlaps(eps_ax.get_window_extent())
+        assert report.DIAGNOSTICS_PLOT not in figs  # no run has diagnostics
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
+def test_diagnostics_plot_one_panel_per_metric(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "s"
+    for seed in (0, 1):
+        d = write_run(root, f"craig_{seed}", method="craig", sigma=1.0, seed=seed, test_acc=0.7, diagnostics=True)
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:
+            row["diagnostics"] = {"frac_clipped": 0.5, "clip_bias": 0.1, "clip_cos": 0.9, "clip_cos_per_class": {"0": 0.9},
+                                  "snr": 1.2, "grad_norm_q50": 3.0, "clip_norm": 1.0}
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = report.report(root, tmp_path / "out")
+    assert paths["diagnostics"].read_bytes()[:4] == b"\x89PNG"
+    fig = report.figures(report.aggregate(report.find_runs(root)[0]))[report.DIAGNOSTICS_PLOT]
+    try:
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title() for ax in panels] == ["frac_clipped", "clip_bias", "clip_cos", "snr", "grad_norm_q50", "clip_norm"]
+        assert all(len(ax.get_lines()) == 2 for ax in panels)  # one line per run
+        assert "not covered by ε" in fig._suptitle.get_text()
+    finally:
+        plt.close("all")
+
+
+def test_runs_at_different_target_epsilons_are_never_averaged(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    for target, sigma in ((1.0, 4.1), (3.0, 1.6)):
+        for seed in (0, 1):
+            for method in ("full", "craig"):
+                d = write_run(root, f"{method}_e{target:g}_{seed}", method=method, sigma=sigma + (method == "craig"),
+                              seed=seed, test_acc=0.7)
+                cfg = json.loads((d / "config.json").read_text())
+                (d / "config.json").write_text(json.dumps({**cfg, "target_epsilon": target}))
+    rows = report.aggregate(report.find_runs(root)[0])
+    assert [(r.k["target_epsilon"], r.k["method"], len(r.runs)) for r in rows] == [
+        (1.0, "full", 2), (1.0, "craig", 2), (3.0, "full", 2), (3.0, "craig", 2)]
+    assert all(r.speedup is not None for r in rows)  # compared with the full-data run at the same target, whatever its sigma
+    md = report.markdown(rows, report.find_runs(root)[0], [])
+    assert "target ε" in md and "5.1 (solved)" in md

@@ -71,20 +71,97 @@ def test_presets() -> None:
     assert all(dict(r.settings)["dataset"] == "fashion-mnist" for r in quick.runs)
 
 
+def test_every_option_is_a_sweep_flag_and_every_grid_option_a_report_axis() -> None:
+    from crepe.config import options
+    from crepe.study import grid
+
+    flags = {a.dest: a.option_strings[0] for a in sweep.build_parser()._actions if a.option_strings}
+    for name, spec in options().items():
+        if spec.machine:
+            continue
+        kind = "grid" if spec.grid else "fixed"
+        key = {"dp": "privacy", "preset": "train-preset"}.get(name, name.replace("_", "-"))
+        assert f"{kind}:{key}" in flags, name
+        if spec.grid and name != "seed":
+            assert name in report.axes()
+    assert flags["grid:seed"] == "--seeds" and flags["fixed:train-preset"] == "--train-preset"
+    assert set(grid.axes()) | set(grid.fixed()) == {s.key for s in [*grid.axes().values(), *grid.fixed().values()]}
+
+
+def test_a_new_grid_option_needs_no_edit_in_sweep_or_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Declaring an option grid=True in crepe.config is all it takes (momentum stands in for a new option)."""
+    import dataclasses
+
+    from crepe import config
+
+    real = config.options
+
+    def declared() -> dict:
+        return {n: dataclasses.replace(s, grid=True) if n == "momentum" else s for n, s in real().items()}
+
+    monkeypatch.setattr(config, "options", declared)
+    plan = sweep.make_plan(grid={"method": ["craig"], "momentum": ["0", "0.9"]})
+    assert [r.name for r in plan.runs] == ["mnist_cnn_craig_sigma1_momentum0_seed0", "mnist_cnn_craig_sigma1_momentum0.9_seed0"]
+    args = plan.runs[1].train_args()
+    assert args[args.index("--momentum") + 1] == "0.9"
+    assert "--momentum" in sweep.build_parser().format_help().split("grid options")[1].split("fixed settings")[0]
+    from test_report import write_run
+
+    for m in (0.0, 0.9):
+        write_run(tmp_path, f"m{m}", method="craig", momentum=m, seed=0, test_acc=0.5 + m / 10)
+    rows = report.aggregate(report.find_runs(tmp_path)[0])
+    assert [r.k["momentum"] for r in rows] == [0.0, 0.9] and "momentum" in report.varying_axes(rows)
+
+
+def test_new_axes_and_fixed_settings() -> None:
+    plan = sweep.make_plan(grid={"method": ["full", "craig"], "privacy": ["dp", "nodp"], "target-epsilon": ["1", "3"],
+                                 "clipping": ["flat", "automatic"], "activation": ["tanh"]},
+                           fixed={"diagnostics": True, "train-preset": "dp-recipe", "momentum": "0.5", "noise": "reproducible"})
+    names = [r.name for r in plan.runs]
+    assert len(names) == 2 * (2 * 2 + 1)  # method x (target eps x clipping + one nodp)
+    assert "mnist_cnn_craig_eps3_clippingautomatic_seed0" in names and "mnist_cnn_full_nodp_seed0" in names
+    args = next(r for r in plan.runs if r.name == "mnist_cnn_craig_eps3_clippingautomatic_seed0").train_args()
+    assert "--sigma" not in args and args[args.index("--target-epsilon") + 1] == "3"
+    for flag, value in (("--activation", "tanh"), ("--clipping", "automatic"), ("--preset", "dp-recipe"), ("--momentum", "0.5"),
+                        ("--noise", "reproducible")):
+        assert args[args.index(flag) + 1] == value
+    assert "--diagnostics" in args
+    nodp = next(r for r in plan.runs if r.name == "mnist_cnn_full_nodp_seed0").train_args()
+    assert "--no-dp" in nodp and not {"--sigma", "--target-epsilon", "--clipping", "--diagnostics"} & set(nodp)
+    # a method's ignored options (Spec.ignored_by) make no extra runs: random ignores the weighting
+    plan = sweep.make_plan(grid={"method": ["random", "craig"], "weights": ["none", "weight-then-clip"]})
+    assert [r.name for r in plan.runs] == ["mnist_cnn_random_sigma1_seed0", "mnist_cnn_craig_sigma1_weightsnone_seed0",
+                                           "mnist_cnn_craig_sigma1_weightsweight-then-clip_seed0"]
+    # floats are passed exactly
+    assert sweep.make_plan(grid={"method": ["full"], "sigma": ["0.123456789"]}).runs[0].train_args()[-3] == "0.123456789"
+
+
+def test_help_describes_presets_and_first_n(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(sweep.build_parser().format_help().split())
+    assert "quick: 18 runs" in text and "paper: 72 runs" in text and "min on 2 cores" in text
+    assert "use the first N training examples" in text and "seeded" not in text
+    assert "(default: 50)" in text  # --epochs: crepe train's default, from its declaration
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--lambda", "1"], "unknown option(s) --lambda 1; grid keys: --dataset, --model, --method"),
-        (["--seed", "0"], "--seeds"),  # no abbreviations: the grid key is --seeds
-        (["--method", "craig", "coreset"], "bad value for grid key 'method': 'coreset' is not valid; valid: craig, random, full"),
+        (["--lambda", "1"], "unknown option(s) --lambda 1 (see crepe sweep --help)"),
+        (["--seed", "0"], "(did you mean --seeds?)"),  # no abbreviations: the grid key is --seeds
+        (["--method", "craig", "coreset"], "unknown method 'coreset'; valid: craig, random, full"),
         (["--model", "vit"], "valid: cnn, resnet"),
-        (["--sigma", "0"], "must be a finite number > 0"),
-        (["--sigma", "one"], "'one' is not a number"),
+        (["--sigma", "0"], "--sigma must be > 0 with DP on, got 0"),
+        (["--sigma", "one"], "--sigma must be a number, got 'one'"),
         (["--privacy", "maybe"], "valid: dp, nodp"),
-        (["--preset", "huge"], "unknown preset 'huge'; valid presets: paper, quick"),
-        (["--epochs", "0"], "bad value for 'epochs'"),
-        (["--fraction", "1.5"], "must lie in (0, 1]"),
-        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--preset", "huge"], "unknown preset 'huge'; valid: paper, quick"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["--fraction", "1.5"], "--fraction must be a finite number > 0 and <= 1, got 1.5"),
+        (["--jobs", "0"], "--jobs must be an integer >= 1, got 0"),
+        (["--threads", "x"], "--threads must be an integer, got 'x'"),
+        (["--sigma", "1", "--target-epsilon", "3"], "--target-epsilon solves sigma: give --sigma or --target-epsilon, not both"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),  # crepe train's own rule
+        (["--train-preset", "fast"], "unknown train preset 'fast'; valid: seed-protocol, dp-recipe"),
+        (["--out"], "expected one argument (see crepe sweep --help)"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
@@ -264,3 +341,41 @@ def test_a_killed_sweep_resumes_mid_run(tmp_path: Path, data_root: Path, capsys:
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+
+
+def test_sigterm_stops_the_sweep_with_one_line_and_status_143(tmp_path: Path, data_root: Path) -> None:
+    out = tmp_path / "s"
+    argv = ["--out", str(out), "--dataset", "fashion-mnist", "--method", "full", *TINY, "--data-dir", str(data_root), "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "crepe", "sweep", *argv], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "logs").is_dir() or not any((out / "logs").iterdir()):  # the training process has started
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep never started its run"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the sweep only, as a service manager would
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["crepe sweep: interrupted; re-run the same command to resume"]
+    # nothing lost: the manifest records the run as its folder is (new, interrupted and resumable, or, if
+    # the run outlived its SIGTERM while importing torch, complete)
+    manifest = json.loads((out / "sweep.json").read_text())
+    name = "fashion-mnist_cnn_full_sigma1_seed0"
+    assert manifest["runs"][name]["status"] == sweep.run_state(out / name)
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`crepe sweep --dry-run | head -1`: the output (~150 kB) overflows the pipe after head has gone."""
+    seeds = [str(i) for i in range(400)]
+    proc = subprocess.Popen([sys.executable, "-m", "crepe", "sweep", "--out", str(tmp_path / "s"), "--dry-run", "--seeds", *seeds],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"mnist_cnn_full_sigma1_seed0 [new]")
+    proc.stdout.close()  # head -1 exits
+    with proc.stderr:
+        stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and stderr == ""

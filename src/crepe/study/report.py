@@ -9,17 +9,25 @@ that differ only in their seed, and writes
     OUT/acc_vs_eps.png     test accuracy vs epsilon_total
     OUT/acc_vs_time.png    test accuracy vs wall time
     OUT/acc_per_epoch.png  test accuracy per epoch
+    OUT/diagnostics.png    clipping diagnostics per epoch (runs with --diagnostics only)
 
-A report compares runs of one protocol: settings that are not a column of the
-table (epochs, batch size, subsets, ...) must agree across all runs, or the
-report stops with an error naming the setting and the runs.
+Rows and columns come from the option declarations (crepe.config, via
+crepe.study.grid): runs that agree on every grid option but the seed share a
+row (a method's ignored options and a non-private run's DP-only options do not
+split rows). So runs calibrated to different target epsilons are never averaged.
+A report compares runs of one protocol: every other option (epochs, batch
+size, subsets, ...) must agree across the runs that use it, or the report stops
+with an error naming the setting and the runs.
+
+Plots keep differences in proportion: an accuracy axis spans at least
+MIN_SPAN points and 4 x the largest seed std, so a gap smaller than the seed
+noise never fills the panel (the full 0-100 range would instead flatten real
+gaps of a few points); ε and time axes are logarithmic with labelled ticks.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
 import statistics
 import sys
@@ -28,17 +36,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crepe.cli import Parser
 from crepe.config import UsageError
+from crepe.study import command
+from crepe.study import grid as opts
+from crepe.study.grid import REPLICATE
 from crepe.training import rundir
 
-# Settings that may differ between runs without changing what is compared.
-IGNORED = ("seed", "data_dir", "threads")
-# Settings that make rows (a column of the table when they vary across the sweep).
-AXES = ("dataset", "model", "method", "dp", "sigma", "fraction", "proxy", "weights", "selection_scope")
-# Always columns.
+# Always columns (the others when they vary across rows, or, for WHEN_SET, when any row sets them).
 SHOWN = ("model", "method", "dp", "sigma")
-# Derived from an axis (select_sigma defaults to sigma): must agree within a row only.
-PER_ROW = ("select_sigma",)
+WHEN_SET = ("target_epsilon",)
+TITLES = {"dp": "privacy", "sigma": "σ", "target_epsilon": "target ε"}  # column titles other than the option name
+# Filled from a grid option by TrainConfig.resolve (select_sigma from sigma; sigma
+# from a target epsilon): must agree within a row only.
+PER_ROW = ("select_sigma", "sigma")
 METHOD_ORDER = {"full": 0, "random": 1, "craig": 2}
 METHOD_STYLE = {  # colour, marker
     "full": ("#1f77b4", "o"),
@@ -46,6 +57,14 @@ METHOD_STYLE = {  # colour, marker
     "craig": ("#2ca02c", "^"),
 }
 PLOTS = ("acc_vs_eps.png", "acc_vs_time.png", "acc_per_epoch.png")
+DIAGNOSTICS_PLOT = "diagnostics.png"
+MIN_SPAN = 5.0  # accuracy points: the narrowest y-range of an accuracy plot
+MIN_SIZE = (6.4, 4.0)  # inches: the smallest figure (titles and labels fit)
+
+
+def axes() -> tuple[str, ...]:
+    """Options that make rows (a column of the table when they vary across the sweep)."""
+    return opts.report_axes()
 
 
 @dataclass(frozen=True)
@@ -112,14 +131,14 @@ def _eps(summary: dict[str, Any], key: str) -> float:
 def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
     """Complete runs under sweep_dir, and a note per run directory left out."""
     if not sweep_dir.is_dir():
-        raise ValueError(f"{sweep_dir} is not a directory")
+        raise UsageError(f"{sweep_dir} is not a directory")
     runs: list[Run] = []
     skipped: list[str] = []
-    dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
-    if (sweep_dir / "config.json").is_file():
+    dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / rundir.CONFIG).is_file())
+    if (sweep_dir / rundir.CONFIG).is_file():
         dirs = [sweep_dir]  # a single run directory reports as a one-run sweep
     if not dirs:
-        raise ValueError(
+        raise UsageError(
             f"no runs in {sweep_dir}: expected run directories (with config.json) written by "
             "`crepe sweep --out` or `crepe train --out`"
         )
@@ -136,7 +155,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
             continue
         runs.append(Run(d.name, d, config, summary, tuple(metrics)))
     if not runs:
-        raise ValueError(f"no complete runs in {sweep_dir} ({len(skipped)} incomplete: {'; '.join(skipped[:5])})")
+        raise UsageError(f"no complete runs in {sweep_dir} ({len(skipped)} incomplete: {'; '.join(skipped[:5])})")
     return runs, skipped
 
 
@@ -144,17 +163,16 @@ def _norm(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
+def _uses(c: dict[str, Any], name: str) -> bool:
+    """Does a run with config c depend on option `name`?"""
+    if name == "sigma" and c.get("target_epsilon") is not None:
+        return False  # solved from the target: the target is the setting
+    return not opts.unused(name, method=c.get("method"), dp=c.get("dp"))
+
+
 def _axis_key(run: Run) -> tuple[tuple[str, Any], ...]:
     c = run.config
-    key = []
-    for axis in AXES:
-        v = _norm(c.get(axis))
-        if axis == "sigma" and c.get("dp") is False:
-            v = None  # non-private: sigma is not used
-        if axis in ("fraction", "proxy", "weights", "selection_scope") and c.get("method") == "full":
-            v = None  # full-data runs select nothing
-        key.append((axis, v))
-    return tuple(key)
+    return tuple((axis, _norm(c.get(axis)) if _uses(c, axis) else None) for axis in axes())
 
 
 def _by(runs: Sequence[Run], key: str) -> dict[Any, list[str]]:
@@ -164,41 +182,51 @@ def _by(runs: Sequence[Run], key: str) -> dict[Any, list[str]]:
     return out
 
 
-def _mismatch(key: str, runs: Sequence[Run], where: str) -> ValueError:
+def _mismatch(key: str, runs: Sequence[Run], where: str) -> UsageError:
     parts = [f"{v!r} in {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for v, names in _by(runs, key).items()]
-    return ValueError(
+    return UsageError(
         f"runs with mismatched settings {where}: {key} is " + "; ".join(parts)
         + ". A report compares runs of one protocol: report them from separate sweep directories"
     )
 
 
 def check_consistent(runs: Sequence[Run]) -> None:
-    """Settings that are not table columns must agree; raise ValueError naming them."""
+    """Settings that are not table columns must agree among the runs that use them; UsageError naming them."""
     keys = sorted(set().union(*(r.config.keys() for r in runs)))
-    protocol = [k for k in keys if k not in IGNORED and k not in AXES and k not in PER_ROW]
-    for k in protocol:
-        if len(_by(runs, k)) > 1:
-            raise _mismatch(k, runs, "across the sweep")
+    ignored = (REPLICATE, *opts.machine(), *axes(), *PER_ROW)
+    for k in (k for k in keys if k not in ignored):
+        users = [r for r in runs if _uses(r.config, k)]
+        if len(_by(users, k)) > 1:
+            raise _mismatch(k, users, "across the sweep")
     groups: dict[Any, list[Run]] = {}
     for r in runs:
         groups.setdefault(_axis_key(r), []).append(r)
     for group in groups.values():
         for k in PER_ROW:
-            if len(_by(group, k)) > 1:
+            users = [r for r in group if not opts.unused(k, method=r.config.get("method"), dp=r.config.get("dp"))]
+            if len(_by(users, k)) > 1:
                 raise _mismatch(k, group, f"within one row ({_label(dict(_axis_key(group[0])))})")
         seeds = _by(group, "seed")
         dup = [names for names in seeds.values() if len(names) > 1]
         if dup:
-            raise ValueError(f"runs {', '.join(dup[0])} have the same settings and the same seed: remove one")
+            raise UsageError(f"runs {', '.join(dup[0])} have the same settings and the same seed: remove one")
 
 
 # ---------------------------------------------------------------------------
 # Aggregation.
 
 
+def _privacy(k: dict[str, Any]) -> str:
+    """The privacy level of a row: DP at a target epsilon or a sigma, or non-DP."""
+    if not k.get("dp"):
+        return "non-DP"
+    if k.get("target_epsilon") is not None:
+        return f"DP ε={k['target_epsilon']:g} (target)"
+    return "DP" if k.get("sigma") is None else f"DP σ={k['sigma']:g}"
+
+
 def _label(k: dict[str, Any]) -> str:
-    priv = f"DP sigma={k['sigma']:g}" if k.get("dp") else "non-DP"
-    return f"{k.get('model')} {k.get('method')} {priv}"
+    return f"{k.get('model')} {k.get('method')} {_privacy(k)}"
 
 
 def _sort_key(row_key: tuple[tuple[str, Any], ...]) -> tuple[Any, ...]:
@@ -207,9 +235,10 @@ def _sort_key(row_key: tuple[tuple[str, Any], ...]) -> tuple[Any, ...]:
         str(k.get("dataset")),
         str(k.get("model")),
         0 if k.get("dp") else 1,
+        k.get("target_epsilon") or 0.0,
         k.get("sigma") or 0.0,
         METHOD_ORDER.get(str(k.get("method")), 9),
-        tuple(str(k.get(a)) for a in AXES if a not in ("dataset", "model", "dp", "sigma", "method")),
+        tuple(str(k.get(a)) for a in axes() if a not in ("dataset", "model", "dp", "target_epsilon", "sigma", "method")),
     )
 
 
@@ -227,14 +256,12 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
         stats[key] = s
     rows = []
     for key in sorted(groups, key=_sort_key):
-        k = dict(key)
-        ref_key = tuple((a, ("full" if a == "method" else (None if a in ("fraction", "proxy", "weights", "selection_scope") else v)))
-                        for a, v in key)
+        # the full-data row at the same settings: the options full-data runs ignore are None in its key
+        ref_key = tuple((a, "full" if a == "method" else None if opts.unused(a, method="full", dp=True) else v) for a, v in key)
         speedup = None
         ref, mine = stats.get(ref_key, {}).get("total_time_s"), stats[key].get("total_time_s")
         if ref is not None and mine is not None and mine.mean > 0:
             speedup = ref.mean / mine.mean
-        del k
         rows.append(Row(key, tuple(sorted(groups[key], key=lambda r: int(r.config.get("seed", 0)))), stats[key], speedup))
     return rows
 
@@ -242,9 +269,9 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
 def varying_axes(rows: Sequence[Row]) -> list[str]:
     """Axes shown as columns: the always-shown ones plus any that vary across rows."""
     out = []
-    for a in AXES:
+    for a in axes():
         values = {r.k[a] for r in rows if r.k[a] is not None}
-        if a in SHOWN or len(values) > 1:
+        if a in SHOWN or len(values) > 1 or (a in WHEN_SET and values):
             out.append(a)
     return out
 
@@ -289,17 +316,38 @@ def _axis_cell(a: str, v: Any) -> str:
     return str(v)
 
 
-AXIS_TITLES = {"dataset": "dataset", "model": "model", "method": "method", "dp": "privacy", "sigma": "σ",
-               "fraction": "fraction", "proxy": "proxy", "weights": "weights", "selection_scope": "selection scope"}
+def _title(a: str) -> str:
+    return TITLES.get(a, a.replace("_", " "))
+
+
+def _solved_sigma(r: Row) -> float | None:
+    """The sigma of a row's runs (solved from the target epsilon when there is one)."""
+    sigmas = {r2.config.get("sigma") for r2 in r.runs}
+    return sigmas.pop() if len(sigmas) == 1 and r.k["dp"] else None
+
+
+def _cell(r: Row, a: str) -> str:
+    if a == "sigma" and r.k[a] is None and _solved_sigma(r) is not None:
+        return f"{_solved_sigma(r):.3g} (solved)"
+    return _axis_cell(a, r.k[a])
+
+
+def protocol(runs: Sequence[Run], columns: Sequence[str]) -> list[str]:
+    """`name=value` of every option that is not a column, where the runs that use it agree."""
+    bits = []
+    skip = (REPLICATE, *opts.machine(), *columns)
+    for k in (k for k in runs[0].config if k not in skip):
+        values = _by([r for r in runs if _uses(r.config, k)], k)
+        if len(values) == 1 and next(iter(values)) is not None:
+            bits.append(f"{k}={next(iter(values))}")
+    return bits
 
 
 def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str]) -> str:
     axes = varying_axes(rows)
     cfg = runs[0].config
-    protocol_bits = [f"{k}={cfg[k]}" for k in ("dataset", "epochs", "select_every", "fraction", "batch_size", "lr", "optimizer",
-                                                "max_grad_norm", "delta", "accountant", "train_subset", "test_subset")
-                     if k in cfg and k not in axes]
-    head = [AXIS_TITLES[a] for a in axes] + [
+    protocol_bits = protocol(runs, axes)
+    head = [_title(a) for a in axes] + [
         "seeds", "test acc (%)", "train acc (%)", "ε_total (ε_select / ε_train)", "select (s)", "train (s)", "total (s)",
         "speed-up vs full"]
     lines = [
@@ -308,7 +356,8 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str]) -
         f"{len(runs)} complete runs; mean ± sample std over seeds. Protocol: {', '.join(protocol_bits)}.",
         "Times are wall-clock seconds per run as `crepe train` measures them: selection rounds, training epochs, and "
         "the whole run (selection + training + evaluation; process start-up and data loading excluded). "
-        "Speed-up = total time of the full-data run with the same model, dataset and σ (or non-DP) / this row's.",
+        "Speed-up = total time of the full-data run with the same model, dataset and σ or target ε (or non-DP) / this row's. "
+        "Runs calibrated to different target ε are never averaged: each target is its own row.",
         f"ε at δ = {cfg.get('delta', 1e-5):g}, zero-out adjacency: ε_total composes the selection rounds and the "
         "DP-SGD steps in one accountant; ε_select and ε_train are each part alone (their sum overstates ε_total). "
         "Per-class selection reads the true labels: its ε holds with labels treated as public.",
@@ -317,7 +366,7 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str]) -
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for r in rows:
-        cells = [_axis_cell(a, r.k[a]) for a in axes] + [
+        cells = [_cell(r, a) for a in axes] + [
             str(len(r.runs)),
             _pm(r.stats["test_acc"], scale=100),
             _pm(r.stats["train_acc"], scale=100),
@@ -340,9 +389,9 @@ CSV_FIELDS = ("n_seeds", "seeds") + tuple(
 def write_csv(rows: Sequence[Row], path: Path) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(list(AXES) + list(CSV_FIELDS))
+        w.writerow(list(axes()) + list(CSV_FIELDS))
         for r in rows:
-            vals: list[Any] = ["" if r.k[a] is None else r.k[a] for a in AXES]
+            vals: list[Any] = ["" if r.k[a] is None else r.k[a] for a in axes()]
             vals += [len(r.runs), " ".join(map(str, r.seeds))]
             for f in SUMMARY_FIELDS:
                 s = r.stats[f]
@@ -355,19 +404,21 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
 # ---------------------------------------------------------------------------
 # Plots (matplotlib, Agg backend: no display needed).
 
+# Axes that pick a plot's panel or line style rather than a line of their own.
+PLOT_AXES = ("dataset", "model", "method", "dp", "sigma", "target_epsilon")
+
 
 def _panels(rows: Sequence[Row]) -> list[tuple[str, str]]:
     return sorted({(str(r.k["dataset"]), str(r.k["model"])) for r in rows})
 
 
 def _extra_label(r: Row, axes: Sequence[str]) -> str:
-    bits = [f"{AXIS_TITLES[a]}={_axis_cell(a, r.k[a])}" for a in axes
-            if a not in ("dataset", "model", "method", "dp", "sigma") and r.k[a] is not None]
+    bits = [f"{_title(a)}={_axis_cell(a, r.k[a])}" for a in axes if a not in PLOT_AXES and r.k[a] is not None]
     return (" " + " ".join(bits)) if bits else ""
 
 
 def _series(rows: Sequence[Row], axes: Sequence[str]) -> dict[str, list[Row]]:
-    """DP rows of one panel, by method (+ extra axes): one line each, over sigma."""
+    """DP rows of one panel, by method (+ extra axes): one line each, over sigma or target epsilon."""
     out: dict[str, list[Row]] = {}
     for r in rows:
         if r.k["dp"]:
@@ -379,37 +430,99 @@ def _std(s: Stat | None) -> float:
     return 0.0 if s is None or s.std is None else s.std
 
 
-def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+def _level(r: Row) -> tuple[int, float, float]:
+    """Sort key of a row's privacy level: DP before non-DP, then target epsilon, then sigma."""
+    return (0 if r.k["dp"] else 1, r.k["target_epsilon"] or 0.0, r.k["sigma"] or 0.0)
+
+
+def _point_label(r: Row) -> str:
+    if r.k["target_epsilon"] is not None:
+        return f"ε*={r.k['target_epsilon']:g}"
+    return f"σ={r.k['sigma']:g}" if r.k["sigma"] is not None else ""
+
+
+def accuracy_limits(values: Sequence[float], stds: Sequence[float]) -> tuple[float, float]:
+    """A y-range (accuracy in %) around the data that spans at least MIN_SPAN points and
+    4 x the largest std, inside [0, 100]: differences below the seed noise stay small."""
+    lo, hi = min(values), max(values)
+    span = 1.15 * max(hi - lo, MIN_SPAN, 4 * max(stds, default=0.0))
+    mid = (lo + hi) / 2
+    a, b = mid - span / 2, mid + span / 2
+    if a < 0:
+        a, b = 0.0, min(100.0, b - a)
+    if b > 100:
+        a, b = max(0.0, a - (b - 100)), 100.0
+    return a, b
+
+
+def log_axis(axis: Any, values: Sequence[float]) -> None:
+    """A log x axis whose ticks are labelled plainly (2, 3, 4 rather than 10^0.5), even
+    when the data span less than a decade (then explicit ticks at round values)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
+
+    ax = axis.axes
+    ax.set_xscale("log")
+    xs = [v for v in values if v > 0 and math.isfinite(v)]
+    if not xs:
+        return
+    lo, hi = min(xs), max(xs)
+    pad = max(1.15, (hi / lo) ** 0.08)
+    ax.set_xlim(lo / pad, hi * pad)
+    if hi / lo < 10:
+        ticks = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo / pad, hi * pad)
+        ticks = [t for t in ticks if lo / pad <= t <= hi * pad]
+        axis.set_major_locator(FixedLocator(ticks if len(ticks) >= 2 else sorted({lo, hi})))
+        axis.set_minor_locator(NullLocator())
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0) if hi / lo < 100 else (1.0, 2.0, 5.0)))
+        axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _figure(plt: Any, nrows: int, ncols: int, panel: tuple[float, float], **kw: Any) -> tuple[Any, Any]:
+    size = (max(MIN_SIZE[0], panel[0] * ncols), max(MIN_SIZE[1], panel[1] * nrows))
+    return plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kw)
+
+
+def _legend(fig: Any) -> None:
+    """One legend for the figure, outside the panels (right), one entry per label."""
+    seen: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+
+
+def figures(rows: Sequence[Row]) -> dict[str, Any]:
+    """file name -> matplotlib Figure of each plot (the caller saves and closes them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-
-    def log_x(ax: Any) -> None:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
-        ax.margins(x=0.12)
-
-    def legend(ax: Any) -> None:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    from matplotlib.ticker import MaxNLocator
 
     axes_cols = varying_axes(rows)
     panels = _panels(rows)
-    paths = []
     plt.rcParams.update({"font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
+    figs: dict[str, Any] = {}
 
     def style(name: str) -> tuple[str, str]:
         return METHOD_STYLE.get(name.split(" ")[0], ("#7f7f7f", "D"))
 
+    def in_panel(r: Row, panel: tuple[str, str]) -> bool:
+        return (str(r.k["dataset"]), str(r.k["model"])) == panel
+
+    def acc(r: Row) -> tuple[float, float]:
+        return 100 * r.stats["test_acc"].mean, 100 * _std(r.stats["test_acc"])  # type: ignore[union-attr]
+
     # 1. test accuracy vs epsilon_total
     delta = float(rows[0].runs[0].config.get("delta", 1e-5))
-    fig, axs = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4), squeeze=False)
-    for ax, (ds, model) in zip(axs[0], panels):
-        prow = [r for r in rows if (str(r.k["dataset"]), str(r.k["model"])) == (ds, model)]
+    fig, axs = _figure(plt, 1, len(panels), (6.0, 4.2))
+    for ax, panel in zip(axs[0], panels):
+        prow = [r for r in rows if in_panel(r, panel) and r.stats["test_acc"]]
+        xs_all, ys, sds = [], [], []
         for name, series in _series(prow, axes_cols).items():
             series = [r for r in series if r.stats["eps_total"] and math.isfinite(r.stats["eps_total"].mean)]
             if not series:
@@ -417,66 +530,65 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             series.sort(key=lambda r: r.stats["eps_total"].mean)  # type: ignore[union-attr]
             c, m = style(name)
             x = [r.stats["eps_total"].mean for r in series]  # type: ignore[union-attr]
-            y = [100 * r.stats["test_acc"].mean for r in series]  # type: ignore[union-attr]
-            ax.errorbar(x, y, yerr=[100 * _std(r.stats["test_acc"]) for r in series], color=c, marker=m, capsize=3,
-                        label=f"{name} (DP)")
+            y, sd = zip(*(acc(r) for r in series))
+            ax.errorbar(x, y, yerr=sd, color=c, marker=m, capsize=3, label=f"{name} (DP)")
             for xi, yi, r in zip(x, y, series):
-                ax.annotate(f"σ={r.k['sigma']:g}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=c)
+                if r.k["target_epsilon"] is None:  # a target is already where the point sits on the x axis
+                    ax.annotate(_point_label(r), (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=c)
+            xs_all += x
+            ys += y
+            sds += sd
         for r in prow:
-            if not r.k["dp"] and r.stats["test_acc"]:
+            if not r.k["dp"]:
                 c, _ = style(str(r.k["method"]))
-                ax.axhline(100 * r.stats["test_acc"].mean, color=c, ls="--", lw=1,
-                           label=f"{r.k['method']}{_extra_label(r, axes_cols)} non-DP (ε = ∞)")
-        log_x(ax)
+                y, sd = acc(r)
+                ax.axhline(y, color=c, ls="--", lw=1, label=f"{r.k['method']}{_extra_label(r, axes_cols)} non-DP (ε = ∞)")
+                ys.append(y)
+                sds.append(sd)
+        log_axis(ax.xaxis, xs_all)
+        if ys:
+            ax.set_ylim(*accuracy_limits(ys, sds))
         ax.set_xlabel(f"ε_total (selection + training) at δ = {delta:g}, log scale")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"Test accuracy vs privacy: {ds}, {model}")
-        legend(ax)
-    fig.tight_layout()
-    paths.append(out_dir / PLOTS[0])
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+        ax.set_title(f"Test accuracy vs privacy: {panel[0]}, {panel[1]}")
+    _legend(fig)
+    figs[PLOTS[0]] = fig
 
     # 2. test accuracy vs wall time
-    sigmas = sorted({r.k["sigma"] for r in rows if r.k["dp"]})
-    fig, axs = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4), squeeze=False)
-    for ax, (ds, model) in zip(axs[0], panels):
-        prow = [r for r in rows if (str(r.k["dataset"]), str(r.k["model"])) == (ds, model)]
-        seen: set[str] = set()
+    levels = sorted({_level(r) for r in rows})
+    fig, axs = _figure(plt, 1, len(panels), (6.0, 4.2))
+    for ax, panel in zip(axs[0], panels):
+        prow = [r for r in rows if in_panel(r, panel) and r.stats["total_time_s"] and r.stats["test_acc"]]
         for r in prow:
-            if r.stats["total_time_s"] is None or r.stats["test_acc"] is None:
-                continue
             name = f"{r.k['method']}{_extra_label(r, axes_cols)}"
             c, m = style(name)
             filled = bool(r.k["dp"])
-            ax.errorbar(r.stats["total_time_s"].mean, 100 * r.stats["test_acc"].mean,
-                        xerr=_std(r.stats["total_time_s"]), yerr=100 * _std(r.stats["test_acc"]),
-                        color=c, marker=m, mfc=c if filled else "white", ms=7, capsize=3, ls="none",
-                        label=None if (name, filled).__repr__() in seen else f"{name} ({'DP' if filled else 'non-DP'})")
-            seen.add((name, filled).__repr__())
-            level = 0 if not filled else sigmas.index(r.k["sigma"]) + 1
-            ax.annotate("non-DP" if not filled else f"σ={r.k['sigma']:g}", (r.stats["total_time_s"].mean, 100 * r.stats["test_acc"].mean),
-                        textcoords="offset points", xytext=(6, -3 + 8 * (level % 2)), fontsize=7, color=c)
-        log_x(ax)
+            y, sd = acc(r)
+            t = r.stats["total_time_s"]
+            ax.errorbar(t.mean, y, xerr=_std(t), yerr=sd, color=c, marker=m, mfc=c if filled else "white", ms=7, capsize=3,  # type: ignore[union-attr]
+                        ls="none", label=f"{name} ({'DP' if filled else 'non-DP'})")
+            ax.annotate(_point_label(r) if filled else "non-DP", (t.mean, y), textcoords="offset points",  # type: ignore[union-attr]
+                        xytext=(6, -3 + 8 * (levels.index(_level(r)) % 2)), fontsize=7, color=c)
+        log_axis(ax.xaxis, [r.stats["total_time_s"].mean for r in prow])  # type: ignore[union-attr]
+        if prow:
+            ax.set_ylim(*accuracy_limits([acc(r)[0] for r in prow], [acc(r)[1] for r in prow]))
         ax.set_xlabel("wall time per run (s), log scale")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"Test accuracy vs wall time: {ds}, {model}")
-        legend(ax)
-    fig.tight_layout()
-    paths.append(out_dir / PLOTS[1])
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+        ax.set_title(f"Test accuracy vs wall time: {panel[0]}, {panel[1]}")
+    _legend(fig)
+    figs[PLOTS[1]] = fig
 
     # 3. test accuracy per epoch: one panel per (dataset, model) x privacy level
-    levels = sorted({(0 if r.k["dp"] else 1, r.k["sigma"] or 0.0) for r in rows})
-    fig, axs = plt.subplots(len(panels), len(levels), figsize=(3.6 * len(levels), 3.2 * len(panels)), squeeze=False,
-                            sharey="row")
-    for i, (ds, model) in enumerate(panels):
-        for j, (nodp, sigma) in enumerate(levels):
+    fig, axs = _figure(plt, len(panels), len(levels), (3.8, 3.2), sharey="row")
+    for i, panel in enumerate(panels):
+        values, sds = [], []
+        for j, level in enumerate(levels):
             ax = axs[i][j]
+            title = ""
             for r in rows:
-                if (str(r.k["dataset"]), str(r.k["model"])) != (ds, model) or (0 if r.k["dp"] else 1, r.k["sigma"] or 0.0) != (nodp, sigma):
+                if not in_panel(r, panel) or _level(r) != level:
                     continue
+                title = _privacy(r.k)
                 curves = [[float(m.get("test_acc") or 0.0) for m in run.metrics] for run in r.runs if run.metrics]
                 if not curves:
                     continue
@@ -491,18 +603,68 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
                 ax.plot(xs, mean, color=c, marker=m, ms=4, label=name)
                 if len(curves) > 1:
                     ax.fill_between(xs, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], color=c, alpha=0.15)
-            ax.set_title(f"{ds}, {model}, {'non-DP' if nodp else f'DP σ={sigma:g}'}")
+                values += mean
+                sds += sd
+            ax.set_title(f"{panel[0]}, {panel[1]}, {title}")
             ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(min(lo, 0.5), max(hi, 1.5))  # one epoch: a readable axis around it, not 0.95..1.05
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="lower right")
+        if values:
+            axs[i][0].set_ylim(*accuracy_limits(values, sds))  # shared along the row
     fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std)", fontsize=10)
-    fig.tight_layout()
-    paths.append(out_dir / PLOTS[2])
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    _legend(fig)
+    figs[PLOTS[2]] = fig
+
+    diag = diagnostics_figure(plt, rows)
+    if diag is not None:
+        figs[DIAGNOSTICS_PLOT] = diag
+    return figs
+
+
+def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
+    """One panel per scalar diagnostic over epochs, one line per run; None when no run has diagnostics."""
+    metrics: dict[str, None] = {}
+    for r in rows:
+        for run in r.runs:
+            for m in run.metrics:
+                for k, v in (m.get("diagnostics") or {}).items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        metrics.setdefault(k)
+    if not metrics:
+        return None
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axs = _figure(plt, nrows, ncols, (3.6, 2.8), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lines = ("-", "--", ":", "-.")
+    for ax, metric in zip(axs.flat, metrics):
+        for i, r in enumerate(rows):
+            for s, run in enumerate(r.runs):
+                points = [(int(m.get("epoch", e + 1)), m["diagnostics"][metric]) for e, m in enumerate(run.metrics)
+                          if isinstance((m.get("diagnostics") or {}).get(metric), (int, float))]
+                if points:
+                    ax.plot(*zip(*points), color=colours[i % len(colours)], ls=lines[s % len(lines)], marker=".",
+                            label=f"{_label(r.k)}{_extra_label(r, varying_axes(rows))} seed {run.config.get('seed', 0)}")
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+    for ax in list(axs.flat)[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε", fontsize=10)
+    _legend(fig)
+    return fig
+
+
+def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, fig in figures(rows).items():
+        paths.append(out_dir / name)
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     return paths
 
 
@@ -528,16 +690,16 @@ def report(sweep_dir: Path, out_dir: Path | None = None, *, plots: bool = True) 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="crepe report", description="Tables and plots of a `crepe sweep` directory.")
+    return command("crepe report", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = Parser(prog="crepe report", description="Tables and plots of a `crepe sweep` directory.")
     p.add_argument("sweep_dir", type=Path, help="directory written by `crepe sweep --out`")
     p.add_argument("--out", type=Path, help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--no-plots", action="store_true", help="write only the table and CSV")
     args = p.parse_args(argv)
-    try:
-        paths = report(args.sweep_dir, args.out, plots=not args.no_plots)
-    except ValueError as e:
-        print(f"crepe report: error: {e}", file=sys.stderr)
-        return 2
+    paths = report(args.sweep_dir, args.out, plots=not args.no_plots)
     print(paths["markdown"].read_text())
     for what, path in paths.items():
         print(f"wrote {path}", file=sys.stderr)

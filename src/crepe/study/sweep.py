@@ -8,195 +8,91 @@ torch. The sweep directory holds
     SWEEP_DIR/<run name>/         one `crepe train` run directory per configuration
     SWEEP_DIR/logs/<run name>.log stdout and stderr of the run's last attempt
 
-Re-running a sweep skips runs whose summary.json says "complete", continues
-interrupted runs with `crepe train --resume`, and retries failed ones. A failed
-run is recorded (exit code and the tail of its log) and does not stop the
-others. The manifest fixes the grid: asking for a different grid in an existing
-sweep directory is an error unless `--extend` is given (which only adds runs).
+The options come from their declarations (crepe.config, via crepe.study.grid):
+every grid option is an axis (several values), every other option a fixed
+setting (one value). Re-running a sweep skips runs whose summary.json says
+"complete", continues interrupted runs with `crepe train --resume`, and retries
+failed ones. A failed run is recorded (exit code and the tail of its log) and
+does not stop the others. The manifest fixes the grid: asking for a different
+grid in an existing sweep directory is an error unless `--extend` is given
+(which only adds runs). Ctrl-C or SIGTERM stops the runs (each resumable from
+its last epoch), records them, and exits 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
-import json
-import math
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crepe.config import METHODS, options
-
-_O = options()
-DATASETS, MODELS, OPTIMIZERS, PROXIES = (_O[k].choices for k in ("dataset", "model", "optimizer", "proxy"))
-SCOPES, WEIGHTINGS, ACCOUNTANTS = (_O[k].choices for k in ("selection_scope", "weights", "accountant"))
+from crepe.cli import Parser
+from crepe.config import Spec, UsageError, check_choice, options
+from crepe.study import command
+from crepe.study import grid as opts
+from crepe.study.grid import PRIVACY, REPLICATE, SOLVES, Setting, fmt
+from crepe.training import rundir
 
 MANIFEST = "sweep.json"
 LOGS = "logs"
 FORMAT_VERSION = 1
 
-
-# ---------------------------------------------------------------------------
-# Value parsers: each returns the canonical value or raises ValueError.
-
-
-def _choice(*valid: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in valid:
-            raise ValueError(f"{text!r} is not valid; valid: {', '.join(valid)}")
-        return text
-
-    parse.valid = valid  # type: ignore[attr-defined]
-    return parse
-
-
-def _finite_float(text: str, *, zero_ok: bool) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(x) or x < 0 or (x == 0 and not zero_ok):
-        raise ValueError(f"{text!r} must be a finite number {'>=' if zero_ok else '>'} 0")
-    return x
-
-
-def _positive_float(text: str) -> float:  # argparse names the type in its messages
-    return _finite_float(text, zero_ok=False)
-
-
-def _nonneg_float(text: str) -> float:
-    return _finite_float(text, zero_ok=True)
-
-
-def _fraction(text: str) -> float:
-    x = _positive_float(text)
-    if x > 1:
-        raise ValueError(f"{text!r} must lie in (0, 1]")
-    return x
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            x = int(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
-        if x < low:
-            raise ValueError(f"{text!r} must be >= {low}")
-        return x
-
-    return parse
-
-
-def _text(text: str) -> str:
-    return text
-
-
-@dataclass(frozen=True)
-class Option:
-    """One `crepe train` setting that a sweep can set."""
-
-    flag: str  # the `crepe train` flag
-    parse: Callable[[str], Any]
-    help: str
-
-
-# Settings a sweep can vary (several values: one run per combination). Keys are
-# the sweep's option names; `seed` is spelled `--seeds` on the command line.
-GRID_AXES: dict[str, Option] = {
-    "dataset": Option("--dataset", _choice(*DATASETS), "datasets"),
-    "model": Option("--model", _choice(*MODELS), "models"),
-    "method": Option("--method", _choice(*METHODS), "selection methods"),
-    "privacy": Option("", _choice("dp", "nodp"), "dp (DP-SGD at each --sigma) and/or nodp (non-private reference, one run per other setting)"),
-    "sigma": Option("--sigma", _positive_float, "DP-SGD noise multipliers (dp runs only)"),
-    "seed": Option("--seed", _int_at_least(0), "seeds (spelled --seeds)"),
-    "fraction": Option("--fraction", _fraction, "coreset fractions (craig/random only)"),
-    "proxy": Option("--proxy", _choice(*PROXIES), "gradient proxies for selection"),
-    "weights": Option("--weights", _choice(*WEIGHTINGS), "coreset weighting"),
-    "selection-scope": Option("--selection-scope", _choice(*SCOPES), "selection scope"),
-}
-
-# Settings held fixed for the whole sweep (one value, passed to every run).
-FIXED: dict[str, Option] = {
-    "epochs": Option("--epochs", _int_at_least(1), "epochs per run"),
-    "select-every": Option("--select-every", _int_at_least(1), "re-select the coreset every N epochs"),
-    "train-subset": Option("--train-subset", _int_at_least(1), "first N training examples (seeded subset)"),
-    "test-subset": Option("--test-subset", _int_at_least(1), "N test examples"),
-    "batch-size": Option("--batch-size", _int_at_least(1), "expected (Poisson) batch size"),
-    "lr": Option("--lr", _positive_float, "learning rate"),
-    "optimizer": Option("--optimizer", _choice(*OPTIMIZERS), "optimizer"),
-    "max-grad-norm": Option("--max-grad-norm", _positive_float, "DP-SGD clipping norm C"),
-    "delta": Option("--delta", _positive_float, "delta of the reported epsilon"),
-    "accountant": Option("--accountant", _choice(*ACCOUNTANTS), "privacy accountant"),
-    "select-clip": Option("--select-clip", _positive_float, "clipping norm of the selection proxies"),
-    "select-sigma": Option("--select-sigma", _nonneg_float, "proxy noise multiplier (default: the run's sigma)"),
-}
-
-# Axes a method does not use: a second value makes no extra run of that method.
-IRRELEVANT: dict[str, tuple[str, ...]] = {
-    "full": ("fraction", "proxy", "weights", "selection-scope"),
-    "random": ("proxy",),
-    "craig": (),
-}
-
 # The axes every run name shows, in this order; other axes appear only when the
-# sweep gives them more than one value.
-NAME_AXES = ("dataset", "model", "method", "privacy", "seed")
+# sweep gives them more than one value (and the run uses them).
+NAME_AXES = ("dataset", "model", "method", PRIVACY, REPLICATE)
 
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
     "dataset": ("mnist",),
     "model": ("cnn",),
     "method": ("full", "random", "craig"),
-    "privacy": ("dp",),
+    PRIVACY: ("dp",),
     "sigma": (1.0,),
-    "seed": (0,),
+    REPLICATE: (0,),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The seed's protocol (DESIGN.md section 3).
     "paper": {
+        "about": "the seed's protocol: MNIST; cnn and resnet; full, random, craig; DP at sigma 1, 3, 5 and "
+        "non-DP; 3 seeds; 50 epochs, a 10% coreset re-selected every 20. Hours on 2 cores (its CNN half "
+        "with 2 seeds took 19 min with --jobs 2 on the offline 8,000-image MNIST split; ResNet runs cost ~4x)",
         "grid": {
             "dataset": ("mnist",),
             "model": ("cnn", "resnet"),
             "method": ("full", "random", "craig"),
-            "privacy": ("dp", "nodp"),
+            PRIVACY: ("dp", "nodp"),
             "sigma": (1.0, 3.0, 5.0),
-            "seed": (0, 1, 2),
+            REPLICATE: (0, 1, 2),
         },
-        "fixed": {
-            "epochs": 50,
-            "select-every": 20,
-            "max-grad-norm": 1.0,
-            "delta": 1e-5,
-        },
+        "fixed": {"epochs": 50, "select-every": 20, "max-grad-norm": 1.0, "delta": 1e-5},
         "grid_fixed": {"fraction": (0.1,)},
     },
     # The same study scaled to about 15 minutes on 2 idle CPU cores (measured in
-    # docs/results.md): full Fashion-MNIST (60,000 / 10,000), CNN only, 4 epochs
-    # with the 10% coreset re-selected every 2 (2 selection rounds), sigma 1 and 3,
-    # two seeds.
+    # docs/results.md).
     "quick": {
+        "about": "the paper's study made small: full Fashion-MNIST (60,000 / 10,000), cnn; full, random, "
+        "craig; DP at sigma 1 and 3 and non-DP; 2 seeds; 4 epochs, a 10% coreset re-selected every 2. "
+        "About 12-15 min on 2 cores with --jobs 2 (docs/results.md)",
         "grid": {
             "dataset": ("fashion-mnist",),
             "model": ("cnn",),
             "method": ("full", "random", "craig"),
-            "privacy": ("dp", "nodp"),
+            PRIVACY: ("dp", "nodp"),
             "sigma": (1.0, 3.0),
-            "seed": (0, 1),
+            REPLICATE: (0, 1),
         },
-        "fixed": {
-            "epochs": 4,
-            "select-every": 2,
-            "max-grad-norm": 1.0,
-            "delta": 1e-5,
-        },
+        "fixed": {"epochs": 4, "select-every": 2, "max-grad-norm": 1.0, "delta": 1e-5},
         "grid_fixed": {"fraction": (0.1,)},
     },
 }
@@ -204,6 +100,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------------------
 # The plan: grid -> named run specifications.
+
+
+def _settings() -> dict[str, Setting]:
+    return {**opts.axes(), **opts.fixed()}
 
 
 @dataclass(frozen=True)
@@ -215,25 +115,15 @@ class RunSpec:
 
     def train_args(self) -> list[str]:
         """The `crepe train` flags of this run (without --out, --data-dir, --threads)."""
-        args: list[str] = []
-        values = dict(self.settings)
-        for key, value in self.settings:
-            if key == "privacy":
-                if value == "nodp":
-                    args.append("--no-dp")
-                continue
-            if key == "sigma" and values.get("privacy") == "nodp":
-                continue
-            opt = GRID_AXES.get(key) or FIXED[key]
-            args += [opt.flag, _fmt(value)]
-        return args
+        known = _settings()
+        return [a for key, value in self.settings for a in opts.train_args(known[key], value)]
 
     def cost(self) -> float:
         """A rough relative cost, to start the longest runs first."""
         v = dict(self.settings)
         per_example = 4.0 if v.get("model") == "resnet" else 1.0
         share = 1.0 if v.get("method") == "full" else float(v.get("fraction", 0.1)) + 0.05
-        dp = 1.5 if v.get("privacy") == "dp" else 1.0
+        dp = 1.5 if v.get(PRIVACY) == "dp" else 1.0
         return per_example * share * dp
 
 
@@ -251,54 +141,48 @@ class Plan:
         return {"grid": {k: list(v) for k, v in self.grid.items()}, "fixed": dict(self.fixed)}
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+def _key(name: str) -> str:
+    """The sweep key of a grid option."""
+    return next(k for k, st in opts.axes().items() if st.name == name)
 
 
-def _name(values: dict[str, Any], grid: dict[str, tuple[Any, ...]]) -> str:
-    parts: list[str] = []
-    for key in NAME_AXES:
-        if key == "privacy":
-            parts.append("nodp" if values["privacy"] == "nodp" else f"sigma{_fmt(values['sigma'])}")
-        elif key == "seed":
-            parts.append(f"seed{values['seed']}")
-        else:
-            parts.append(str(values[key]))
-    for key in GRID_AXES:
-        if key in NAME_AXES or key == "sigma" or len(grid.get(key, ())) < 2 or key in IRRELEVANT[values["method"]]:
+def _name(values: dict[str, Any], grid: dict[str, tuple[Any, ...]], unused: set[str]) -> str:
+    parts = [str(values[k]) for k in NAME_AXES[:3]]
+    solved = [_key(n) for n in (*SOLVES, *SOLVES.values())]  # shown as the privacy part
+    if values[PRIVACY] == "nodp":
+        parts.append("nodp")
+    elif solved[0] in values:
+        parts.append(f"eps{fmt(values[solved[0]])}")
+    else:
+        parts.append(f"sigma{fmt(values[solved[1]])}" if solved[1] in values else "dp")
+    for key in grid:
+        if key in NAME_AXES or key in solved or len(grid[key]) < 2 or key in unused:
             continue
-        parts.append(f"{key}{_fmt(values[key])}")
+        parts.append(f"{key}{fmt(values[key])}")
     # seed last reads better: dataset_model_method_sigma1_[extras_]seed0
-    seed = parts.pop(NAME_AXES.index("seed"))
-    return "_".join(parts + [seed])
+    return "_".join(parts + [f"seed{values[REPLICATE]}"])
 
 
-def parse_values(key: str, texts: Sequence[str]) -> tuple[Any, ...]:
-    """Parse and validate the values of one grid axis; ValueError names the axis."""
-    if key not in GRID_AXES:
-        raise ValueError(f"unknown grid key {key!r}; valid grid keys: {', '.join(GRID_AXES)}")
-    if not texts:
-        raise ValueError(f"grid key {key!r} needs at least one value")
+def parse_values(key: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    """Parse and validate the values of one grid axis; UsageError names the flag."""
+    axes = opts.axes()
+    if key not in axes:
+        raise UsageError(f"unknown grid key {key!r}; valid grid keys: {', '.join(axes)}")
+    if not values:
+        raise UsageError(f"{axes[key].spec.flag} needs at least one value")
     out: list[Any] = []
-    for text in texts:
-        try:
-            value = GRID_AXES[key].parse(str(text))
-        except ValueError as e:
-            raise ValueError(f"bad value for grid key {key!r}: {e}") from None
+    for v in values:
+        value = opts.parse(axes[key], v)
         if value not in out:  # keep the user's order, drop repeats
             out.append(value)
     return tuple(out)
 
 
-def parse_fixed(key: str, text: Any) -> Any:
-    if key not in FIXED:
-        raise ValueError(f"unknown setting {key!r}; valid settings: {', '.join(FIXED)}")
-    try:
-        return FIXED[key].parse(str(text))
-    except ValueError as e:
-        raise ValueError(f"bad value for {key!r}: {e}") from None
+def parse_fixed(key: str, value: Any) -> Any:
+    settings = opts.fixed()
+    if key not in settings:
+        raise UsageError(f"unknown setting {key!r}; valid settings: {', '.join(settings)}")
+    return opts.parse(settings[key], value)
 
 
 def make_plan(
@@ -310,37 +194,51 @@ def make_plan(
     """Validate a grid (values as text or already typed) and expand it into runs.
 
     Axes not given take DEFAULT_GRID (or the preset's) values; settings not given
-    are left to `crepe train`'s defaults. nodp runs ignore the sigma axis.
+    are left to `crepe train`'s defaults. nodp runs drop the DP-only axes
+    (sigma, target epsilon, clipping); a target-epsilon axis replaces the sigma
+    axis. Every run's options are checked as `crepe train` would check them, so
+    a bad combination is refused before anything runs. UsageError if bad.
     """
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if preset is not None:
+        check_choice("preset", preset, tuple(PRESETS))
+    axes, settings = opts.axes(), opts.fixed()
     base_grid: dict[str, tuple[Any, ...]] = dict(DEFAULT_GRID)
     base_fixed: dict[str, Any] = {}
     if preset is not None:
         base_grid.update(PRESETS[preset]["grid"])
         base_grid.update(PRESETS[preset].get("grid_fixed", {}))
         base_fixed.update(PRESETS[preset]["fixed"])
-    for key, texts in grid.items():
-        base_grid[key] = parse_values(key, [_fmt(t) for t in texts])
-    for key, text in (fixed or {}).items():
-        base_fixed[key] = parse_fixed(key, _fmt(text))
-    g = {k: base_grid[k] for k in GRID_AXES if k in base_grid}  # canonical key order
-    f = {k: base_fixed[k] for k in FIXED if k in base_fixed}
+    asked = {key: parse_values(key, values) for key, values in grid.items()}
+    for solver, solved in SOLVES.items():  # one of the two axes: what the user asked for wins
+        a, b = _key(solver), _key(solved)
+        if a in asked and b in asked:
+            raise UsageError(f"{axes[a].spec.flag} solves {solved}: give {axes[b].spec.flag} or {axes[a].spec.flag}, not both")
+        base_grid.pop(b if a in asked else a if b in asked else "", None)
+        if a in base_grid:
+            base_grid.pop(b, None)
+    base_grid.update(asked)
+    for key, value in (fixed or {}).items():
+        base_fixed[key] = parse_fixed(key, value)
+    g = {k: parse_values(k, base_grid[k]) for k in axes if k in base_grid}  # canonical key order
+    f = {k: base_fixed[k] for k in settings if k in base_fixed}
 
     runs: dict[str, RunSpec] = {}
     keys = list(g)
     for combo in itertools.product(*(g[k] for k in keys)):
         values = dict(zip(keys, combo))
-        unused = set(IRRELEVANT[values["method"]])
-        if values["privacy"] == "nodp":
-            unused.add("sigma")
-        name = _name(values, g)
+        method, dp = values.get("method", opts.default("method")), values.get(PRIVACY, "dp") == "dp"
+        unused = {k for k in keys if opts.unused(axes[k].name, method=method, dp=dp)}
+        name = _name(values, g, unused)
         if name in runs:  # e.g. nodp runs repeat once per sigma: keep the first
             continue
-        # Settings a run does not use keep their first grid value in the flags
-        # (so every run's config records one), but never make extra runs.
-        settings = tuple((k, g[k][0] if k in unused else values[k]) for k in keys if not (k == "sigma" and values["privacy"] == "nodp"))
-        runs[name] = RunSpec(name=name, settings=settings + tuple(f.items()))
+        # Settings a method does not use keep their first grid value in the flags
+        # (so every run's config records one), but never make extra runs; a
+        # non-private run drops the DP-only ones (crepe train refuses them).
+        chosen = {k: g[k][0] if k in unused else values[k] for k in keys} | f
+        chosen = {k: v for k, v in chosen.items() if dp or _settings()[k].name not in opts.NODP_UNUSED}
+        known = _settings()
+        opts.run_config({known[k].name: (v == "dp" if k == PRIVACY else v) for k, v in chosen.items()}, f"run {name}")
+        runs[name] = RunSpec(name=name, settings=tuple(chosen.items()))
     return Plan(grid=g, fixed=f, preset=preset, runs=tuple(runs.values()))
 
 
@@ -350,34 +248,20 @@ def make_plan(
 
 def run_state(run_dir: Path) -> str:
     """'complete', 'interrupted' (a run exists but has not finished), or 'new'."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("status") == "complete":
-                return "complete"
-        except (json.JSONDecodeError, OSError, AttributeError):
-            pass
-    if (run_dir / "config.json").is_file():
+    if rundir.is_complete(run_dir):
+        return "complete"
+    if (run_dir / rundir.CONFIG).is_file():
         return "interrupted"
     return "new"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def load_manifest(sweep_dir: Path) -> dict[str, Any] | None:
     path = sweep_dir / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
+    manifest = rundir.read_json(path)
     if not isinstance(manifest, dict) or "grid" not in manifest or "fixed" not in manifest:
-        raise ValueError(f"{path} is not a crepe sweep manifest (no 'grid'/'fixed')")
+        raise UsageError(f"{path} is not a crepe sweep manifest (no 'grid'/'fixed'); fix or remove it")
     return manifest
 
 
@@ -398,17 +282,18 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def merge_plans(old: Plan, new: Plan) -> Plan:
     """--extend: the union of both grids; the fixed settings must agree."""
     if old.fixed != new.fixed:
-        raise ValueError(
+        raise UsageError(
             "--extend can add grid values but not change fixed settings (runs would "
             "differ in settings their names do not show):\n"
             + "\n".join(_diff({"grid": {}, "fixed": old.fixed}, {"grid": {}, "fixed": new.fixed}))
         )
-    grid = {k: tuple(dict.fromkeys(old.grid.get(k, ()) + new.grid.get(k, ()))) for k in GRID_AXES if k in old.grid or k in new.grid}
+    grid = {k: tuple(dict.fromkeys(old.grid.get(k, ()) + new.grid.get(k, ()))) for k in opts.axes()
+            if k in old.grid or k in new.grid}
     merged = make_plan(grid=grid, fixed=old.fixed)
     # Names depend on which axes have several values: an extension must not rename existing runs.
     renamed = {r.name for r in make_plan(grid=old.grid, fixed=old.fixed).runs} - {r.name for r in merged.runs}
     if renamed:
-        raise ValueError(
+        raise UsageError(
             "--extend would rename existing runs (a new axis got a second value): "
             + ", ".join(sorted(renamed)[:5])
             + "; use a new sweep directory"
@@ -528,8 +413,8 @@ class Runner:
 
 def _summary_line(run_dir: Path) -> str:
     try:
-        s = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        s = rundir.read_summary(run_dir) or {}
+    except UsageError:
         return ""
     acc = s.get("test_acc")
     eps = s.get("eps_total")
@@ -579,7 +464,7 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest["failures"] = {n: {"returncode": r.get("returncode"), "log": r.get("log"), "tail": r.get("tail")}
                                 for n, r in manifest["runs"].items() if r["status"] == "failed"}
-        _write_json(sweep_dir / MANIFEST, manifest)
+        rundir.atomic_write_json(sweep_dir / MANIFEST, manifest)
 
     todo = [s for s in plan.runs if manifest["runs"][s.name]["status"] != "complete"]
     skipped = len(plan.runs) - len(todo)
@@ -611,7 +496,7 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
             save()
             verb = "resumed and finished" if o.resumed and o.status == "complete" else o.status
             print(f"[{done}/{len(order)}] {o.name} {verb} in {o.wall_s:.1f}s{detail}", file=out, flush=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, or output piped into a closed `head`
         runner.stop()
         pool.shutdown(wait=True, cancel_futures=True)
         for s in order:
@@ -629,85 +514,118 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
 # Command line.
 
 
+def _help(st: Setting, default: Any) -> str:
+    s = st.spec
+    bounds = "" if s.kind == "bool" else f"; {s.describe_bounds()}"
+    shown = "" if default is None else f" (default: {default})"
+    return (s.help + bounds + shown).replace("%", "%%")  # argparse formats help with %
+
+
+def _presets_text() -> str:
+    lines = ["presets (--preset NAME; options given override the preset's):"]
+    for name, p in PRESETS.items():
+        n = len(make_plan(grid={}, preset=name).runs)
+        lines += textwrap.wrap(f"{name}: {n} runs: {p['about']}.", width=78, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="crepe sweep",
-        allow_abbrev=False,
-        description="Run a grid of `crepe train` configurations, one run directory each, "
-        "skipping complete runs and resuming interrupted ones.",
-        epilog="Grid keys: " + ", ".join(("seeds" if k == "seed" else k) for k in GRID_AXES)
-        + ". Fixed settings: " + ", ".join(FIXED) + ". Presets: " + ", ".join(PRESETS) + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the preset list's lines
+        description=textwrap.fill("Run a grid of `crepe train` configurations, one run directory each, skipping complete "
+        "runs and resuming interrupted ones. Grid options take several values (one run per combination); "
+        "every other `crepe train` option can be given once, for all runs.", width=78),
+        epilog=_presets_text(),
     )
     p.add_argument("--out", required=True, type=Path, help="sweep directory (created if missing)")
-    p.add_argument("--preset", help=f"start from a preset grid: {', '.join(PRESETS)}")
-    for key, opt in GRID_AXES.items():
-        flag = "--seeds" if key == "seed" else f"--{key}"
-        p.add_argument(flag, dest=f"grid_{key}", nargs="+", metavar="V", help=f"grid: {opt.help}"
-                       + (f" ({', '.join(opt.parse.valid)})" if hasattr(opt.parse, "valid") else ""))
-    for key, opt in FIXED.items():
-        p.add_argument(f"--{key}", dest=f"fixed_{key}", metavar="V", help=opt.help)
+    p.add_argument("--preset", metavar="NAME", help=f"start from a preset grid: {', '.join(PRESETS)} (below)")
+    grid = p.add_argument_group("grid options (several values each)")
+    for key, st in opts.axes().items():
+        default = ", ".join(map(fmt, DEFAULT_GRID[key])) if key in DEFAULT_GRID else opts.default(st.name)
+        grid.add_argument(st.spec.flag, dest=f"grid:{key}", nargs="+", metavar="V", help=_help(st, default))
+    fixed = p.add_argument_group("fixed settings (one value, passed to every run)")
+    for key, st in opts.fixed().items():
+        if st.spec.kind == "bool":
+            fixed.add_argument(st.spec.flag, dest=f"fixed:{key}", action="store_const",
+                               const=not opts.default(st.name), help=_help(st, None))
+        else:
+            fixed.add_argument(st.spec.flag, dest=f"fixed:{key}", metavar="V", help=_help(st, opts.default(st.name)))
     p.add_argument("--data-dir", help="folder of the IDX .gz files, passed to every run (not part of the grid)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
-    p.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
+    p.add_argument("--jobs", default="1", help="runs at a time (default: 1)")
+    p.add_argument("--threads", help="torch threads per run (default: cores // jobs)")
     p.add_argument("--extend", action="store_true", help="add the requested grid values to an existing sweep")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
     return p
 
 
+JOBS = Spec(help="runs at a time", kind="int", low=1, flag="--jobs")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (exit status 143 instead of 130)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str]) -> int:
+    return command("crepe sweep", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    try:
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {' '.join(unknown)}; grid keys: "
-                + ", ".join(("--seeds" if k == "seed" else f"--{k}") for k in GRID_AXES)
-                + "; fixed settings: " + ", ".join(f"--{k}" for k in FIXED)
-            )
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-        if args.threads is not None and args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        grid = {k: getattr(args, f"grid_{k}") for k in GRID_AXES if getattr(args, f"grid_{k}") is not None}
-        fixed = {k: getattr(args, f"fixed_{k}") for k in FIXED if getattr(args, f"fixed_{k}") is not None}
-        sweep_dir: Path = args.out
-        if sweep_dir.exists() and not sweep_dir.is_dir():
-            raise ValueError(f"{sweep_dir} exists and is not a directory")
-        existing = load_manifest(sweep_dir)
-        if existing is None and sweep_dir.is_dir() and any(p.name != LOGS for p in sweep_dir.iterdir()):
-            raise ValueError(f"{sweep_dir} is not empty and has no {MANIFEST}: refusing to use it as a sweep directory")
-        asked = bool(grid or fixed or args.preset)
-        if existing is not None and not asked:
-            plan = plan_from_manifest(existing)  # plain re-run: the recorded grid
-            plan = Plan(grid=plan.grid, fixed=plan.fixed, preset=existing.get("preset"), runs=plan.runs)
-        else:
-            plan = make_plan(grid=grid, fixed=fixed, preset=args.preset)
-            if existing is not None:
-                old = plan_from_manifest(existing)
-                if old.identity() != plan.identity():
-                    if not args.extend:
-                        raise ValueError(
-                            f"{sweep_dir} already holds a sweep with a different grid:\n"
-                            + "\n".join(_diff(old.identity(), plan.identity()))
-                            + "\nre-run with no grid options to continue it, add --extend to add runs to it, "
-                            "or use another --out"
-                        )
-                    plan = merge_plans(old, plan)
-    except ValueError as e:
-        print(f"crepe sweep: error: {e}", file=sys.stderr)
-        return 2
+    given = vars(args)
+    if unknown:
+        flags = [st.spec.flag for st in _settings().values()] + [f"--{f}" for f in opts.SWEEP_FLAGS]
+        close = difflib.get_close_matches(unknown[0], flags, n=1)
+        hint = f"did you mean {close[0]}?" if close else "see crepe sweep --help"
+        raise UsageError(f"unknown option(s) {' '.join(unknown)} ({hint})")
+    jobs = JOBS.parse(args.jobs)
+    threads = None if args.threads is None else options()["threads"].parse(args.threads)
+    grid = {k.split(":", 1)[1]: v for k, v in given.items() if k.startswith("grid:") and v is not None}
+    fixed = {k.split(":", 1)[1]: v for k, v in given.items() if k.startswith("fixed:") and v is not None}
+    sweep_dir: Path = args.out
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UsageError(f"{sweep_dir} exists and is not a directory")
+    existing = load_manifest(sweep_dir)
+    if existing is None and sweep_dir.is_dir() and any(p.name != LOGS for p in sweep_dir.iterdir()):
+        raise UsageError(f"{sweep_dir} is not empty and has no {MANIFEST}: refusing to use it as a sweep directory")
+    if existing is not None and not (grid or fixed or args.preset):
+        plan = plan_from_manifest(existing)  # plain re-run: the recorded grid
+        plan = Plan(grid=plan.grid, fixed=plan.fixed, preset=existing.get("preset"), runs=plan.runs)
+    else:
+        plan = make_plan(grid=grid, fixed=fixed, preset=args.preset)
+        if existing is not None:
+            old = plan_from_manifest(existing)
+            if old.identity() != plan.identity():
+                if not args.extend:
+                    raise UsageError(
+                        f"{sweep_dir} already holds a sweep with a different grid:\n"
+                        + "\n".join(_diff(old.identity(), plan.identity()))
+                        + "\nre-run with no grid options to continue it, add --extend to add runs to it, "
+                        "or use another --out"
+                    )
+                plan = merge_plans(old, plan)
     if args.dry_run:
-        runner = Runner(sweep_dir=sweep_dir, data_dir=args.data_dir, threads=args.threads or default_threads(args.jobs),
-                        jobs=args.jobs, python=sys.executable)
+        runner = Runner(sweep_dir=sweep_dir, data_dir=args.data_dir, threads=threads or default_threads(jobs),
+                        jobs=jobs, python=sys.executable)
         for spec in plan.runs:
             state = run_state(sweep_dir / spec.name)
             print(f"{spec.name} [{state}]: {' '.join(runner.command(spec, resume=state == 'interrupted')[2:])}")
         return 0
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        manifest = execute(plan, sweep_dir=sweep_dir, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir)
-    except KeyboardInterrupt:
+        manifest = execute(plan, sweep_dir=sweep_dir, jobs=jobs, threads=threads, data_dir=args.data_dir)
+    except KeyboardInterrupt as e:
         print("crepe sweep: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     failures = manifest["failures"]
     n = len(manifest["runs"])
     complete = sum(r["status"] == "complete" for r in manifest["runs"].values())

@@ -1,0 +1,130 @@
+"""The study's view of `crepe train`'s options, derived from their declarations in crepe.config.
+
+- grid axes: the options declared `grid=True` (several values in a sweep, one
+  run each; rows and columns of a report), with `dp` replaced by the sweep's
+  `privacy` axis (dp and/or nodp);
+- fixed settings: every other option that is not a machine setting (one value
+  for a whole sweep; must agree across the runs of a report);
+- unused settings: a method ignores the options whose `ignored_by` names it, and
+  a non-private run ignores the DP-only ones (NODP_UNUSED).
+
+Nothing here names an ordinary option: adding one to TrainConfig adds it to the
+sweep and the report. Computed on each call (options() is cheap), so that the
+declarations are read where they live. torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from crepe import config
+from crepe.config import Spec, UsageError
+
+REPLICATE = "seed"  # the grid option a report averages over (spelled --seeds in a sweep)
+PRIVACY = "privacy"  # the sweep's axis in place of the boolean `dp`: dp and/or nodp
+# DP-only options: `crepe train --no-dp` refuses them (TrainConfig.__post_init__), so a
+# non-private run drops them and a report ignores them for non-private runs.
+NODP_UNUSED = ("sigma", "target_epsilon", "clipping", "diagnostics")
+# An option that solves another (TrainConfig.from_flags refuses both): a sweep uses one axis or the other.
+SOLVES = {"target_epsilon": "sigma"}
+# Flags of `crepe sweep` itself; an option of the same name gets the flag --train-NAME.
+SWEEP_FLAGS = ("out", "preset", "data-dir", "jobs", "threads", "extend", "dry-run")
+
+PRIVACY_SPEC = Spec(
+    help="dp (DP-SGD) and/or nodp (non-private reference: one run per other setting, no sigma/target-epsilon/clipping)",
+    choices=("dp", "nodp"),
+    grid=True,
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One option as `crepe sweep` sees it."""
+
+    key: str  # name in sweep.json and run names: the train flag without "--" (or "privacy")
+    name: str  # TrainConfig field ("dp" for privacy)
+    spec: Spec  # its declaration, with .flag set to the sweep's flag
+
+    @property
+    def train_flag(self) -> str:
+        return config.options()[self.name].flag
+
+
+def _setting(name: str, s: Spec) -> Setting:
+    key = name.replace("_", "-")
+    if name == "dp":
+        return Setting(PRIVACY, name, replace(PRIVACY_SPEC, flag="--" + PRIVACY))
+    if s.grid:
+        flag = "--seeds" if name == REPLICATE else "--" + key
+    else:
+        key = "train-" + key if key in SWEEP_FLAGS else key
+        flag = s.no_flag or "--" + key
+    return Setting(key, name, replace(s, flag=flag))
+
+
+def axes() -> dict[str, Setting]:
+    """The sweep's grid axes, key -> Setting, in declaration order."""
+    return {st.key: st for st in (_setting(n, s) for n, s in config.options().items() if s.grid)}
+
+
+def fixed() -> dict[str, Setting]:
+    """The sweep's fixed settings (non-grid, non-machine options), key -> Setting."""
+    return {st.key: st for st in (_setting(n, s) for n, s in config.options().items() if not s.grid and not s.machine)}
+
+
+def report_axes() -> tuple[str, ...]:
+    """Option names that make rows of a report: the grid options but the replicate."""
+    return tuple(n for n, s in config.options().items() if s.grid and n != REPLICATE)
+
+
+def machine() -> tuple[str, ...]:
+    return tuple(n for n, s in config.options().items() if s.machine)
+
+
+def unused(name: str, *, method: Any, dp: Any) -> bool:
+    """True when a run of this method and privacy does not depend on option `name`."""
+    s = config.options().get(name)
+    return (s is not None and method in s.ignored_by) or (not dp and name in NODP_UNUSED)
+
+
+def default(name: str) -> Any:
+    return config.TrainConfig.__dataclass_fields__[name].default
+
+
+def parse(st: Setting, value: Any) -> Any:
+    """A value for a setting, given as text (command line) or typed (sweep.json), checked; UsageError if bad."""
+    s = st.spec
+    if isinstance(value, str):
+        if s.kind != "bool":
+            return s.parse(value)
+        value = {"true": True, "false": False}.get(value.lower(), value)
+    elif s.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    s.check(s.flag, value)
+    return value
+
+
+def train_args(st: Setting, value: Any) -> list[str]:
+    """The `crepe train` flags that set this option to `value`."""
+    if st.name == "dp":
+        return [] if value == "dp" else [config.options()["dp"].flag]
+    if st.spec.kind == "bool":  # a switch: its flag turns the default over
+        return [st.train_flag] if value != default(st.name) else []
+    return [st.train_flag, fmt(value)]
+
+
+def fmt(value: Any) -> str:
+    """A value as text: short for floats, never rounded."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def run_config(given: dict[str, Any], where: str) -> config.TrainConfig:
+    """The TrainConfig `crepe train` would build from these options: refuses what it would refuse."""
+    try:
+        return config.TrainConfig.from_flags(given)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
