@@ -49,9 +49,9 @@ def fails(argv: list[str], capsys, match: str) -> str:
         (["--fraction", "abc"], "--fraction must be a number, got 'abc'"),
         (["--frac", "0.2"], "unrecognized arguments: --frac"),  # no abbreviations
         (["--epoch", "2"], "unrecognized arguments: --epoch"),
-        (["--no-dp", "--sigma", "2"], "--sigma has no effect with --no-dp"),
+        (["--no-dp", "--sigma", "2"], "--sigma 2.0 needs DP training"),
         (["--no-dp", "--clipping", "adaptive"], "--clipping adaptive needs DP training"),
-        (["--no-dp", "--target-epsilon", "3"], "--target-epsilon needs DP training"),
+        (["--no-dp", "--target-epsilon", "3"], "--target-epsilon 3.0 needs DP training"),
         (["--no-dp", "--diagnostics"], "--diagnostics needs DP training"),
         (["--target-epsilon", "3", "--sigma", "1"], "give one of them, not both"),
         (["--target-epsilon", "0"], "--target-epsilon must be a finite number > 0"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crepe import __version__
-from crepe.config import TrainConfig, UsageError, options
+from crepe.config import TrainConfig, UsageError, default, options
 
 DELEGATED = {"sweep": "crepe.study.sweep", "report": "crepe.study.report"}
 RESUME_FLAGS = {"data_dir", "threads"}  # flags that may accompany --resume
@@ -37,8 +37,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_option(p: argparse.ArgumentParser, name: str, s: Any) -> None:
     """One `crepe train` flag from its declaration (crepe.config)."""
-    default = TrainConfig.__dataclass_fields__[name].default
-    shown = "" if default is None else f" (default: {default})"
+    value = default(name)
+    shown = "" if value is None else f" (default: {value})"
     text = (s.help + shown).replace("%", "%%")  # argparse formats help with %
     if s.kind == "bool":
         dest_action = "store_false" if s.no_flag else "store_true"

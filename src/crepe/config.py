@@ -44,6 +44,8 @@ class Spec:
     machine: bool = False  # where/how fast it runs, not what it computes: may change on resume
     flag: str = ""  # set by option(): --name-with-dashes
     no_flag: str = ""  # for booleans: the flag that turns the default off (e.g. --no-dp)
+    dp_only: bool = False  # meaningless without DP: --no-dp refuses a non-default value
+    solves: str = ""  # the option this one solves for (given together: refused)
 
     def describe_bounds(self) -> str:
         if self.choices:
@@ -189,6 +191,7 @@ class TrainConfig:
         kind="float",
         low=0,
         grid=True,
+        dp_only=True,
     )
     target_epsilon: float | None = option(
         None,
@@ -198,6 +201,8 @@ class TrainConfig:
         low=0,
         low_open=True,
         grid=True,
+        dp_only=True,
+        solves="sigma",
     )
     max_grad_norm: float = option(1.0, "per-example clip norm C (the initial C of adaptive clipping)", kind="float", low=0, low_open=True)
     clipping: str = option(
@@ -206,6 +211,7 @@ class TrainConfig:
         "the --clip-quantile of gradient norms by a noisy, accounted count",
         choices=("flat", "automatic", "adaptive"),
         grid=True,
+        dp_only=True,
     )
     clip_quantile: float = option(0.5, "adaptive clipping: target share of unclipped examples", kind="float", low=0, high=1)
     clip_lr: float = option(0.2, "adaptive clipping: geometric step size of C", kind="float", low=0, low_open=True)
@@ -222,6 +228,7 @@ class TrainConfig:
         False,
         "per-epoch clipping diagnostics on a fixed probe of training examples (analysis outputs, not covered by epsilon)",
         kind="bool",
+        dp_only=True,
     )
     preset: str | None = option(None, "start from a named recipe (see PRESETS); flags given override it", choices=("seed-protocol", "dp-recipe"))
     threads: int | None = option(None, "torch and selection threads (default: torch's)", kind="int", low=1, machine=True)
@@ -229,20 +236,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, s in options().items():
             value = getattr(self, name)
-            if value is not None or _default(name) is not None:
+            if value is not None or default(name) is not None:
                 s.check(name, value)
         if self.dp and self.sigma == 0:
             raise UsageError("--sigma must be > 0 with DP on, got 0 (use --no-dp for non-private training)")
         if self.momentum and self.optimizer != "sgd":
             raise UsageError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
         if not self.dp:
-            for name in ("target_epsilon", "diagnostics"):
-                if getattr(self, name) not in (None, False):
-                    raise UsageError(f"--{name.replace('_', '-')} needs DP training; drop it or drop --no-dp")
-            if self.clipping != "flat":
-                raise UsageError(f"--clipping {self.clipping} needs DP training; drop it or drop --no-dp")
-            if self.sigma not in (None, 0.0):
-                raise UsageError("--sigma has no effect with --no-dp (no noise is added); drop one of them")
+            for name, s in options().items():
+                value = getattr(self, name)
+                if s.dp_only and value != default(name) and not (name == "sigma" and value == 0.0):
+                    shown = "" if isinstance(value, bool) else f" {value}"
+                    raise UsageError(f"{s.flag}{shown} needs DP training (--no-dp adds no noise); drop one of them")
 
     def resolve(self) -> TrainConfig:
         """Fill the defaults that depend on other fields, except sigma from a target epsilon
@@ -284,15 +289,17 @@ class TrainConfig:
     @classmethod
     def from_flags(cls, given: dict[str, Any]) -> TrainConfig:
         """The config of the flags a user gave, on top of their --preset (if any)."""
-        if given.get("target_epsilon") is not None and given.get("sigma") is not None:
-            raise UsageError("--target-epsilon solves --sigma: give one of them, not both")
+        for name, s in options().items():
+            if s.solves and given.get(name) is not None and given.get(s.solves) is not None:
+                raise UsageError(f"{s.flag} solves --{s.solves.replace('_', '-')}: give one of them, not both")
         name = given.get("preset")
-        base = dict(preset_values(name, given.get("dataset", _default("dataset")))) if name else {}
+        base = dict(preset_values(name, given.get("dataset", default("dataset")))) if name else {}
         base.update(given)
         return cls(**base)
 
 
-def _default(name: str) -> Any:
+def default(name: str) -> Any:
+    """An option's declared default (None where it is resolved from others)."""
     f = TrainConfig.__dataclass_fields__[name]
     return None if f.default is MISSING else f.default
 

@@ -23,11 +23,11 @@ from crepe.config import Spec, UsageError
 
 REPLICATE = "seed"  # the grid option a report averages over (spelled --seeds in a sweep)
 PRIVACY = "privacy"  # the sweep's axis in place of the boolean `dp`: dp and/or nodp
-# DP-only options: `crepe train --no-dp` refuses them (TrainConfig.__post_init__), so a
+# DP-only options (declared `dp_only`): `crepe train --no-dp` refuses them, so a
 # non-private run drops them and a report ignores them for non-private runs.
-NODP_UNUSED = ("sigma", "target_epsilon", "clipping", "diagnostics")
-# An option that solves another (TrainConfig.from_flags refuses both): a sweep uses one axis or the other.
-SOLVES = {"target_epsilon": "sigma"}
+NODP_UNUSED = tuple(n for n, s in config.options().items() if s.dp_only)
+# An option that solves another (declared `solves`; both given are refused): a sweep uses one axis or the other.
+SOLVES = {n: s.solves for n, s in config.options().items() if s.solves}
 # Flags of `crepe sweep` itself; an option of the same name gets the flag --train-NAME.
 SWEEP_FLAGS = ("out", "preset", "data-dir", "jobs", "threads", "extend", "dry-run")
 
@@ -88,8 +88,7 @@ def unused(name: str, *, method: Any, dp: Any) -> bool:
     return (s is not None and method in s.ignored_by) or (not dp and name in NODP_UNUSED)
 
 
-def default(name: str) -> Any:
-    return config.TrainConfig.__dataclass_fields__[name].default
+default = config.default
 
 
 def parse(st: Setting, value: Any) -> Any:
