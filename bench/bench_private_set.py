@@ -35,21 +35,21 @@ THREADS = 2
 RESULTS: dict[str, dict] = {}
 
 
-def _gen(seed: int):  # noqa: ANN202
+def _gen(seed: int):
     import torch
 
     return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
-def fmnist(quick: bool):  # noqa: ANN201
+def fmnist(quick: bool):
     from crepe import data
 
     return data.load("fashion-mnist", data_dir=str(DATA / "fashion-mnist"), train_subset=6000 if quick else None)
 
 
 @pytest.mark.parametrize("spc", [1, 10, 20])
-def test_generation_throughput(benchmark, quick: bool, fmnist, spc: int) -> None:  # noqa: ANN001
+def test_generation_throughput(benchmark, quick: bool, fmnist, spc: int) -> None:
     import torch
 
     from crepe.private_set import Schedule, generate

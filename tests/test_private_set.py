@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,19 +26,27 @@ def gen(seed: int) -> torch.Generator:
 
 
 @pytest.fixture(scope="module")
-def fm(data_root) -> data.LoadedData:  # noqa: ANN001
+def fm(data_root: Path) -> data.LoadedData:
     torch.set_num_threads(2)
     return data.load("fashion-mnist", data_dir=str(data_root / "fashion-mnist"), train_subset=200, test_subset=10)
 
 
-def run(fm: data.LoadedData, schedule: Schedule = TINY, **kw):  # noqa: ANN201
+def run(fm: data.LoadedData, schedule: Schedule = TINY, **kw: Any) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
     calls: list[tuple[float, float]] = []
-    args = dict(schedule=schedule, sigma=1.0, noise_gen=gen(1), sample_gen=gen(2), init_gen=gen(3),
-                on_release=lambda s, q: calls.append((s, q)))
+    args: dict[str, Any] = {
+        "schedule": schedule, "sigma": 1.0, "noise_gen": gen(1), "sample_gen": gen(2), "init_gen": gen(3),
+        "on_release": lambda s, q: calls.append((s, q)),
+    }
     args.update(kw)
     x = args.pop("x", fm.x_train)
     images, labels = generate(x, fm.y_train, **args)
     return images, labels, calls
+
+
+def norm_of(grads: dict[str, torch.Tensor], *, per_example: bool) -> torch.Tensor:
+    """L2 norm over all parameters: (b,) per example, or a scalar, in float64."""
+    start = 1 if per_example else 0
+    return torch.stack([t.double().flatten(start).pow(2).sum(-1) for t in grads.values()]).sum(0).sqrt()
 
 
 def oracle(net: ConvNet, x: torch.Tensor, y: torch.Tensor, *, clip: float, sigma: float, B: float, noise_gen: torch.Generator) -> list[np.ndarray]:
@@ -59,7 +69,7 @@ def test_noisy_gradient_equals_oracle(fm: data.LoadedData, sigma: float) -> None
     params = {k: v.detach() for k, v in net.named_parameters()}
     x, y = fm.x_train[:40], fm.y_train[:40]
     # C at the median per-example norm: both branches of min(1, C/||g||) are exercised
-    norms = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in ps.per_example_grads(net, params, x, y).values()))
+    norms = norm_of(ps.per_example_grads(net, params, x, y), per_example=True)
     clip = float(norms.median())
     assert (norms > clip).sum() >= 10 and (norms < clip).sum() >= 10
     got = noisy_real_gradient(net, params, x, y, clip=clip, sigma=sigma, expected_batch_size=25.0, noise_gen=gen(5))
@@ -75,10 +85,10 @@ def test_huge_gradient_contributes_exactly_clip(fm: data.LoadedData) -> None:
         net.head.weight.mul_(1e4)  # logits, hence the gradient, become enormous
     params = {k: v.detach() for k, v in net.named_parameters()}
     x, y = fm.x_train[:1], fm.y_train[:1]
-    raw = torch.sqrt(sum(t.pow(2).sum() for t in ps.per_example_grads(net, params, x, y).values()))
+    raw = norm_of(ps.per_example_grads(net, params, x, y), per_example=True)[0]
     assert raw > 1e3
     got = noisy_real_gradient(net, params, x, y, clip=0.1, sigma=0.0, expected_batch_size=1.0, noise_gen=gen(5))
-    norm = torch.sqrt(sum(t.double().pow(2).sum() for t in got.values()))
+    norm = norm_of(got, per_example=False)
     assert float(norm) == pytest.approx(0.1, rel=1e-5)
 
 
@@ -158,7 +168,7 @@ def test_resume_is_bit_identical(fm: data.LoadedData) -> None:
         run(fm, replace(TINY, lr_images=0.2), state=state)
 
 
-def test_save_synthetic_loads_with_numpy(fm: data.LoadedData, tmp_path) -> None:  # noqa: ANN001
+def test_save_synthetic_loads_with_numpy(fm: data.LoadedData, tmp_path: Path) -> None:
     images, labels, _ = run(fm, replace(TINY, iterations=1))
     npz, png = ps.save_synthetic(tmp_path, images, labels, mean=0.2860, std=0.3530)
     with np.load(npz, allow_pickle=False) as f:

@@ -104,8 +104,9 @@ class ConvNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
-                    bound = 1.0 / math.sqrt(m.weight[0].numel())  # 1 / sqrt(fan_in)
-                    m.bias.uniform_(-bound, bound, generator=generator)
+                    if m.bias is not None:
+                        bound = 1.0 / math.sqrt(m.weight[0].numel())  # 1 / sqrt(fan_in)
+                        m.bias.uniform_(-bound, bound, generator=generator)
                 elif isinstance(m, nn.GroupNorm):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
@@ -236,7 +237,7 @@ def noisy_real_gradient(
     """
     if len(y) > 0:
         g = per_example_grads(net, params, x, y)
-        norms = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in g.values()))  # (b,)
+        norms = torch.stack([t.flatten(1).pow(2).sum(1) for t in g.values()]).sum(0).sqrt()  # (b,)
         factor = (clip / norms).clamp(max=1.0)  # a zero gradient gives inf -> 1
         sums = {k: torch.einsum("b,b...->...", factor, t) for k, t in g.items()}
     else:
