@@ -17,7 +17,7 @@ One short real run (generation, then classifiers trained on the synthetic
 set, test accuracy on the 10k test set), sigma calibrated to epsilon = 10 at
 delta = 1e-5 with Opacus' RDP accountant, one thread:
 
-    OMP_WAIT_POLICY=PASSIVE python bench/bench_private_set.py --real-run OUT_DIR
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_private_set.py --real-run OUT_DIR [--lr-images 0.1]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_generation_throughput(benchmark, quick: bool, fmnist, spc: int) -> None
     print("\n" + json.dumps(out))
 
 
-def real_run(out_dir: Path) -> dict:
+def real_run(out_dir: Path, *, lr_images: float = 0.1) -> dict:
     """Full Fashion-MNIST, spc 10, a CPU schedule (~10 min on one thread), epsilon = 10."""
     import numpy as np
     import torch
@@ -99,7 +99,7 @@ def real_run(out_dir: Path) -> dict:
 
     torch.set_num_threads(1)
     d = data.load("fashion-mnist", data_dir=str(DATA / "fashion-mnist"))
-    sched = Schedule(spc=10, iterations=30, outer_loops=10, batch_size=256, inner_steps=10, width=32, depth=3)
+    sched = Schedule(spc=10, iterations=30, outer_loops=10, batch_size=256, inner_steps=10, width=32, depth=3, lr_images=lr_images)
     n = len(d.y_train)
     steps, q = sched.releases(n)
     sigma = float(get_noise_multiplier(target_epsilon=10, target_delta=1e-5, sample_rate=q, steps=steps, accountant="rdp"))
@@ -148,6 +148,6 @@ def real_run(out_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--real-run":
-        sys.exit("usage: python bench/bench_private_set.py --real-run OUT_DIR")
-    print(json.dumps(real_run(Path(sys.argv[2])), indent=1))
+    if len(sys.argv) not in (3, 5) or sys.argv[1] != "--real-run" or (len(sys.argv) == 5 and sys.argv[3] != "--lr-images"):
+        sys.exit("usage: python bench/bench_private_set.py --real-run OUT_DIR [--lr-images X (default 0.1)]")
+    print(json.dumps(real_run(Path(sys.argv[2]), lr_images=float(sys.argv[4]) if len(sys.argv) == 5 else 0.1), indent=1))
