@@ -24,7 +24,11 @@ The synthetic images start as N(0, 1) noise in the normalised pixel scale from
 init_gen (as the paper's code does), never from real images, and everything
 after the noisy gradients (image updates, inner training, classifiers trained
 on the result) is post-processing. Labels of the synthetic set are fixed and
-public (spc of each class).
+public (spc of each class). The real labels enter only through the clipped
+per-example gradients, so they are covered by epsilon too, except for one
+check outside the mechanism: `generate` refuses spc larger than the smallest
+class (a go/no-go on the class counts, which crepe's per-class runs treat as
+public anyway; DESIGN.md section 4).
 
 Matching is whole-batch, as in the paper's DP code: the real batch holds all
 classes together and the synthetic gradient is that of the mean loss over all
