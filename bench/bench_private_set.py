@@ -52,7 +52,7 @@ def fmnist(quick: bool):
 def test_generation_throughput(benchmark, quick: bool, fmnist, spc: int) -> None:
     import torch
 
-    from crepe.private_set import Schedule, generate
+    from crepe.smallsets.private_set import Schedule, generate
 
     torch.set_num_threads(THREADS)
     sched = Schedule(
@@ -95,7 +95,7 @@ def real_run(out_dir: Path, *, lr_images: float = 0.1) -> dict:
 
     from crepe import data, privacy
     from crepe.models import build_model
-    from crepe.private_set import LEDGER_KIND, ConvNet, Schedule, generate, save_synthetic, train_on_synthetic
+    from crepe.smallsets.private_set import LEDGER_KIND, ConvNet, Schedule, generate, save_synthetic, train_on_synthetic
 
     torch.set_num_threads(1)
     d = data.load("fashion-mnist", data_dir=str(DATA / "fashion-mnist"))

@@ -23,6 +23,7 @@ from crepe.privacy.calibration import steps_per_epoch
 from crepe.privacy.ledger import record
 
 C = 1.0
+C_MID = 4.0  # the Opacus comparison's C: among the CNN fixture's per-example norms
 NORMS = np.array([0.0, 0.25, 0.999, 1.0, 1.001, 2.0, 50.0])  # below, at and above C
 
 
@@ -107,14 +108,17 @@ def test_one_step_equals_opacus_dpoptimizer_bit_for_bit(seed: int) -> None:
         base = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
         gen = torch.Generator().manual_seed(123)
         if which == "crepe":
-            opt = DPOptimizer(base, noise_multiplier=1.3, clip_rule=make_clip_rule("flat", max_grad_norm=0.7),
+            opt = DPOptimizer(base, noise_multiplier=1.3, clip_rule=make_clip_rule("flat", max_grad_norm=C_MID),
                               generator=gen, on_release=lambda *a: None)
             opt.start_set(sample_rate=0.1, normaliser=12.5, expected_examples=12.5)
         else:
-            opt = OpacusDPOptimizer(base, noise_multiplier=1.3, max_grad_norm=0.7, expected_batch_size=12.5,
+            opt = OpacusDPOptimizer(base, noise_multiplier=1.3, max_grad_norm=C_MID, expected_batch_size=12.5,
                                     loss_reduction="mean", generator=gen)
         for _ in range(2):  # two steps: momentum state too
             torch.nn.functional.cross_entropy(net(x), y, reduction="sum").backward()
+            norms = opt.per_example_norms() if which == "crepe" else None
+            if norms is not None:  # the clamp and the clip both act: some norms below C, some above
+                assert bool((norms < C_MID).any()) and bool((norms > C_MID).any()), norms
             opt.step()
             opt.zero_grad(set_to_none=True)
         results.append([p.detach().clone() for p in model.parameters()])

@@ -15,8 +15,8 @@ import torch
 from torch.nn import functional as F
 
 from crepe import data
-from crepe import private_set as ps
-from crepe.private_set import ConvNet, GenerationState, Schedule, generate, noisy_real_gradient
+from crepe.smallsets import private_set as ps
+from crepe.smallsets.private_set import ConvNet, GenerationState, Schedule, generate, noisy_real_gradient
 
 TINY = Schedule(spc=2, iterations=3, outer_loops=2, batch_size=16, inner_steps=2, width=4, depth=2)
 
@@ -206,3 +206,83 @@ def test_bad_input(fm: data.LoadedData) -> None:
         Schedule.paper(7)
     with pytest.raises(ValueError, match=r"too deep for 28x28 input; allowed: 1\.\.5"):
         ConvNet(4, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# `crepe train --method private-set`: the method in the run pipeline.
+
+PS_ARGS = ["--method", "private-set", "--train-subset", "500", "--test-subset", "200", "--images-per-class", "2",
+           "--gen-iterations", "3", "--gen-outer-loops", "2", "--batch-size", "50", "--max-grad-norm", "0.1",
+           "--epochs", "3", "--model", "convnet", "--lr", "0.01", "--momentum", "0.9", "--threads", "1"]
+
+
+def _ps_run(data_root, out, *extra: str) -> list[str]:
+    return ["train", "--out", str(out), "--dataset", "fashion-mnist", "--data-dir", str(data_root), *PS_ARGS, *extra]
+
+
+def test_private_set_run_accounts_each_noisy_gradient_and_hits_the_target(data_root, tmp_path, capsys) -> None:
+    import json
+
+    from opacus.accountants import RDPAccountant
+
+    from crepe import cli
+
+    out = tmp_path / "run"
+    assert cli.main(_ps_run(data_root, out, "--target-epsilon", "10")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ledger"] == [{"kind": "generate", "noise_multiplier": s["sigma"], "sample_rate": 0.1, "steps": 6}]
+    acc = RDPAccountant()  # 3 iterations x 2 outer loops, q = 50/500, by hand
+    for _ in range(6):
+        acc.step(noise_multiplier=s["sigma"], sample_rate=0.1)
+    assert s["eps_total"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+    assert 9.9 <= s["eps_total"] <= 10 and s["eps_train"] == 0.0  # training on synthetic images is free
+    assert s["coreset_size"] == 20 and s["labels_public"] is False
+    z = np.load(out / "synthetic.npz")
+    assert z["images"].shape == (20, 1, 28, 28) and list(z["labels"]) == [c for c in range(10) for _ in range(2)]
+    assert (out / "synthetic.png").stat().st_size > 1000
+
+
+def test_private_set_resumes_mid_generation_exactly(data_root, tmp_path, capsys, monkeypatch) -> None:
+    from crepe import cli
+    from crepe.training import state as ckpt
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli.main(_ps_run(data_root, a, "--sigma", "1", "--noise", "reproducible")) == 0
+    real_save, saves = ckpt.save, []
+
+    def save_then_stop(*args, **kw):  # interrupt right after the checkpoint of generation iteration 1
+        real_save(*args, **kw)
+        saves.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    assert cli.main(_ps_run(data_root, b, "--sigma", "1", "--noise", "reproducible")) == 130
+    monkeypatch.setattr(ckpt, "save", real_save)
+    assert saves == [1] and not (b / "synthetic.npz").exists()
+    assert cli.main(["train", "--resume", str(b)]) == 0
+    za, zb = np.load(a / "synthetic.npz"), np.load(b / "synthetic.npz")
+    np.testing.assert_array_equal(za["images"], zb["images"])
+    import json
+
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["ledger"] == sb["ledger"] and sa["test_acc"] == sb["test_acc"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--fraction", "0.2"], "--fraction does not apply to --method private-set"),
+        (["--images-per-class", "0"], "--images-per-class must be an integer >= 1"),
+        (["--images-per-class", "400"], "spc"),
+        (["--clipping", "automatic"], "--clipping and --diagnostics do not apply"),
+        (["--target-epsilon", "1e-7"], "unreachable"),
+    ],
+)
+def test_private_set_bad_input(data_root, tmp_path, capsys, extra, match) -> None:
+    from crepe import cli
+
+    out = tmp_path / "run"
+    assert cli.main(_ps_run(data_root, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and match in err, err
+    assert not out.exists()

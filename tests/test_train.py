@@ -32,8 +32,8 @@ def base_args(data_root: Path, out: Path, *extra: str, epochs: int = 2) -> list[
     return [
         "train", "--out", str(out), "--dataset", "fashion-mnist", "--data-dir", str(data_root),
         "--train-subset", str(N_TRAIN), "--test-subset", str(N_TEST), "--epochs", str(epochs),
-        "--select-every", "1", "--batch-size", str(B), *extra,
-    ]
+        "--batch-size", str(B), *extra,
+    ] + ([] if "full" in extra else ["--select-every", "1"])
 
 
 def independent_eps(data_root: Path, summary: dict, *, method: str, epochs: int, select_every: int,

@@ -16,7 +16,7 @@ import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-METHODS = ("craig", "random", "full")
+METHODS = ("craig", "random", "full", "private-set")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adam-bc": 1e-3}
 
 
@@ -114,6 +114,9 @@ def options() -> dict[str, Spec]:
     return {f.name: spec(f) for f in fields(TrainConfig)}
 
 
+_NOT_PS = ("craig", "random", "full")  # methods that ignore the private-set options
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Written to RUN_DIR/config.json.
@@ -134,49 +137,64 @@ class TrainConfig:
     train_subset: int | None = option(None, "use the first N training examples (default: all)", kind="int", low=1)
     test_subset: int | None = option(None, "use the first N test examples (default: all)", kind="int", low=1)
     # model
-    model: str = option("cnn", "classifier", choices=("cnn", "resnet"), grid=True)
+    model: str = option(
+        "cnn", "classifier: the Opacus example CNN, a GroupNorm ResNet, or the private-set paper's ConvNet",
+        choices=("cnn", "resnet", "convnet"), grid=True,
+    )
     activation: str = option("relu", "activation of the model", choices=("relu", "tanh"), grid=True)
     # small training set
     method: str = option(
-        "craig", "training set: a CRAIG coreset, a uniform random subset, or all data", choices=METHODS, grid=True
+        "craig",
+        "training set: a CRAIG coreset, a uniform random subset, all data, or synthetic images learned by DP "
+        "gradient matching (private-set)",
+        choices=METHODS,
+        grid=True,
     )
     fraction: float = option(
-        0.1, "coreset share of each class", kind="float", low=0, low_open=True, high=1, grid=True, ignored_by=("full",)
+        0.1, "coreset share of each class", kind="float", low=0, low_open=True, high=1, grid=True, ignored_by=("full", "private-set")
     )
     proxy: str = option(
         "logits",
         "per-example gradient proxy for selection (last-layer: d = 330 for the CNN, slower selection)",
         choices=("logits", "last-layer"),
         grid=True,
-        ignored_by=("full", "random"),
+        ignored_by=("full", "random", "private-set"),
     )
     weights: str = option(
         "clip-then-scale",
         "coreset weighting in DP-SGD",
         choices=("clip-then-scale", "weight-then-clip", "none"),
         grid=True,
-        ignored_by=("full", "random"),
+        ignored_by=("full", "random", "private-set"),
     )
     selection_scope: str = option(
         "per-class",
         "per-class selection treats labels as public; global keeps them private",
         choices=("per-class", "global"),
         grid=True,
-        ignored_by=("full",),
+        ignored_by=("full", "private-set"),
     )
     select_every: int = option(
-        20, "re-select the coreset every N epochs", kind="int", low=1, ignored_by=("full", "random")
+        20, "re-select the coreset (or redraw the random subset) every N epochs", kind="int", low=1,
+        ignored_by=("full", "private-set"),
     )
     select_clip: float = option(
-        1.0, "L2 clip of each proxy before noise (C_sel)", kind="float", low=0, low_open=True, ignored_by=("full", "random")
+        1.0, "L2 clip of each proxy before noise (C_sel)", kind="float", low=0, low_open=True, ignored_by=("full", "random", "private-set")
     )
     select_sigma: float | None = option(
         None,
         "proxy noise multiplier sigma_sel (default: the training sigma; 0 = non-private selection, epsilon infinite)",
         kind="float",
         low=0,
-        ignored_by=("full", "random"),
+        ignored_by=("full", "random", "private-set"),
     )
+    images_per_class: int = option(
+        10, "private-set: synthetic images per class (spc)", kind="int", low=1, grid=True, ignored_by=_NOT_PS
+    )
+    gen_iterations: int = option(30, "private-set: generation iterations (a fresh ConvNet each)", kind="int", low=1, ignored_by=_NOT_PS)
+    gen_outer_loops: int = option(10, "private-set: noisy real gradients per iteration", kind="int", low=1, ignored_by=_NOT_PS)
+    gen_lr_images: float = option(1.0, "private-set: SGD step size of the synthetic images", kind="float", low=0, low_open=True, ignored_by=_NOT_PS)
+    gen_width: int = option(32, "private-set: channels of the matching ConvNet", kind="int", low=1, ignored_by=_NOT_PS)
     # schedule and optimiser
     epochs: int = option(50, "training epochs", kind="int", low=1)
     batch_size: int = option(256, "expected (Poisson) batch size B; q = B/|S|", kind="int", low=1)
@@ -240,6 +258,9 @@ class TrainConfig:
                 s.check(name, value)
         if self.dp and self.sigma == 0:
             raise UsageError("--sigma must be > 0 with DP on, got 0 (use --no-dp for non-private training)")
+        if self.method == "private-set" and (self.clipping != "flat" or self.diagnostics):
+            raise UsageError("--method private-set clips flat in generation and trains on synthetic data: "
+                             "--clipping and --diagnostics do not apply")
         if self.momentum and self.optimizer != "sgd":
             raise UsageError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
         if not self.dp:
@@ -269,7 +290,7 @@ class TrainConfig:
     @property
     def labels_public(self) -> bool:
         """Per-class selection reads the true labels and class sizes without noise."""
-        return self.dp and self.method != "full" and self.selection_scope == "per-class"
+        return self.dp and self.method in ("craig", "random") and self.selection_scope == "per-class"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -292,6 +313,10 @@ class TrainConfig:
         for name, s in options().items():
             if s.solves and given.get(name) is not None and given.get(s.solves) is not None:
                 raise UsageError(f"{s.flag} solves --{s.solves.replace('_', '-')}: give one of them, not both")
+        method = given.get("method", default("method"))
+        for name, s in options().items():
+            if name in given and method in s.ignored_by:
+                raise UsageError(f"{s.flag} does not apply to --method {method}; drop it")
         name = given.get("preset")
         base = dict(preset_values(name, given.get("dataset", default("dataset")))) if name else {}
         base.update(given)

@@ -82,7 +82,14 @@ class ResNet(nn.Module):
         return self.head(self.features(x))
 
 
-_BUILDERS = {"cnn": CNN, "resnet": ResNet}
+def _convnet(classes: int, act: type[nn.Module]) -> nn.Module:
+    """The private-set paper's ConvNet (instance norm, ReLU; `act` does not apply), width 32, depth 3."""
+    from crepe.smallsets.private_set import ConvNet
+
+    return ConvNet(32, 3, classes)
+
+
+_BUILDERS = {"cnn": CNN, "resnet": ResNet, "convnet": _convnet}
 
 
 def build_model(name: str, *, activation: str = "relu", classes: int = 10) -> nn.Module:

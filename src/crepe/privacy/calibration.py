@@ -32,9 +32,16 @@ def count_noise(batch_size: int) -> float:
 
 
 def planned_ledger(cfg: TrainConfig, *, set_size: int) -> list[Entry]:
-    """The releases `cfg` will make, training on a set of `set_size` examples (sigma resolved)."""
+    """The releases `cfg` will make, training on a set of `set_size` examples (sigma resolved;
+    for private-set, set_size is n: generation samples the whole training set)."""
     assert cfg.sigma is not None and cfg.select_sigma is not None
     ledger: list[Entry] = []
+    if cfg.method == "private-set":  # only the noisy real gradients of generation are releases
+        from crepe.smallsets.private_set import schedule_of
+
+        steps, q_gen = schedule_of(cfg).releases(set_size)
+        record(ledger, kind="generate", noise_multiplier=cfg.sigma, sample_rate=q_gen, steps=steps)
+        return ledger
     q = min(1.0, cfg.batch_size / set_size)
     for epoch in range(cfg.epochs):
         if cfg.method == "craig" and epoch % cfg.select_every == 0:

@@ -32,7 +32,7 @@ def full_set(n: int) -> Coreset:
 
 def set_size(labels: np.ndarray, *, method: str, fraction: float, scope: str) -> int:
     """|S| before any selection runs (public: class sizes are public under per-class scope)."""
-    if method == "full":
+    if method in ("full", "private-set"):  # private-set: generation samples all n
         return len(labels)
     if scope == "global":
         return class_budget(len(labels), fraction)

@@ -231,12 +231,11 @@ def make_plan(
         name = _name(values, g, unused)
         if name in runs:  # e.g. nodp runs repeat once per sigma: keep the first
             continue
-        # Settings a method does not use keep their first grid value in the flags
-        # (so every run's config records one), but never make extra runs; a
-        # non-private run drops the DP-only ones (crepe train refuses them).
-        chosen = {k: g[k][0] if k in unused else values[k] for k in keys} | f
-        chosen = {k: v for k, v in chosen.items() if dp or _settings()[k].name not in opts.NODP_UNUSED}
+        # Settings a run does not use (its method ignores them, or a non-private run the
+        # DP-only ones) are left out of its flags: crepe train refuses them.
         known = _settings()
+        chosen = {k: values[k] for k in keys if k not in unused}
+        chosen |= {k: v for k, v in f.items() if not opts.unused(known[k].name, method=method, dp=dp)}
         opts.run_config({known[k].name: (v == "dp" if k == PRIVACY else v) for k, v in chosen.items()}, f"run {name}")
         runs[name] = RunSpec(name=name, settings=tuple(chosen.items()))
     return Plan(grid=g, fixed=f, preset=preset, runs=tuple(runs.values()))

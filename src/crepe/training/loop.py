@@ -19,6 +19,7 @@ the seed is secret.
 
 from __future__ import annotations
 
+import math
 import secrets
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from crepe import data as data_mod
-from crepe.config import TrainConfig
+from crepe.config import TrainConfig, UsageError
 from crepe.dp.clipping import make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, PlainOptimizer
@@ -63,6 +64,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, noise_gen: torch.Generat
     def on_release(kind: str, noise_multiplier: float, sample_rate: float) -> None:
         record(ledger, kind=kind, noise_multiplier=noise_multiplier, sample_rate=sample_rate)
 
+    if cfg.method == "private-set":  # training on synthetic images reads no private data: no release
+        return model, PlainOptimizer(base, on_release=lambda *release: None)
     if not cfg.dp:
         return model, PlainOptimizer(base, on_release=on_release)
     from opacus import GradSampleModule
@@ -79,6 +82,43 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, noise_gen: torch.Generat
         count_noise=count_noise(cfg.batch_size),
     )
     return GradSampleModule(model, batch_first=True, loss_reduction="sum"), opt
+
+
+def _generate(cfg: TrainConfig, st: RunState, x: torch.Tensor, y: torch.Tensor, gens: dict[str, torch.Generator],
+              save: Callable[[], None], say: Callable[[str], None], run_dir: Path) -> dict[str, torch.Tensor]:
+    """Private set generation (smallsets/private_set.py), checkpointed after every iteration; its
+    noisy real gradients go into the ledger as "generate" releases. Writes synthetic.npz/.png."""
+    from crepe import data as data_mod
+    from crepe.smallsets.private_set import GenerationState, generate, save_synthetic, schedule_of
+
+    schedule = schedule_of(cfg)
+    t0 = time.perf_counter()
+
+    def on_release(sigma: float, q: float) -> None:
+        record(st.ledger, kind="generate", noise_multiplier=sigma, sample_rate=q)
+
+    start_time = st.select_time_s  # generation time so far (a resumed run continues it)
+
+    def on_checkpoint(g: GenerationState) -> None:
+        st.generation = g.to_dict()
+        st.select_time_s = start_time + time.perf_counter() - t0
+        save()
+        say(f"generation: iteration {g.iteration}/{schedule.iterations} ({st.select_time_s:.0f}s)")
+
+    resume = None if st.generation is None else GenerationState.from_dict(st.generation)
+    assert cfg.sigma is not None
+    try:
+        images, labels = generate(
+            x, y, schedule=schedule, sigma=cfg.sigma, noise_gen=gens["noise"], sample_gen=gens["sampler"],
+            init_gen=gens["select"], on_release=on_release, classes=10,
+            state=resume, on_checkpoint=on_checkpoint,
+        )
+    except ValueError as e:  # generate checks its inputs (spc against the class sizes, B against n) first
+        raise UsageError(str(e)) from None
+    st.generation = None
+    mean, std = data_mod.NORMALISATION[cfg.dataset]
+    save_synthetic(run_dir, images, labels, mean=mean, std=std)
+    return {"images": images, "labels": labels}
 
 
 def _progress(enabled: bool, label: str) -> Callable[[int, int], None]:
@@ -144,6 +184,17 @@ def run(
         rundir.write_metrics(run_dir / rundir.METRICS, st.metrics)  # at most the last line was missing
         say(f"crepe train: resumed {run_dir} after epoch {st.epoch}/{cfg.epochs}")
 
+    def save() -> None:
+        ckpt.save(ckpt_path, config=config, fingerprint=ds.fingerprint, model=model, optimizer=opt, generators=gens, state=st)
+
+    if cfg.method == "private-set":  # generate the synthetic set first; the epochs train on it
+        if st.synthetic is None:
+            st.synthetic = _generate(cfg, st, x_tr, y_tr, gens, save, say, run_dir)
+            save()
+        x_tr, y_tr = st.synthetic["images"], st.synthetic["labels"]
+        y_np = y_tr.numpy()
+        n = len(y_tr)
+
     probe = None
     if cfg.diagnostics:  # a fixed probe of training examples (seeded by --seed: not a DP release)
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(model_seed))[:PROBE_SIZE]
@@ -166,7 +217,7 @@ def run(
 
             # ---- 1. selection round
             selected, select_time = False, 0.0
-            if cfg.method == "full":
+            if cfg.method in ("full", "private-set"):
                 st.coreset = st.coreset or full_set(n)
             elif st.coreset is None or st.epoch % cfg.select_every == 0:
                 t0 = time.perf_counter()
@@ -190,6 +241,11 @@ def run(
                 net, opt, x_tr, y_tr, st.coreset, sw, generator=gens["sampler"], progress=_progress(bar, f"epoch {st.epoch + 1}")
             )
             train_time = time.perf_counter() - t0
+            if not math.isfinite(es.loss_sum):
+                raise RuntimeError(
+                    f"training diverged in epoch {st.epoch + 1} (the loss is {es.loss_sum}); lower --lr. "
+                    f"The run folder keeps its last good checkpoint (epoch {st.epoch})"
+                )
 
             # ---- 3. evaluate, account, record, checkpoint
             t0 = time.perf_counter()
@@ -219,7 +275,7 @@ def run(
                 "coreset_size": len(st.coreset.indices),
                 "sample_rate": sw.sample_rate,
                 "steps": es.steps,
-                "clip_norm": opt.clip_rule.max_grad_norm if cfg.dp else None,
+                "clip_norm": opt.clip_rule.max_grad_norm if isinstance(opt, DPOptimizer) else None,
                 "examples_seen": es.seen,
                 "examples_seen_total": st.examples_seen,
                 "select_time_s": select_time,
@@ -229,7 +285,7 @@ def run(
             if diag is not None:
                 row["diagnostics"] = diag  # not covered by epsilon
             st.metrics.append(row)
-            ckpt.save(ckpt_path, config=config, fingerprint=ds.fingerprint, model=model, optimizer=opt, generators=gens, state=st)
+            save()
             rundir.append_line(run_dir / rundir.METRICS, row)
             say(
                 f"epoch {st.epoch}/{cfg.epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
@@ -269,7 +325,7 @@ def run(
         "total_time_s": st.total_time_s,
         "examples_seen": st.examples_seen,
         "coreset_size": last["coreset_size"],
-        "n_train": n,
+        "n_train": len(ds.y_train),
         "n_test": len(y_te),
         "data_split": ds.split,
         "data_source": ds.source,

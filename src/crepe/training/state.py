@@ -43,6 +43,8 @@ class RunState:
     eval_time_s: float = 0.0
     total_time_s: float = 0.0
     examples_seen: int = 0
+    generation: dict[str, Any] | None = None  # private-set: GenerationState.to_dict() while generating
+    synthetic: dict[str, Any] | None = None  # private-set: {"images", "labels"} once generated
 
 
 def save(
