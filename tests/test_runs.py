@@ -201,3 +201,18 @@ def test_sigterm_ends_with_one_line_and_the_run_resumes(data_root, tmp_path) -> 
     assert err.strip().splitlines()[-1] == f"crepe train: interrupted; every finished epoch is saved: resume with `crepe train --resume {out}`"
     assert "Traceback" not in err
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_an_old_format_checkpoint_is_refused_with_the_reason(data_root, tmp_path, capsys) -> None:
+    """A run folder of crepe <= 0.1 (plain torch.save checkpoint, no checksum) is refused, not trusted."""
+    from crepe.config import TrainConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    c = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, method="full", epochs=2).resolve()
+    rundir.write_config(out, c, {})
+    torch.save({"format": 1, "epoch": 1, "ledger": []}, out / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["train", "--resume", str(out)]) == 2
+    assert "written by an older crepe" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
