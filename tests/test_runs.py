@@ -216,3 +216,33 @@ def test_an_old_format_checkpoint_is_refused_with_the_reason(data_root, tmp_path
     assert cli.main(["train", "--resume", str(out)]) == 2
     assert "written by an older crepe" in capsys.readouterr().err
     assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_metrics_without_a_checkpoint_are_refused_not_restarted(data_root, tmp_path, capsys) -> None:
+    from crepe.config import TrainConfig
+    from crepe.training import loop
+
+    out = tmp_path / "run"
+    c = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200,
+                    batch_size=20, method="full", epochs=3, threads=1).resolve()
+    assert rundir.prepare_out(c, out, {}) == "new"
+    loop.run(c, out, stop_after_epochs=1, log=lambda s: None)
+    (out / "checkpoint.pt").unlink()  # e.g. deleted as sensitive
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["train", "--resume", str(out), "--threads", "2"]) == 2
+    assert "checkpoint.pt is missing" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}  # config.json not rewritten either
+
+
+def test_a_target_reached_without_noise_is_refused_not_overshot() -> None:
+    from crepe.config import UsageError
+    from crepe.privacy.calibration import solve_sigma
+    from crepe.privacy.ledger import record
+
+    def ledger(s: float) -> list:
+        out: list = []
+        record(out, kind="select", noise_multiplier=s, sample_rate=1.0)
+        return out
+
+    with pytest.raises(UsageError, match="give --sigma instead"):
+        solve_sigma(ledger, target=1e12, delta=1e-5, accountant="rdp")

@@ -21,7 +21,6 @@ from crepe import __version__
 from crepe.config import TrainConfig, UsageError, default, options
 
 DELEGATED = {"sweep": "crepe.study.sweep", "report": "crepe.study.report"}
-RESUME_FLAGS = {"data_dir", "threads"}  # flags that may accompany --resume
 
 
 class Parser(argparse.ArgumentParser):
@@ -137,7 +136,7 @@ def cmd_train(argv: list[str]) -> int:
     names = set(options())
     given = {k: v for k, v in vars(ns).items() if k in names}
     if getattr(ns, "resume", None) is not None:
-        extra = sorted(set(given) - RESUME_FLAGS)
+        extra = sorted(k for k in given if not options()[k].machine)  # only machine flags may change
         if extra:
             flags = ", ".join(options()[k].flag for k in extra)
             raise UsageError(f"--resume continues a run as configured; it does not take {flags}")
@@ -159,9 +158,7 @@ def cmd_train(argv: list[str]) -> int:
                 f"the data folder {cfg.data_dir} recorded in {run_dir / rundir.CONFIG} does not exist here; "
                 "pass --data-dir to say where the data is now"
             )
-        created = False
-        if given:
-            rundir.write_config(run_dir, cfg, rundir.read_json(run_dir / rundir.CONFIG).get("provenance", {}))
+        created = False  # changed machine flags reach config.json only after the checkpoint is verified (loop.run)
     else:
         run_dir = Path(ns.out)
         cfg = _resolved_threads(new_run_config(given))
@@ -177,7 +174,7 @@ def cmd_train(argv: list[str]) -> int:
         summary = run(cfg, run_dir)
     except BaseException:
         if created and not (run_dir / rundir.CHECKPOINT).exists():
-            _remove_new_run(run_dir)
+            _remove_new_run(run_dir)  # nothing was saved: the interrupt message must not offer a resume
         raise
     print(rundir.final_line(summary))
     if summary["labels_public"]:
@@ -247,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         where = ""
         if command == "train":
             target = _flag_value(argv, "--out") or _flag_value(argv, "--resume")
-            where = f"; every finished epoch is saved: resume with `crepe train --resume {target}`" if target else ""
+            if target and Path(target, "checkpoint.pt").is_file():
+                where = f"; every finished epoch is saved: resume with `crepe train --resume {target}`"
+            elif target:
+                where = "; nothing was saved yet (the run folder was removed)" if not Path(target).exists() else ""
         print(f"{prog}: interrupted{where}", file=sys.stderr)
         return 143 if _terminated else 130
     except BrokenPipeError:  # output piped into `head`: stop quietly

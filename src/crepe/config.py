@@ -222,7 +222,9 @@ class TrainConfig:
         dp_only=True,
         solves="sigma",
     )
-    max_grad_norm: float = option(1.0, "per-example clip norm C (the initial C of adaptive clipping)", kind="float", low=0, low_open=True)
+    max_grad_norm: float = option(
+        1.0, "per-example clip norm C (the initial C of adaptive clipping)", kind="float", low=0, low_open=True, dp_only=True
+    )
     clipping: str = option(
         "flat",
         "clip rule: flat min(1, C/|g|); automatic C/(|g| + 0.01); adaptive: flat with C moved towards "
@@ -231,8 +233,10 @@ class TrainConfig:
         grid=True,
         dp_only=True,
     )
-    clip_quantile: float = option(0.5, "adaptive clipping: target share of unclipped examples", kind="float", low=0, high=1)
-    clip_lr: float = option(0.2, "adaptive clipping: geometric step size of C", kind="float", low=0, low_open=True)
+    clip_quantile: float = option(
+        0.5, "adaptive clipping: target share of unclipped examples", kind="float", low=0, high=1, dp_only=True
+    )
+    clip_lr: float = option(0.2, "adaptive clipping: geometric step size of C", kind="float", low=0, low_open=True, dp_only=True)
     accountant: str = option("rdp", "privacy accountant", choices=("rdp", "prv"))
     delta: float = option(1e-5, "delta of the reported epsilon", kind="float", low=0, low_open=True, high=0.5)
     noise: str = option(
@@ -261,6 +265,9 @@ class TrainConfig:
         if self.method == "private-set" and (self.clipping != "flat" or self.diagnostics):
             raise UsageError("--method private-set clips flat in generation and trains on synthetic data: "
                              "--clipping and --diagnostics do not apply")
+        adaptive_only = ("clip_quantile", "clip_lr")
+        if self.clipping != "adaptive" and any(getattr(self, k) != default(k) for k in adaptive_only):
+            raise UsageError("--clip-quantile and --clip-lr apply to --clipping adaptive only")
         if self.momentum and self.optimizer != "sgd":
             raise UsageError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
         if not self.dp:
@@ -319,6 +326,11 @@ class TrainConfig:
                 raise UsageError(f"{s.flag} does not apply to --method {method}; drop it")
         name = given.get("preset")
         base = dict(preset_values(name, given.get("dataset", default("dataset")))) if name else {}
+        if not given.get("dp", True):  # a non-private run keeps none of the preset's DP settings
+            base = {k: v for k, v in base.items() if not options()[k].dp_only}
+        if given.get("optimizer", base.get("optimizer", "sgd")) != base.get("optimizer", "sgd"):
+            for k in ("momentum", "lr"):  # the preset's step rule belongs to its optimizer
+                base.pop(k, None)
         base.update(given)
         return cls(**base)
 

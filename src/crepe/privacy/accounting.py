@@ -29,7 +29,17 @@ def epsilon(ledger: list[Entry], *, delta: float, accountant: str = "rdp", kinds
         return 0.0
     if any(e["noise_multiplier"] == 0 for e in entries):
         return math.inf
-    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+    totals: dict[tuple[float, float], int] = {}  # composition does not depend on order: one term per (sigma, q)
+    for e in entries:
+        key = (e["noise_multiplier"], e["sample_rate"])
+        totals[key] = totals.get(key, 0) + e["steps"]
+    history = [(sigma, q, steps) for (sigma, q), steps in totals.items()]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        return _epsilon(history, delta=delta, accountant=accountant)
+
+
+def _epsilon(history: list[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
     if accountant == "rdp":
         # Opacus' RDPAccountant.get_privacy_spent, with the per-step RDP curve of each
         # (sigma, q) cached: RDP composes additively, so a release repeated t times
@@ -39,9 +49,7 @@ def epsilon(ledger: list[Entry], *, delta: float, accountant: str = "rdp", kinds
         from opacus.accountants.analysis import rdp as analysis
 
         rdp = sum(steps * _rdp_curve(sigma, q) for sigma, q, steps in history)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
         return float(eps)
     from opacus.accountants import PRVAccountant
 

@@ -67,9 +67,9 @@ def solve_sigma(
         )
     lo, hi = 1e-2, SIGMA_MAX
     while eps(lo) <= target:  # a target so loose that tiny noise reaches it
-        lo /= 2
         if lo < 1e-4:
-            return lo
+            raise UsageError(f"--target-epsilon {target:g} is reached even at sigma < {lo:g}: give --sigma instead")
+        lo /= 2
     for _ in range(100):
         mid = (lo * hi) ** 0.5
         e = eps(mid)
@@ -85,7 +85,7 @@ def solve_sigma(
 def calibrate(cfg: TrainConfig, *, set_size: int) -> TrainConfig:
     """`cfg` (resolved, target_epsilon given) with sigma, and sigma_sel unless fixed, solved."""
     assert cfg.target_epsilon is not None
-    fixed_sel = cfg.select_sigma if cfg.select_sigma is not None else None
+    fixed_sel = cfg.select_sigma
 
     def with_sigma(s: float) -> TrainConfig:
         sel = fixed_sel if fixed_sel is not None else s

@@ -60,10 +60,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from crepe.config import check_choice
+from crepe.config import UsageError, check_choice  # UsageError is a ValueError: bad input, exit 2
 
 MATCHES = ("channel", "layer")
-LEDGER_KIND = "generate"  # proposed ledger kind for the noisy real gradients
+LEDGER_KIND = "generate"  # the ledger kind of the noisy real gradients (crepe.privacy.ledger.KINDS)
 IMAGE_SHAPE = (1, 28, 28)
 COS_EPS = 1e-6
 Params = dict[str, torch.Tensor]
@@ -87,14 +87,14 @@ class ConvNet(nn.Module):
         super().__init__()
         for name, v in (("width", width), ("depth", depth), ("classes", classes), ("channels", channels)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ConvNet {name} must be an integer >= 1, got {v!r}")
+                raise UsageError(f"ConvNet {name} must be an integer >= 1, got {v!r}")
         layers: list[nn.Module] = []
         c, s = channels, size
         for d in range(depth):
             pad = 3 if d == 0 and channels == 1 and size == 28 else 1
             s = (s + 2 * pad - 2) // 2
             if s < 1:
-                raise ValueError(f"ConvNet depth {depth} is too deep for {size}x{size} input; allowed: 1..{d}")
+                raise UsageError(f"ConvNet depth {depth} is too deep for {size}x{size} input; allowed: 1..{d}")
             layers += [nn.Conv2d(c, width, 3, padding=pad), nn.GroupNorm(width, width, affine=True), nn.ReLU(), nn.AvgPool2d(2)]
             c = width
         self.features = nn.Sequential(*layers, nn.Flatten())  # h: (n, width * s * s)
@@ -121,13 +121,13 @@ class ConvNet(nn.Module):
 
 def _int_at_least(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _number(name: str, value: object, *, positive: bool) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+        raise UsageError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class Schedule:
         Poisson-subsampled Gaussian at q = batch_size / n (what the accountant composes)."""
         _int_at_least("n (training examples)", n, 1)
         if self.batch_size > n:
-            raise ValueError(f"batch_size must be in 1..{n} (the training examples), got {self.batch_size}")
+            raise UsageError(f"batch_size must be in 1..{n} (the training examples), got {self.batch_size}")
         return self.iterations * self.outer_loops * self.batch_loops, self.batch_size / n
 
     @classmethod
@@ -183,7 +183,7 @@ class Schedule:
         (outer, inner) loops per spc. (Its loop runs iterations 0..1000, one more than it accounts.)"""
         loops = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
         if spc not in loops:
-            raise ValueError(f"the paper defines loops for spc in {sorted(loops)}, got {spc!r}")
+            raise UsageError(f"the paper defines loops for spc in {sorted(loops)}, got {spc!r}")
         outer, inner = loops[spc]
         return cls(spc=spc, iterations=1000, outer_loops=outer, batch_loops=10, inner_steps=inner, width=128)
 
@@ -294,12 +294,12 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, schedule: Schedule, sigma: f
     _int_at_least("classes", classes, 1)
     _number("sigma", sigma, positive=False)
     if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE or y.dim() != 1 or len(y) != len(x):
-        raise ValueError(f"x must be (n, 1, 28, 28) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise UsageError(f"x must be (n, 1, 28, 28) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if len(y) == 0 or int(y.min()) < 0 or int(y.max()) >= classes:
-        raise ValueError(f"labels must lie in 0..{classes - 1} (classes={classes}) and n >= 1")
+        raise UsageError(f"labels must lie in 0..{classes - 1} (classes={classes}) and n >= 1")
     smallest = int(torch.bincount(y.cpu(), minlength=classes).min())
     if schedule.spc > smallest:
-        raise ValueError(f"spc must be in 1..{smallest} (the smallest class), got {schedule.spc}")
+        raise UsageError(f"spc must be in 1..{smallest} (the smallest class), got {schedule.spc}")
     schedule.releases(len(y))  # batch_size <= n
 
 
@@ -334,7 +334,7 @@ def generate(
         have = (state.schedule, state.sigma, state.n, state.classes)
         want = (asdict(schedule), float(sigma), n, classes)
         if have != want:
-            raise ValueError(f"state was made with (schedule, sigma, n, classes) = {have}, not {want}")
+            raise UsageError(f"state was made with (schedule, sigma, n, classes) = {have}, not {want}")
         start = state.iteration
         images, momentum = state.images.clone().to(device), state.momentum.clone().to(device)
         for gen, saved in ((noise_gen, state.noise_gen), (sample_gen, state.sample_gen), (init_gen, state.init_gen)):
@@ -383,7 +383,7 @@ def train_on_synthetic(
     _int_at_least("batch_size", batch_size, 1)
     _number("lr", lr, positive=True)
     if len(images) != len(labels) or len(labels) == 0:
-        raise ValueError(f"images and labels must be non-empty and of one length, got {len(images)} and {len(labels)}")
+        raise UsageError(f"images and labels must be non-empty and of one length, got {len(images)} and {len(labels)}")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     model.train()
     for epoch in range(epochs):
@@ -417,7 +417,7 @@ def save_synthetic(folder: str | Path, images: torch.Tensor, labels: torch.Tenso
     imgs = images.detach().cpu().to(torch.float32).numpy()
     labs = labels.detach().cpu().to(torch.int64).numpy()
     if imgs.ndim != 4 or imgs.shape[1:] != IMAGE_SHAPE or labs.shape != (len(imgs),):
-        raise ValueError(f"images must be (m, 1, 28, 28) and labels (m,), got {imgs.shape} and {labs.shape}")
+        raise UsageError(f"images must be (m, 1, 28, 28) and labels (m,), got {imgs.shape} and {labs.shape}")
     npz = folder / "synthetic.npz"
     np.savez(npz, images=imgs, labels=labs, scale=np.array("normalised"), mean=np.float32(mean), std=np.float32(std))
 

@@ -88,24 +88,29 @@ def _generate(cfg: TrainConfig, st: RunState, x: torch.Tensor, y: torch.Tensor, 
               save: Callable[[], None], say: Callable[[str], None], run_dir: Path) -> dict[str, torch.Tensor]:
     """Private set generation (smallsets/private_set.py), checkpointed after every iteration; its
     noisy real gradients go into the ledger as "generate" releases. Writes synthetic.npz/.png."""
-    from crepe import data as data_mod
-    from crepe.smallsets.private_set import GenerationState, generate, save_synthetic, schedule_of
+    from crepe.smallsets.private_set import LEDGER_KIND, GenerationState, generate, save_synthetic, schedule_of
 
     schedule = schedule_of(cfg)
-    t0 = time.perf_counter()
+    resume = None if st.generation is None else GenerationState.from_dict(st.generation)
+    if resume is not None:  # the checkpoint's ledger must hold exactly the releases of its iterations
+        done = sum(e["steps"] for e in st.ledger if e["kind"] == LEDGER_KIND)
+        if done != resume.iteration * schedule.outer_loops * schedule.batch_loops:
+            raise UsageError(f"{run_dir}: the checkpoint's ledger ({done} releases) does not match its generation state")
 
     def on_release(sigma: float, q: float) -> None:
-        record(st.ledger, kind="generate", noise_multiplier=sigma, sample_rate=q)
+        record(st.ledger, kind=LEDGER_KIND, noise_multiplier=sigma, sample_rate=q)
 
-    start_time = st.select_time_s  # generation time so far (a resumed run continues it)
+    last = [time.perf_counter()]
 
     def on_checkpoint(g: GenerationState) -> None:
+        now = time.perf_counter()
+        st.select_time_s += now - last[0]  # generation time: the "select" column of a private-set run
+        st.total_time_s += now - last[0]
+        last[0] = now
         st.generation = g.to_dict()
-        st.select_time_s = start_time + time.perf_counter() - t0
         save()
         say(f"generation: iteration {g.iteration}/{schedule.iterations} ({st.select_time_s:.0f}s)")
 
-    resume = None if st.generation is None else GenerationState.from_dict(st.generation)
     assert cfg.sigma is not None
     try:
         images, labels = generate(
@@ -182,7 +187,15 @@ def run(
         restored.ledger = st.ledger
         st = restored
         rundir.write_metrics(run_dir / rundir.METRICS, st.metrics)  # at most the last line was missing
+        saved = rundir.read_json(run_dir / rundir.CONFIG)
+        if {k: v for k, v in saved.items() if k != "provenance"} != config:  # --resume with new machine flags
+            rundir.write_config(run_dir, cfg, saved.get("provenance", {}))
         say(f"crepe train: resumed {run_dir} after epoch {st.epoch}/{cfg.epochs}")
+    elif rundir.read_metrics(run_dir):
+        raise UsageError(
+            f"{run_dir}: metrics.jsonl records epochs but {rundir.CHECKPOINT} is missing: the run cannot continue "
+            "(its noise and ledger are gone); start a new --out"
+        )
 
     def save() -> None:
         ckpt.save(ckpt_path, config=config, fingerprint=ds.fingerprint, model=model, optimizer=opt, generators=gens, state=st)
@@ -195,6 +208,7 @@ def run(
         y_np = y_tr.numpy()
         n = len(y_tr)
 
+    caveats = rundir.caveat_tail(labels_public=cfg.labels_public, reproducible=cfg.noise == "reproducible")
     probe = None
     if cfg.diagnostics:  # a fixed probe of training examples (seeded by --seed: not a DP release)
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(model_seed))[:PROBE_SIZE]
@@ -290,13 +304,13 @@ def run(
             say(
                 f"epoch {st.epoch}/{cfg.epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
                 f"test acc {test_acc:.4f} eps {rundir.fmt_eps(eps['total'])} "
-                f"(select {rundir.fmt_eps(eps['select'])}, train {rundir.fmt_eps(eps['train'])}) "
+                f"(select {rundir.fmt_eps(eps['select'])}, train {rundir.fmt_eps(eps['train'])}){caveats} "
                 f"select {select_time:.2f}s train {train_time:.2f}s |S| {row['coreset_size']}"
             )
 
     # ---- summary
     t0 = time.perf_counter()
-    train_acc = accuracy(x_tr, y_tr)
+    train_acc = accuracy(ds.x_train, ds.y_train)
     st.total_time_s += time.perf_counter() - t0
     eps = epsilons(st.ledger, delta=cfg.delta, accountant=cfg.accountant)
     last = st.metrics[-1]
@@ -314,7 +328,7 @@ def run(
         "noise": cfg.noise,
         "labels_public": cfg.labels_public,
         "caveat": rundir.LABELS_CAVEAT if cfg.labels_public else None,
-        "noise_caveat": rundir.REPRODUCIBLE_CAVEAT if cfg.noise == "reproducible" and cfg.dp else None,
+        "noise_caveat": rundir.REPRODUCIBLE_CAVEAT if cfg.noise == "reproducible" else None,
         "checkpoint_note": "checkpoint.pt holds all future noise, the subset and a label fingerprint: as sensitive as the data",
         "private_selection": cfg.private_selection,
         "sigma": cfg.sigma,

@@ -74,10 +74,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines, 1):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
+            if i == len(lines):  # a last line torn by a crash: the checkpoint still holds that epoch
+                break
             raise UsageError(f"{path}: line {i} is damaged; the run folder cannot be trusted") from None
     return rows
 
@@ -155,10 +158,15 @@ def fmt_eps(eps: float | None) -> str:
     return "inf" if eps is None or math.isinf(eps) else f"{eps:.3f}"
 
 
+def caveat_tail(*, labels_public: bool, reproducible: bool) -> str:
+    """What every printed epsilon must say after it (DESIGN.md sections 4 and 9)."""
+    return (", labels treated as public" if labels_public else "") + (
+        ", valid only if the seed is secret" if reproducible else ""
+    )
+
+
 def final_line(summary: dict[str, Any]) -> str:
-    tail = ", labels treated as public" if summary["labels_public"] else ""
-    if summary.get("noise") == "reproducible" and not summary["eps_total_infinite"]:
-        tail += ", valid only if the seed is secret"
+    tail = caveat_tail(labels_public=summary["labels_public"], reproducible=summary.get("noise") == "reproducible")
     return (
         f"crepe train: test accuracy {summary['test_acc']:.4f} | epsilon {fmt_eps(summary['eps_total'])} "
         f"(select {fmt_eps(summary['eps_select'])}, train {fmt_eps(summary['eps_train'])}) "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crepe.config import UsageError
+from crepe.config import UsageError, options
 from crepe.privacy.accounting import epsilon
 from crepe.privacy.ledger import Entry, check_entries
 from crepe.smallsets.sets import Coreset
@@ -92,11 +92,15 @@ def load(path: Path, *, config: dict[str, Any], fingerprint: str) -> dict[str, A
         raise UsageError(
             f"{path} was written for different data (fingerprint {ck['fingerprint']}, now {fingerprint}): check --data-dir"
         )
-    mine = {k: v for k, v in config.items() if k not in ("data_dir", "threads")}
-    theirs = {k: v for k, v in ck["config"].items() if k not in ("data_dir", "threads")}
+    machine = {k for k, s in options().items() if s.machine}
+    mine = {k: v for k, v in config.items() if k not in machine}
+    theirs = {k: v for k, v in ck["config"].items() if k not in machine}
     if mine != theirs:
         raise UsageError(f"{path} belongs to a different configuration than the run folder's config.json")
-    check_entries(ck["state"]["ledger"])
+    try:
+        check_entries(ck["state"]["ledger"])
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"{path}: {e}; the folder is left as it was") from None
     return ck
 
 
