@@ -29,17 +29,19 @@ int resolve_threads(int threads) {
 
 namespace {
 
-// out[i] = d(x_i, xe)^2 for all n points; xt is dim-major (d, n).
+// out[i] = d(x_i, xe)^2 for all n points of the panel-layout matrix xp
+// (tiles.hpp); out has room for whole panels.
 template <typename T>
-void dist2_all(const T* xt, std::int64_t n, std::int64_t d, const T* xe, T* out) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = T(0);
-  for (std::int64_t k = 0; k < d; ++k) {
-    const T* col = xt + k * n;
-    const T c = xe[k];
-    for (std::int64_t i = 0; i < n; ++i) {
-      const T t = col[i] - c;
-      out[i] += t * t;
-    }
+void dist2_all(const T* xp, std::int64_t n, std::int64_t d, const T* xe, T* out) {
+  for (std::int64_t p = 0; p < n; p += kPanel) {
+    const T* x = xp + panel_at(p, 0, d);
+    T acc[kPanel] = {};
+    for (std::int64_t k = 0; k < d; ++k)
+      for (int j = 0; j < kPanel; ++j) {
+        const T t = x[k * kPanel + j] - xe[k];
+        acc[j] += t * t;
+      }
+    std::copy(acc, acc + kPanel, out + p);
   }
 }
 
@@ -50,9 +52,10 @@ template <typename T>
 class ClassSolver {
  public:
   // list_bytes: memory the lazy greedy may spend on gain lists.
-  ClassSolver(std::vector<T> xt, std::int64_t n, std::int64_t d, int threads,
+  // xp: the class's points in the panel layout (tiles.hpp).
+  ClassSolver(std::vector<T> xp, std::int64_t n, std::int64_t d, int threads,
               std::int64_t list_bytes)
-      : xt_(std::move(xt)), n_(n), d_(d), threads_(threads), list_bytes_(list_bytes) {}
+      : xp_(std::move(xp)), n_(n), d_(d), threads_(threads), list_bytes_(list_bytes) {}
 
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
            double* gains, double* objective) {
@@ -97,8 +100,8 @@ class ClassSolver {
       for (std::int64_t t = 0; t < ntiles; ++t) {
         const int w = static_cast<int>(std::min<std::int64_t>(kTile, n_ - t * kTile));
         for (int l = 0; l < w; ++l) idx[l] = t * kTile + l;
-        pack_tile(xt_.data(), n_, d_, idx, w, cand.data());
-        tile_colsum(xt_.data(), n_, d_, cand.data(), out, &tile_max[t]);
+        pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
+        tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_max[t]);
         std::copy(out, out + w, colsum + t * kTile);
       }
     }
@@ -116,13 +119,39 @@ class ClassSolver {
     lists_.resize(n_);
     listed_.assign(n_, 0);
     split_ = threads_ > 1 && n_ >= kSplitPoints ? threads_ : 1;
-    // The capture buffers (kTile lanes of list_cap_ per run) come out of the
-    // same budget, at most half of it; the lists get the rest.
+    // The capture buffers (kTile lanes of list_cap_ per thread: step 1's
+    // pass runs threads_ tiles at once, evaluate_tile split_ <= threads_
+    // runs) come out of the same budget, at most half of it; the lists get
+    // the rest.
     const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
-    list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * split_));
+    list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * threads_));
     const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && list_cap_ >= kTile;
-    list_room_ = fits ? entries - kTile * split_ * list_cap_ : 0;
-    if (fits) capture_bufs_.assign(split_, std::vector<PointDist<T>>(kTile * list_cap_));
+    list_room_ = fits ? entries - kTile * threads_ * list_cap_ : 0;
+    if (fits) capture_bufs_.assign(threads_, std::vector<PointDist<T>>(kTile * list_cap_));
+  }
+
+  // A capture ready to record lanes [0, w) of a tile into buffer b.
+  TileCapture<T> start_capture(int b, int w) {
+    TileCapture<T> c{list_cap_, capture_bufs_[b].data(), {}};
+    for (int l = 0; l < kTile; ++l) c.count[l] = l < w ? 0 : list_cap_ + 1;
+    return c;
+  }
+
+  // Keeps, as the gain lists of cands[0..w), what `runs` captures (runs of
+  // point blocks in block order) recorded of them: every lane that none
+  // overflowed, while room lasts.
+  void keep_lists(const std::int64_t* cands, int w, const TileCapture<T>* caps, int runs) {
+    for (int l = 0; l < w; ++l) {
+      std::int64_t m = 0;
+      for (int r = 0; r < runs; ++r) m = caps[r].count[l] > list_cap_ ? list_cap_ + 1 : m + caps[r].count[l];
+      if (m > list_cap_ || m > list_room_) continue;
+      GainList& L = lists_[cands[l]];
+      L.reserve(m);
+      for (int r = 0; r < runs; ++r)  // runs in block order: L stays sorted
+        L.insert(L.end(), caps[r].out + l * list_cap_, caps[r].out + l * list_cap_ + caps[r].count[l]);
+      list_room_ -= static_cast<std::int64_t>(L.capacity());
+      listed_[cands[l]] = 1;
+    }
   }
 
   void drop_list(std::int64_t e) {
@@ -133,19 +162,41 @@ class ClassSolver {
 
   // gain[j] = current marginal gain of cands[j], by tiles, in parallel when
   // there are enough of them to repay waking the threads. Each gain is summed
-  // in the canonical order, so it does not depend on the batching.
-  void evaluate(const std::int64_t* cands, std::int64_t m, double* gain) const {
+  // in the canonical order, so it does not depend on the batching. With
+  // `lists` (after init_lists), also keeps the gain lists of the candidates
+  // with few gaining points, so that their next evaluations need no tile.
+  void evaluate(const std::int64_t* cands, std::int64_t m, double* gain, bool lists = false) {
     const std::int64_t ntiles = (m + kTile - 1) / kTile;
+    const bool record = lists && !capture_bufs_.empty();
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles >= 8 * threads_)
     {
+#ifdef _OPENMP
+      const int me = omp_get_thread_num();
+#else
+      const int me = 0;
+#endif
       std::vector<T> cand(d_ * kTile);
       double out[kTile];
+      TileCapture<T> capture{};
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t t = 0; t < ntiles; ++t) {
         const int w = static_cast<int>(std::min<std::int64_t>(kTile, m - t * kTile));
-        pack_tile(xt_.data(), n_, d_, cands + t * kTile, w, cand.data());
-        tile_gain(xt_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out);
+        pack_tile(xp_.data(), n_, d_, cands + t * kTile, w, cand.data());
+        // Which lists are kept depends on the threads' timing once room runs
+        // short; the gains never do.
+        bool rec = false;
+        if (record) {
+#pragma omp critical(crepe_lists)
+          rec = list_room_ >= list_cap_;
+        }
+        if (rec) capture = start_capture(me, w);
+        tile_gain(xp_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out,
+                  rec ? &capture : nullptr);
         std::copy(out, out + w, gain + t * kTile);
+        if (rec) {
+#pragma omp critical(crepe_lists)
+          keep_lists(cands + t * kTile, w, &capture, 1);
+        }
       }
     }
   }
@@ -158,7 +209,7 @@ class ClassSolver {
   void evaluate_tile(const std::vector<std::int64_t>& cands, double* gain) {
     const int w = static_cast<int>(cands.size());
     cand_.resize(d_ * kTile);
-    pack_tile(xt_.data(), n_, d_, cands.data(), w, cand_.data());
+    pack_tile(xp_.data(), n_, d_, cands.data(), w, cand_.data());
     const bool record = !capture_bufs_.empty() && list_room_ >= list_cap_;
     const std::int64_t nblocks = (n_ + kBlock - 1) / kBlock;
     captures_.resize(split_);
@@ -173,12 +224,11 @@ class ClassSolver {
       // OpenMP may start fewer threads than asked: every run is still done.
       for (int r = me; r < split_; r += team) {
         TileCapture<T>& capture = captures_[r];
-        capture = {list_cap_, record ? capture_bufs_[r].data() : nullptr, {}};
-        for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
+        if (record) capture = start_capture(r, w);
         const std::int64_t b0 = nblocks * r / split_, b1 = nblocks * (r + 1) / split_;
         const PointBlocks run{b0 * kBlock, std::min(n_, b1 * kBlock), parts_.data() + b0 * kTile};
         double g[kTile];
-        tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(),
+        tile_gain(xp_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(),
                   split_ > 1 ? g : gain, record ? &capture : nullptr, split_ > 1 ? &run : nullptr);
       }
     }
@@ -187,17 +237,7 @@ class ClassSolver {
         gain[l] = 0.0;
         for (std::int64_t b = 0; b < nblocks; ++b) gain[l] += parts_[b * kTile + l];
       }
-    for (int l = 0; record && l < w; ++l) {
-      std::int64_t m = 0;
-      for (const TileCapture<T>& c : captures_) m = c.count[l] > list_cap_ ? list_cap_ + 1 : m + c.count[l];
-      if (m > list_cap_ || m > list_room_) continue;
-      GainList& L = lists_[cands[l]];
-      L.reserve(m);
-      for (const TileCapture<T>& c : captures_)  // runs in block order: L stays sorted
-        L.insert(L.end(), c.out + l * list_cap_, c.out + l * list_cap_ + c.count[l]);
-      list_room_ -= static_cast<std::int64_t>(L.capacity());
-      listed_[cands[l]] = 1;
-    }
+    if (record) keep_lists(cands.data(), w, captures_.data(), split_);
   }
 
   // x if keep, else +0.0, without a branch (keep is data: unpredictable).
@@ -260,18 +300,20 @@ class ClassSolver {
   void add_pick(std::int64_t e, std::int64_t t, const GainList* list = nullptr) {
     if (list) {
       for (const PointDist<T>& p : *list) {
+        const T* xi = xp_.data() + panel_at(p.i, 0, d_);
+        const T* xe = xp_.data() + panel_at(e, 0, d_);
         T d2 = T(0);
         for (std::int64_t k = 0; k < d_; ++k) {
-          const T u = xt_[k * n_ + p.i] - xt_[k * n_ + e];
+          const T u = xi[k * kPanel] - xe[k * kPanel];
           d2 += u * u;
         }
         move_if_closer(p.i, d2, t);
       }
     } else {
       xe_.resize(d_);
-      d2_.resize(n_);
-      for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xt_[k * n_ + e];
-      dist2_all(xt_.data(), n_, d_, xe_.data(), d2_.data());
+      d2_.resize((n_ + kPanel - 1) / kPanel * kPanel);
+      for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xp_[panel_at(e, k, d_)];
+      dist2_all(xp_.data(), n_, d_, xe_.data(), d2_.data());
       for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2_[i], t);
     }
     selected_[e] = 1;
@@ -308,7 +350,7 @@ class ClassSolver {
       std::vector<std::int64_t> all(heap.size());
       std::vector<double> g(heap.size());
       for (std::size_t j = 0; j < heap.size(); ++j) all[j] = heap[j].idx;
-      evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data());
+      evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(), /*lists=*/true);
       for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
     }
     std::make_heap(heap.begin(), heap.end(), Below{});
@@ -377,7 +419,7 @@ class ClassSolver {
     }
   }
 
-  std::vector<T> xt_;
+  std::vector<T> xp_;
   std::int64_t n_, d_;
   int threads_;
   std::int64_t list_bytes_;
@@ -453,10 +495,10 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   auto solve = [&](std::int64_t c) {
     const std::int64_t nc = start[c + 1] - start[c];
     const std::int64_t* r = rows.data() + start[c];
-    std::vector<T> xt(static_cast<std::size_t>(nc) * d);
+    std::vector<T> xp(static_cast<std::size_t>(panel_entries(nc, d)), T(0));
     for (std::int64_t j = 0; j < nc; ++j)
-      for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = X[r[j] * d + k];
-    ClassSolver<T> solver(std::move(xt), nc, d, inner, class_list_bytes);
+      for (std::int64_t k = 0; k < d; ++k) xp[panel_at(j, k, d)] = X[r[j] * d + k];
+    ClassSolver<T> solver(std::move(xp), nc, d, inner, class_list_bytes);
     const std::int64_t o = out_start[c];
     solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
     for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];

@@ -2,8 +2,14 @@
 // Lanes are candidates: each lane sums its own terms over points in the
 // canonical blocked order (facility_location.hpp), so a tile computes exactly
 // the numbers a one-candidate-at-a-time loop would. T (float or double) is the
-// precision of the distance arithmetic; sums are always double. An AVX build
-// is chosen at run time when the CPU has it; both builds round identically.
+// precision of the distance arithmetic; sums are always double. An AVX2+FMA
+// build is chosen at run time when the CPU has it; both builds round
+// identically (the SIMD one uses FMA only as an exactly rounded subtraction).
+//
+// The class matrix xp is stored in panels of kPanel points (panel_at): a
+// kernel step reads a few consecutive points of one panel, so the points
+// arrive as one contiguous stream for any d, and a tile's kTile x d
+// candidates are the only other data it touches.
 #pragma once
 
 #include <cstdint>
@@ -12,16 +18,30 @@ namespace crepe {
 
 inline constexpr int kTile = 16;
 
-/// Packs candidates idx[0..w) (w <= kTile) of the dim-major class matrix xt
-/// (d, n) into cand (d, kTile); lanes past w repeat idx[0].
+/// Points per panel of the class matrix layout.
+inline constexpr int kPanel = 8;
+
+/// Entries of a class matrix of n points in panels: whole panels, the last
+/// one padded with zero points.
+inline std::int64_t panel_entries(std::int64_t n, std::int64_t d) {
+  return (n + kPanel - 1) / kPanel * kPanel * d;
+}
+
+/// Where coordinate k of point i lives in the panel layout.
+inline std::int64_t panel_at(std::int64_t i, std::int64_t k, std::int64_t d) {
+  return i / kPanel * (kPanel * d) + k * kPanel + i % kPanel;
+}
+
+/// Packs candidates idx[0..w) (w <= kTile) of the panel-layout class matrix
+/// xp into cand (d, kTile); lanes past w repeat idx[0].
 template <typename T>
-void pack_tile(const T* xt, std::int64_t n, std::int64_t d, const std::int64_t* idx, int w,
+void pack_tile(const T* xp, std::int64_t n, std::int64_t d, const std::int64_t* idx, int w,
                T* cand);
 
 /// colsum[l] = sum_i d(x_i, cand_l) (blocked order, double); *max_d2 = largest
 /// squared distance over lanes and points. O(n d kTile).
 template <typename T>
-void tile_colsum(const T* xt, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
+void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
                  T* max_d2);
 
 /// A point i of a class and its distance to some candidate.
@@ -57,7 +77,7 @@ struct PointBlocks {
 /// every i where d^2 < cur2_i: every point with a non-zero term (n < 2^31).
 /// With `blocks`, only its points, sum over them into gain, partials into parts.
 template <typename T>
-void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
+void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                const T* cur2, double* gain, TileCapture<T>* capture = nullptr,
                const PointBlocks* blocks = nullptr);
 
