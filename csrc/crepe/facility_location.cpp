@@ -1,5 +1,6 @@
 #include "facility_location.hpp"
 
+#include "contract.hpp"
 #include "tiles.hpp"
 
 #include <algorithm>
@@ -319,18 +320,8 @@ class ClassSolver {
     selected_[e] = 1;
   }
 
-  struct Entry {
-    double bound;
-    std::int64_t idx;
-    std::int64_t fresh_at;  // pick position at which bound is the exact gain
-  };
-
-  // Best entry on top: larger bound, then lower index.
-  struct Below {
-    bool operator()(const Entry& a, const Entry& b) const {
-      return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
-    }
-  };
+  using Entry = HeapEntry;  // the heap order (ties) is contract.hpp's HeapBelow
+  using Below = HeapBelow;
 
   void lazy(std::int64_t k, const std::vector<double>& colsum, double D, std::int64_t* picks,
             double* gains) {
@@ -452,26 +443,11 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   if (list_bytes < 0)
     throw std::invalid_argument("select_per_class: list_bytes must be >= 0, got " +
                                 std::to_string(list_bytes));
-  if (n < 1 || d < 1 || num_classes < 1)
-    throw std::invalid_argument("select_per_class: need n >= 1, d >= 1, num_classes >= 1; got n=" +
-                                std::to_string(n) + ", d=" + std::to_string(d) +
-                                ", num_classes=" + std::to_string(num_classes));
-  // Stable counting sort of rows by class: rows of class c in ascending order.
+  // Rows of class c, in ascending order, at rows[start[c] .. start[c + 1]).
+  const std::vector<std::int64_t> sizes = check_classes(n, d, cls, num_classes, budgets);
   std::vector<std::int64_t> start(num_classes + 1, 0), out_start(num_classes + 1, 0);
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (cls[i] < 0 || cls[i] >= num_classes)
-      throw std::invalid_argument("select_per_class: class id " + std::to_string(cls[i]) +
-                                  " at row " + std::to_string(i) + " outside [0, " +
-                                  std::to_string(num_classes) + ")");
-    ++start[cls[i] + 1];
-  }
   for (std::int64_t c = 0; c < num_classes; ++c) {
-    const std::int64_t size = start[c + 1];
-    if (size < 1 || budgets[c] < 1 || budgets[c] > size)
-      throw std::invalid_argument("select_per_class: class " + std::to_string(c) + " has " +
-                                  std::to_string(size) + " points and budget " +
-                                  std::to_string(budgets[c]) + "; need 1 <= budget <= size");
-    start[c + 1] += start[c];
+    start[c + 1] = start[c] + sizes[c];
     out_start[c + 1] = out_start[c] + budgets[c];
   }
   std::vector<std::int64_t> rows(n), fill(start.begin(), start.end() - 1);
