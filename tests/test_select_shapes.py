@@ -40,13 +40,17 @@ def assert_same(a: crepe.Selection, b: crepe.Selection) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
-CASES = [  # (n, d, style): panel tails (n % 8), a block tail (n > 256), d past one cache line
+CASES = [  # (n, d, style): panel tails (n % 8), block tails (n > 256: the symmetric
+    # pass over block pairs from d = 32 on), d past one cache line
     (7, 330, "normal"),
     (61, 64, "grid"),
     (130, 33, "duplicates"),
     (300, 130, "normal"),
     (300, 64, "grid"),
     (203, 1024, "normal"),
+    (777, 48, "grid"),
+    (530, 330, "duplicates"),
+    (600, 31, "normal"),
 ]
 
 
@@ -82,7 +86,7 @@ def test_lists_from_step_one_change_nothing(dtype: type) -> None:
 
 def test_portable_build_matches_simd_at_wide_d() -> None:
     """CREPE_NO_AVX=1 (read at start-up) runs the portable kernels: same bits."""
-    cases = [(203, 330, "normal", "float32"), (150, 64, "grid", "float64"), (90, 1024, "duplicates", "float64")]
+    cases = [(203, 330, "normal", "float32"), (600, 64, "grid", "float64"), (90, 1024, "duplicates", "float64")]
     code = (
         "import ast, sys, numpy as np, crepe\n"
         "sys.path.insert(0, sys.argv[1])\n"

@@ -88,8 +88,10 @@ class ClassSolver {
   }
 
  private:
-  // Column sums of the distance matrix (into colsum) and D, by candidate tiles.
+  // Column sums of the distance matrix (into colsum) and D, by candidate
+  // tiles; for wide points, over half the matrix (symmetric_first_pass).
   double first_pass(double* colsum) const {
+    if (d_ >= kSymmetricDims && n_ > kBlock) return symmetric_first_pass(colsum);
     const std::int64_t ntiles = (n_ + kTile - 1) / kTile;
     std::vector<T> tile_max(ntiles, T(0));
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
@@ -107,6 +109,52 @@ class ClassSolver {
       }
     }
     return static_cast<double>(std::sqrt(*std::max_element(tile_max.begin(), tile_max.end())));
+  }
+
+  // first_pass from the block pairs (a, b), a <= b, only: d_ie = d_ei bit
+  // for bit ((u - v)^2 = (v - u)^2), so the pair's distances give block a's
+  // partials of the columns in block b and, as row sums, block b's partials
+  // of the columns in block a. With a ascending outside, every column still
+  // adds its block partials in block order: those of blocks < a arrived in
+  // earlier rounds, then the diagonal pair's, then the row sums of pairs
+  // (a, b > a) in b order. Each partial is itself sequential over its block
+  // (rows: over the candidates, tile after tile, lane after lane). Memory:
+  // one row buffer of kBlock per block, O(n).
+  double symmetric_first_pass(double* colsum) const {
+    const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
+    std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
+    std::vector<T> block_max(nb, T(0));
+    std::fill(colsum, colsum + n_, 0.0);
+    for (std::int64_t a = 0; a < nb; ++a) {
+      const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
+      {
+        std::vector<T> cand(d_ * kTile);
+        std::int64_t idx[kTile];
+        double out[kTile];
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t b = a; b < nb; ++b) {
+          const std::int64_t b0 = b * kBlock, b1 = std::min(n_, b0 + kBlock);
+          double* row = rows.data() + b * kBlock;
+          std::fill(row, row + kBlock, 0.0);
+          T mx = T(0);
+          for (std::int64_t t0 = b0; t0 < b1; t0 += kTile) {
+            const int w = static_cast<int>(std::min<std::int64_t>(kTile, b1 - t0));
+            for (int l = 0; l < w; ++l) idx[l] = t0 + l;
+            pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
+            const RowSums range{a0, a1, w, b > a ? row : nullptr};
+            T tile_mx;
+            tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_mx, &range);
+            mx = std::max(mx, tile_mx);
+            for (int l = 0; l < w; ++l) colsum[t0 + l] += out[l];  // block a's partial
+          }
+          block_max[b] = std::max(block_max[b], mx);
+        }
+      }
+      for (std::int64_t i = a0; i < a1; ++i)
+        for (std::int64_t b = a + 1; b < nb; ++b) colsum[i] += rows[b * kBlock + (i - a0)];
+    }
+    return static_cast<double>(std::sqrt(*std::max_element(block_max.begin(), block_max.end())));
   }
 
   // A candidate's gaining points, (i, d_ie) in ascending i, recorded when a
@@ -423,6 +471,9 @@ class ClassSolver {
   // entries); evaluate_tile's number of runs (split_) and its tile buffer,
   // one capture and capture buffer per run, and the runs' block partials.
   static constexpr std::int64_t kSplitPoints = 64 * kBlock;
+  // From this width on, the row sums a symmetric pass adds per distance cost
+  // less than the half of the distances it saves.
+  static constexpr std::int64_t kSymmetricDims = 32;
   std::vector<GainList> lists_;
   std::vector<char> listed_;
   std::int64_t list_cap_ = 0, list_room_ = 0;

@@ -39,20 +39,32 @@ void lane_d2(const T* xp, std::int64_t d, const T* cand, std::int64_t i, T* d2) 
   }
 }
 
+// Adds lanes [0, w) of v to *row, one after another.
+template <typename T>
+inline void add_row(double* row, const T* v, int w) {
+  double r = *row;
+  for (int l = 0; l < w; ++l) r += static_cast<double>(v[l]);
+  *row = r;
+}
+
 template <typename T>
 void colsum_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                    T* max_d2) {
+                    T* max_d2, const RowSums* range) {
   double total[kTile] = {};
   T mx = T(0);
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
+  double* rows = range ? range->rows : nullptr;
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     double part[kTile] = {};
-    for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
-      T d2[kTile];
+    for (std::int64_t i = lo; i < std::min(last, lo + kBlock); ++i) {
+      T d2[kTile], s[kTile];
       lane_d2(xp, d, cand, i, d2);
       for (int l = 0; l < kTile; ++l) {
-        part[l] += static_cast<double>(std::sqrt(d2[l]));
+        s[l] = std::sqrt(d2[l]);
+        part[l] += static_cast<double>(s[l]);
         mx = std::max(mx, d2[l]);
       }
+      if (rows) add_row(rows + (i - first), s, range->w);
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
   }
@@ -195,22 +207,32 @@ CREPE_SIMD inline __m256d widen(const __m256* v, int q) {
 }
 
 CREPE_SIMD void colsum_avx(const double* xp, std::int64_t n, std::int64_t d, const double* cand,
-                          double* colsum, double* max_d2) {
+                          double* colsum, double* max_d2, const RowSums* range) {
   __m256d total[4], mx = _mm256_setzero_pd();
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
+  double* rows = range ? range->rows : nullptr;
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     __m256d part[4];
     for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
-    const std::int64_t hi = std::min(n, lo + kBlock);
+    const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256d acc[kPointsPd][4];
       const int np = static_cast<int>(std::min<std::int64_t>(kPointsPd, hi - i));
       d2_pd<kPointsPd>(xp + panel_at(i, 0, d), d, cand, acc);
-      for (int p = 0; p < np; ++p)  // points in index order: each lane's sum stays sequential
+      for (int p = 0; p < np; ++p) {  // points in index order: each lane's sum stays sequential
+        __m256d s[4];
         for (int r = 0; r < 4; ++r) {
-          part[r] = _mm256_add_pd(part[r], _mm256_sqrt_pd(acc[p][r]));
+          s[r] = _mm256_sqrt_pd(acc[p][r]);
+          part[r] = _mm256_add_pd(part[r], s[r]);
           mx = _mm256_max_pd(mx, acc[p][r]);
         }
+        if (rows) {
+          double v[kTile];
+          for (int r = 0; r < 4; ++r) _mm256_storeu_pd(v + 4 * r, s[r]);
+          add_row(rows + (i + p - first), v, range->w);
+        }
+      }
       i += np;
     }
     for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
@@ -222,14 +244,16 @@ CREPE_SIMD void colsum_avx(const double* xp, std::int64_t n, std::int64_t d, con
 }
 
 CREPE_SIMD void colsum_avx(const float* xp, std::int64_t n, std::int64_t d, const float* cand,
-                          double* colsum, float* max_d2) {
+                          double* colsum, float* max_d2, const RowSums* range) {
   __m256d total[4];
   __m256 mx = _mm256_setzero_ps();
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
+  double* rows = range ? range->rows : nullptr;
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     __m256d part[4];
     for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
-    const std::int64_t hi = std::min(n, lo + kBlock);
+    const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256 acc[kPointsPs][2];
       const int np = static_cast<int>(std::min<std::int64_t>(kPointsPs, hi - i));
@@ -238,6 +262,12 @@ CREPE_SIMD void colsum_avx(const float* xp, std::int64_t n, std::int64_t d, cons
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
         mx = _mm256_max_ps(mx, _mm256_max_ps(acc[p][0], acc[p][1]));
         for (int q = 0; q < 4; ++q) part[q] = _mm256_add_pd(part[q], widen(s, q));
+        if (rows) {
+          float v[kTile];
+          _mm256_storeu_ps(v, s[0]);
+          _mm256_storeu_ps(v + 8, s[1]);
+          add_row(rows + (i + p - first), v, range->w);
+        }
       }
       i += np;
     }
@@ -368,11 +398,11 @@ bool use_avx() {
 
 template <typename T>
 void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                 T* max_d2) {
+                 T* max_d2, const RowSums* range) {
 #ifdef CREPE_HAVE_AVX_BUILD
-  if (use_avx()) return colsum_avx(xp, n, d, cand, colsum, max_d2);
+  if (use_avx()) return colsum_avx(xp, n, d, cand, colsum, max_d2, range);
 #endif
-  colsum_generic(xp, n, d, cand, colsum, max_d2);
+  colsum_generic(xp, n, d, cand, colsum, max_d2, range);
 }
 
 template <typename T>
@@ -390,7 +420,8 @@ void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const
 #define CREPE_INSTANTIATE(T)                                                                 \
   template void pack_tile<T>(const T*, std::int64_t, std::int64_t, const std::int64_t*, int, \
                              T*);                                                            \
-  template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*); \
+  template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*,    \
+                               const RowSums*);                                              \
   template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
                              const T*, double*, TileCapture<T>*, const PointBlocks*);
 CREPE_INSTANTIATE(float)

@@ -38,11 +38,23 @@ template <typename T>
 void pack_tile(const T* xp, std::int64_t n, std::int64_t d, const std::int64_t* idx, int w,
                T* cand);
 
+/// Points [first, last) of a class (first a multiple of kBlock) and, with
+/// rows, their sums over the tile's first w lanes: rows[i - first] gets
+/// d(x_i, cand_0), then d(x_i, cand_1), ... added one after another (the
+/// row direction of a symmetric pass: point i's canonical sum over candidates
+/// as points).
+struct RowSums {
+  std::int64_t first, last;
+  int w;
+  double* rows;
+};
+
 /// colsum[l] = sum_i d(x_i, cand_l) (blocked order, double); *max_d2 = largest
-/// squared distance over lanes and points. O(n d kTile).
+/// squared distance over lanes and points. O(n d kTile). With `range`, only
+/// its points, and its row sums when range->rows is set.
 template <typename T>
 void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                 T* max_d2);
+                 T* max_d2, const RowSums* range = nullptr);
 
 /// A point i of a class and its distance to some candidate.
 template <typename T>
