@@ -73,7 +73,7 @@ def test_lists_from_step_one_change_nothing(dtype: type) -> None:
     cls = np.zeros(len(X), np.int64)
     budgets = np.array([140], np.int64)
     runs = []
-    for list_bytes in (0, 30_000, _core.LIST_BUDGET):
+    for list_bytes in (0, 30_000, 400_000, 1_500_000, _core.LIST_BUDGET):
         for threads in (1, 2):
             out = (np.empty(140, np.int64), np.empty(140, np.int64), np.empty(140), np.empty(1))
             _core.select_per_class(X, cls, budgets, 1, threads, *out, list_bytes=list_bytes)

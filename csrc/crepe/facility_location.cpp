@@ -289,6 +289,116 @@ class ClassSolver {
     if (record) keep_lists(cands.data(), w, captures_.data(), split_);
   }
 
+  // Step 1's gains of all n points as candidates (into gain) over the block
+  // pairs (a, b), a <= b, as symmetric_first_pass does for the column sums:
+  // pair (a, b) gives block a's partials of the gains of b's candidates
+  // (points of a gaining, cur of a) and, by rows, block b's partials of the
+  // gains of a's candidates (points of b gaining, cur of b). With lists, the
+  // gain lists are assembled on the way, in point order: a candidate of block
+  // b gets its points of blocks <= b from the columns of rounds 0..b, then
+  // those of blocks > b from round b's rows, which the threads collect in
+  // contiguous runs of b (static schedule) and which are added in thread
+  // order. Lists stop at list_cap_ points; room is charged as they grow.
+  void symmetric_step1(double* gain, bool lists) {
+    const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
+    std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
+    std::fill(gain, gain + n_, 0.0);
+    lists = lists && !capture_bufs_.empty();
+    // Each thread's row lists for the kBlock candidates of the current round:
+    // transient, charged to the room up front, at most a quarter of it.
+    std::int64_t row_cap = 0;
+    if (lists) {
+      row_cap = std::min(list_cap_, list_room_ / (4 * kBlock * threads_));
+      if (row_cap < kTile) lists = false;
+    }
+    if (lists) list_room_ -= row_cap * kBlock * threads_;
+    std::vector<char> open(lists ? n_ : 0, 1);  // still collecting its list
+    std::vector<std::vector<GainList>> row_lists(lists ? threads_ : 0, std::vector<GainList>(kBlock));
+    for (std::int64_t a = 0; a < nb; ++a) {
+      const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
+      {
+#ifdef _OPENMP
+        const int me = omp_get_thread_num();
+#else
+        const int me = 0;
+#endif
+#ifdef _OPENMP
+        const int team = omp_get_num_threads();
+#else
+        const int team = 1;
+#endif
+        std::vector<T> cand(d_ * kTile);
+        std::vector<PointDist<T>> column_buf(lists ? kTile * kBlock : 0);
+        std::int64_t idx[kTile];
+        double out[kTile], part[kTile];
+        TileCapture<T> capture{};
+        // Contiguous runs of b in thread order: row lists arrive in b order.
+        const std::int64_t b_first = a + (nb - a) * me / team, b_last = a + (nb - a) * (me + 1) / team;
+        for (std::int64_t b = b_first; b < b_last; ++b) {
+          const std::int64_t b0 = b * kBlock, b1 = std::min(n_, b0 + kBlock);
+          double* row = rows.data() + b * kBlock;
+          std::fill(row, row + kBlock, 0.0);
+          for (std::int64_t t0 = b0; t0 < b1; t0 += kTile) {
+            const int w = static_cast<int>(std::min<std::int64_t>(kTile, b1 - t0));
+            for (int l = 0; l < w; ++l) idx[l] = t0 + l;
+            pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
+            if (lists) {  // one block of points: at most kBlock per lane
+              capture = {kBlock, column_buf.data(), {}, /*forecast=*/false};
+              for (int l = 0; l < kTile; ++l) capture.count[l] = l < w && open[t0 + l] ? 0 : kBlock + 1;
+            }
+            const PointBlocks run{a0, a1, part};
+            RowGains<T> rg{w, idx, row, lists ? row_lists[me].data() : nullptr, row_cap};
+            tile_gain(xp_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out,
+                      lists ? &capture : nullptr, &run, b > a ? &rg : nullptr);
+            for (int l = 0; l < w; ++l) gain[t0 + l] += out[l];  // block a's partial
+            if (lists) {
+#pragma omp critical(crepe_lists)
+              for (int l = 0; l < w; ++l)
+                grow_list(t0 + l, capture.out + l * kBlock, capture.count[l], kBlock, open);
+            }
+          }
+        }
+      }
+      for (std::int64_t i = a0; i < a1; ++i)
+        for (std::int64_t b = a + 1; b < nb; ++b) gain[i] += rows[b * kBlock + (i - a0)];
+      if (!lists) continue;
+      for (std::int64_t i = a0; i < a1; ++i) {  // rows in b order, then block a's lists are whole
+        for (std::vector<GainList>& mine : row_lists) {
+          GainList& r = mine[i - a0];
+          grow_list(i, r.data(), static_cast<std::int64_t>(r.size()), row_cap, open);
+          r.clear();
+        }
+        if (open[i] && !selected_[i]) {
+          listed_[i] = 1;
+        } else {
+          drop_list(i);
+        }
+      }
+    }
+    if (lists) list_room_ += row_cap * kBlock * threads_;
+  }
+
+  // Appends m points recorded for candidate e (a recording that holds at
+  // most cap, so m > cap means it overflowed) to its list while it is
+  // collecting; an overflow, more than list_cap_ points or no room closes it.
+  void grow_list(std::int64_t e, const PointDist<T>* p, std::int64_t m, std::int64_t cap,
+                 std::vector<char>& open) {
+    if (!open[e]) return;
+    GainList& L = lists_[e];
+    const std::int64_t size = static_cast<std::int64_t>(L.size());
+    const std::int64_t had = static_cast<std::int64_t>(L.capacity());
+    const std::int64_t want = size + m > had ? std::max(size + m, std::min(2 * had, list_cap_)) : had;
+    if (m > cap || size + m > list_cap_ || want - had > list_room_) {
+      open[e] = 0;
+      drop_list(e);
+      return;
+    }
+    L.reserve(want);
+    L.insert(L.end(), p, p + m);
+    list_room_ -= static_cast<std::int64_t>(L.capacity()) - had;
+  }
+
   // x if keep, else +0.0, without a branch (keep is data: unpredictable).
   static double keep_or_zero(double x, bool keep) {
     std::uint64_t bits;
@@ -389,8 +499,14 @@ class ClassSolver {
       std::vector<std::int64_t> all(heap.size());
       std::vector<double> g(heap.size());
       for (std::size_t j = 0; j < heap.size(); ++j) all[j] = heap[j].idx;
-      evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(), /*lists=*/true);
-      for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
+      if (d_ >= kSymmetricGainDims && n_ > kBlock) {
+        g.resize(n_);
+        symmetric_step1(g.data(), /*lists=*/true);
+        for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[all[j]], all[j], 1};
+      } else {
+        evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(), /*lists=*/true);
+        for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
+      }
     }
     std::make_heap(heap.begin(), heap.end(), Below{});
     // A stale entry is re-evaluated alone from its list if it has one, else
@@ -474,6 +590,8 @@ class ClassSolver {
   // From this width on, the row sums a symmetric pass adds per distance cost
   // less than the half of the distances it saves.
   static constexpr std::int64_t kSymmetricDims = 32;
+  // The same for step 1, whose rows cost more (a compare and a list entry).
+  static constexpr std::int64_t kSymmetricGainDims = 64;
   std::vector<GainList> lists_;
   std::vector<char> listed_;
   std::int64_t list_cap_ = 0, list_room_ = 0;

@@ -103,6 +103,7 @@ void record(TileCapture<T>& c, unsigned& live, unsigned mask, std::int64_t i, co
 // stopped here is only a missed list, never a wrong one.
 template <typename T>
 unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::int64_t n) {
+  if (!c.forecast) return live;
   for (int l = 0; l < kTile; ++l)
     if ((live >> l & 1u) && c.count[l] * n > 2 * c.cap * done) {
       c.count[l] = c.cap + 1;
@@ -111,10 +112,28 @@ unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::
   return live;
 }
 
+// Row j of rg from one point's squared distances and distances to the lanes
+// (dist is read only where d2 < cur2 of the lane).
+template <typename T>
+inline void add_row_gains(RowGains<T>& rg, std::int64_t j, const T* d2, const T* dist,
+                          const double* cur, const T* cur2) {
+  double r = rg.rows[j];
+  std::vector<PointDist<T>>* L = rg.lists ? rg.lists + j : nullptr;
+  for (int l = 0; l < rg.w; ++l) {
+    const std::int64_t e = rg.lane_idx[l];
+    if (d2[l] < cur2[e]) {
+      r += cur[e] - static_cast<double>(dist[l]);
+      if (L && static_cast<std::int64_t>(L->size()) <= rg.cap)
+        L->push_back({static_cast<std::int32_t>(e), dist[l]});
+    }
+  }
+  rg.rows[j] = r;
+}
+
 template <bool Cap, typename T>
 void gain_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                   const T* cur2, double* gain, TileCapture<T>* capture,
-                  const PointBlocks* blocks) {
+                  const PointBlocks* blocks, RowGains<T>* rg) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   double total[kTile] = {};
@@ -127,11 +146,13 @@ void gain_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, co
       unsigned mask = 0;
       T dist[kTile];
       for (int l = 0; l < kTile; ++l)
+        if (rg || d2[l] < cur2[i]) dist[l] = std::sqrt(d2[l]);
+      for (int l = 0; l < kTile; ++l)
         if (d2[l] < cur2[i]) {
-          dist[l] = std::sqrt(d2[l]);
           part[l] += cur[i] - static_cast<double>(dist[l]);
           mask |= 1u << l;
         }
+      if (rg) add_row_gains(*rg, i - first, d2, dist, cur, cur2);
       if (Cap && (mask & live)) record(*capture, live, mask, i, dist);
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
@@ -296,7 +317,8 @@ CREPE_SIMD inline void end_block(const __m256d* part, __m256d* total, const Poin
 template <bool Cap>
 CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const double* cand,
                         const double* cur, const double* cur2, double* gain,
-                        TileCapture<double>* capture, const PointBlocks* blocks) {
+                        TileCapture<double>* capture, const PointBlocks* blocks,
+                        RowGains<double>* rg) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
@@ -317,7 +339,7 @@ CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const
           lt[r] = _mm256_cmp_pd(acc[p][r], c2, _CMP_LT_OQ);
           any |= _mm256_movemask_pd(lt[r]);
         }
-        if (!any) continue;  // no lane gains from this point: all its terms are zero
+        if (!any && !rg) continue;  // no lane gains from this point: all its terms are zero
         const __m256d c = _mm256_set1_pd(cur[i + p]);
         __m256d s[4];
         // Lanes with d2 < cur2 add cur - sqrt(d2) >= 0; the others add +0.0,
@@ -325,6 +347,14 @@ CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const
         for (int r = 0; r < 4; ++r) {
           s[r] = _mm256_sqrt_pd(acc[p][r]);
           part[r] = _mm256_add_pd(part[r], _mm256_and_pd(lt[r], _mm256_sub_pd(c, s[r])));
+        }
+        if (rg) {
+          double v2[kTile], v[kTile];
+          for (int r = 0; r < 4; ++r) {
+            _mm256_storeu_pd(v2 + 4 * r, acc[p][r]);
+            _mm256_storeu_pd(v + 4 * r, s[r]);
+          }
+          add_row_gains(*rg, i + p - first, v2, v, cur, cur2);
         }
         if (Cap) {
           const unsigned mask = _mm256_movemask_pd(lt[0]) | _mm256_movemask_pd(lt[1]) << 4 |
@@ -346,7 +376,8 @@ CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const
 template <bool Cap>
 CREPE_SIMD void gain_avx(const float* xp, std::int64_t n, std::int64_t d, const float* cand,
                         const double* cur, const float* cur2, double* gain,
-                        TileCapture<float>* capture, const PointBlocks* blocks) {
+                        TileCapture<float>* capture, const PointBlocks* blocks,
+                        RowGains<float>* rg) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
@@ -364,8 +395,17 @@ CREPE_SIMD void gain_avx(const float* xp, std::int64_t n, std::int64_t d, const 
         const __m256 lt[2] = {_mm256_cmp_ps(acc[p][0], c2, _CMP_LT_OQ),
                               _mm256_cmp_ps(acc[p][1], c2, _CMP_LT_OQ)};
         const unsigned mask = _mm256_movemask_ps(lt[0]) | _mm256_movemask_ps(lt[1]) << 8;
-        if (!mask) continue;
+        if (!mask && !rg) continue;
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
+        if (rg) {
+          float v2[kTile], v[kTile];
+          _mm256_storeu_ps(v2, acc[p][0]);
+          _mm256_storeu_ps(v2 + 8, acc[p][1]);
+          _mm256_storeu_ps(v, s[0]);
+          _mm256_storeu_ps(v + 8, s[1]);
+          add_row_gains(*rg, i + p - first, v2, v, cur, cur2);
+          if (!mask) continue;
+        }
         if (Cap && (mask & live)) {
           float v[kTile];
           _mm256_storeu_ps(v, s[0]);
@@ -407,14 +447,15 @@ void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, dou
 
 template <typename T>
 void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-               const T* cur2, double* gain, TileCapture<T>* capture, const PointBlocks* blocks) {
+               const T* cur2, double* gain, TileCapture<T>* capture, const PointBlocks* blocks,
+               RowGains<T>* rows) {
 #ifdef CREPE_HAVE_AVX_BUILD
   if (use_avx())
-    return capture ? gain_avx<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks)
-                   : gain_avx<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks);
+    return capture ? gain_avx<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows)
+                   : gain_avx<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
 #endif
-  if (capture) return gain_generic<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks);
-  gain_generic<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks);
+  if (capture) return gain_generic<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
+  gain_generic<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
 }
 
 #define CREPE_INSTANTIATE(T)                                                                 \
@@ -423,7 +464,8 @@ void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const
   template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*,    \
                                const RowSums*);                                              \
   template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
-                             const T*, double*, TileCapture<T>*, const PointBlocks*);
+                             const T*, double*, TileCapture<T>*, const PointBlocks*,     \
+                             RowGains<T>*);
 CREPE_INSTANTIATE(float)
 CREPE_INSTANTIATE(double)
 #undef CREPE_INSTANTIATE

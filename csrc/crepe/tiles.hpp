@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace crepe {
 
@@ -72,6 +73,24 @@ struct TileCapture {
   std::int64_t cap;
   PointDist<T>* out;
   std::int64_t count[kTile];
+  /// Stop recording lanes whose rate so far forecasts more than 2 cap points
+  /// over the whole class (off when the caller records one block at a time).
+  bool forecast = true;
+};
+
+/// The row direction of a symmetric gain pass: the tile's lanes [0, w) are
+/// points lane_idx[l] of the class (with their own cur and cur2), and each
+/// point i of the run is a candidate. rows[i - first] gets
+/// cur_e - d(x_i, x_e) for each lane e with d^2 < cur2_e, lane after lane;
+/// with lists, (e, d) also goes to lists[i - first] while it holds at most
+/// cap entries (so one holding cap + 1 has overflowed).
+template <typename T>
+struct RowGains {
+  int w;
+  const std::int64_t* lane_idx;
+  double* rows;
+  std::vector<PointDist<T>>* lists;
+  std::int64_t cap;
 };
 
 /// A run of whole summation blocks, points [first, last) with first a multiple
@@ -88,9 +107,10 @@ struct PointBlocks {
 /// where no lane gains. With `capture`, also records (i, d(x_i, cand_l)) for
 /// every i where d^2 < cur2_i: every point with a non-zero term (n < 2^31).
 /// With `blocks`, only its points, sum over them into gain, partials into parts.
+/// With `rows` (and `blocks`), also the row direction for the run's points.
 template <typename T>
 void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                const T* cur2, double* gain, TileCapture<T>* capture = nullptr,
-               const PointBlocks* blocks = nullptr);
+               const PointBlocks* blocks = nullptr, RowGains<T>* rows = nullptr);
 
 }  // namespace crepe
