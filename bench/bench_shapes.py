@@ -22,13 +22,14 @@ Every benchmark first checks crepe against the oracle on a slice.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import time
 from typing import Callable
 
 import numpy as np
 import pytest
+from bench_select import peers as public_peers
+from bench_select import report_speedups
 from inputs import one_class
 
 import crepe
@@ -146,26 +147,7 @@ def craig_numpy(X: np.ndarray, k: int) -> list[int]:
 
 
 def peers(X: np.ndarray, k: int) -> dict[str, Callable[[], object]]:
-    out: dict[str, Callable[[], object]] = {"CRAIG (numpy/BLAS)": lambda: craig_numpy(X, k)}
-    try:
-        from apricot import FacilityLocationSelection
-
-        FacilityLocationSelection(5, metric="euclidean", optimizer="lazy").fit(X[:50])  # numba JIT warm-up
-        out["apricot-select lazy"] = lambda: FacilityLocationSelection(k, metric="euclidean", optimizer="lazy").fit(X)
-    except ImportError:
-        pass
-    try:
-        from submodlib import FacilityLocationFunction
-
-        def submodlib_lazy() -> object:
-            f = FacilityLocationFunction(n=len(X), data=X, mode="dense", metric="euclidean")
-            return f.maximize(budget=k, optimizer="LazyGreedy", stopIfZeroGain=False,
-                              stopIfNegativeGain=False, verbose=False, show_progress=False)
-
-        out["submodlib-py LazyGreedy"] = submodlib_lazy
-    except ImportError:
-        pass
-    return out
+    return {"CRAIG (numpy/BLAS)": lambda: craig_numpy(X, k), **public_peers(X, k)}
 
 
 PEER_CASES = {  # name: (n, d, input), k = 10%
@@ -194,9 +176,4 @@ def test_vs_peers(benchmark: pytest.FixtureRequest, quick: bool, case: str) -> N
     benchmark.group = "vs peers"
     benchmark.pedantic(crepe.select, args=(X32,), kwargs={"k": k}, rounds=3, warmup_rounds=1)
     info["crepe float32 s"] = t32 = benchmark.stats.stats.min
-    fastest = min(peer_times, key=peer_times.__getitem__)
-    info["fastest peer"] = fastest
-    info["speed-up vs fastest peer (float32)"] = peer_times[fastest] / t32
-    info["speed-up vs fastest peer (float64)"] = peer_times[fastest] / t64
-    benchmark.extra_info.update(info)
-    print("\n" + json.dumps(info, indent=1))
+    report_speedups(benchmark, info, peer_times, t32, t64)

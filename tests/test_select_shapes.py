@@ -5,14 +5,9 @@ NumPy oracle must agree bit for bit, in float32 and float64."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
+from test_select import assert_same_as, proxy_like, select_elsewhere
 
 import crepe
 from crepe import _core
@@ -67,8 +62,9 @@ def test_wide_lazy_naive_oracle(n: int, d: int, style: str, dtype: type) -> None
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_lists_from_step_one_change_nothing(dtype: type) -> None:
-    """Gain lists kept from step 1's pass (threads racing for room), from
-    later tiles only, or none: the same picks and gains bit for bit."""
+    """Gain lists assembled by step 1's symmetric pass (whole, cut short by
+    room, or none at all), or kept from later tiles only: the same picks and
+    gains bit for bit, for any thread count."""
     X = wide(700, 96, "normal", dtype, seed=5)
     cls = np.zeros(len(X), np.int64)
     budgets = np.array([140], np.int64)
@@ -85,24 +81,14 @@ def test_lists_from_step_one_change_nothing(dtype: type) -> None:
 
 
 def test_portable_build_matches_simd_at_wide_d() -> None:
-    """CREPE_NO_AVX=1 (read at start-up) runs the portable kernels: same bits."""
-    cases = [(203, 330, "normal", "float32"), (600, 64, "grid", "float64"), (90, 1024, "duplicates", "float64")]
-    code = (
-        "import ast, sys, numpy as np, crepe\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "from test_select_shapes import wide\n"
-        "out = {}\n"
-        "for j, (n, d, style, dtype) in enumerate(ast.literal_eval(sys.argv[3])):\n"
-        "    s = crepe.select(wide(n, d, style, getattr(np, dtype), n + d), fraction=0.3)\n"
-        "    out[f'i{j}'], out[f'g{j}'] = s.indices, s.gains\n"
-        "np.savez(sys.argv[2], **out)\n"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "out.npz"
-        args = [sys.executable, "-c", code, str(Path(__file__).parent), str(path), repr(cases)]
-        subprocess.run(args, env=dict(os.environ, CREPE_NO_AVX="1"), check=True)
-        with np.load(path) as f:
-            for j, (n, d, style, dtype) in enumerate(cases):
-                s = crepe.select(wide(n, d, style, getattr(np, dtype), n + d), fraction=0.3)
-                np.testing.assert_array_equal(f[f"i{j}"], s.indices)
-                np.testing.assert_array_equal(f[f"g{j}"], s.gains)
+    """CREPE_NO_AVX=1 (read at start-up) runs the portable kernels: same bits,
+    through both symmetric passes (n > 256, d >= 64) and the tiled ones."""
+    cases = [
+        (530, 330, "noisy", "float32", 1, {"fraction": 0.3}),
+        (600, 64, "grid", "float64", 2, {"fraction": 0.3}),
+        (300, 40, "duplicates", "float64", 3, {"fraction": 0.3}),
+        (90, 1024, "clean", "float32", 4, {"fraction": 0.3}),
+    ]
+    for case, portable in zip(cases, select_elsewhere({"CREPE_NO_AVX": "1"}, cases)):
+        n, d, style, dtype, seed, kw = case
+        assert_same_as(crepe.select(proxy_like(n, d, style, getattr(np, dtype), seed), **kw), portable)

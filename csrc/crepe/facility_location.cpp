@@ -30,6 +30,24 @@ int resolve_threads(int threads) {
 
 namespace {
 
+// This thread's number in its OpenMP team and the team's size (0 and 1
+// without OpenMP).
+int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // out[i] = d(x_i, xe)^2 for all n points of the panel-layout matrix xp
 // (tiles.hpp); out has room for whole panels.
 template <typename T>
@@ -219,11 +237,7 @@ class ClassSolver {
     const bool record = lists && !capture_bufs_.empty();
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles >= 8 * threads_)
     {
-#ifdef _OPENMP
-      const int me = omp_get_thread_num();
-#else
-      const int me = 0;
-#endif
+      const int me = thread_num();
       std::vector<T> cand(d_ * kTile);
       double out[kTile];
       TileCapture<T> capture{};
@@ -265,11 +279,7 @@ class ClassSolver {
     if (split_ > 1) parts_.resize(nblocks * kTile);
 #pragma omp parallel num_threads(split_) if (split_ > 1)
     {
-#ifdef _OPENMP
-      const int me = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-      const int me = 0, team = 1;
-#endif
+      const int me = thread_num(), team = team_size();
       // OpenMP may start fewer threads than asked: every run is still done.
       for (int r = me; r < split_; r += team) {
         TileCapture<T>& capture = captures_[r];
@@ -318,16 +328,7 @@ class ClassSolver {
       const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
       {
-#ifdef _OPENMP
-        const int me = omp_get_thread_num();
-#else
-        const int me = 0;
-#endif
-#ifdef _OPENMP
-        const int team = omp_get_num_threads();
-#else
-        const int team = 1;
-#endif
+        const int me = thread_num(), team = team_size();
         std::vector<T> cand(d_ * kTile);
         std::vector<PointDist<T>> column_buf(lists ? kTile * kBlock : 0);
         std::int64_t idx[kTile];
