@@ -132,15 +132,15 @@ def craig_numpy(X: np.ndarray, k: int) -> list[int]:
     np.sqrt(D, out=D)
     S = np.subtract(D.max(), D, out=D)  # in place: one n x n matrix
     cur = np.zeros(len(X))
-    heap = [(-float(g), e) for e, g in enumerate(S.sum(axis=0))]
+    heap = [(-float(g), e) for e, g in enumerate(S.sum(axis=1))]
     heapq.heapify(heap)
     picks: list[int] = []
-    while len(picks) < k:
+    while len(picks) < k:  # S is symmetric: row e (contiguous) is column e
         _, e = heapq.heappop(heap)
-        g = float(np.maximum(S[:, e] - cur, 0.0).sum())
+        g = float(np.maximum(S[e] - cur, 0.0).sum())
         if not heap or g >= -heap[0][0]:
             picks.append(e)
-            np.maximum(cur, S[:, e], out=cur)
+            np.maximum(cur, S[e], out=cur)
         else:
             heapq.heappush(heap, (-g, e))
     return picks

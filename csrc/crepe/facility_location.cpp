@@ -505,7 +505,8 @@ class ClassSolver {
         symmetric_step1(g.data(), /*lists=*/true);
         for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[all[j]], all[j], 1};
       } else {
-        evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(), /*lists=*/true);
+        evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(),
+                 /*lists=*/d_ >= kStepOneListDims);
         for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
       }
     }
@@ -593,6 +594,11 @@ class ClassSolver {
   static constexpr std::int64_t kSymmetricDims = 32;
   // The same for step 1, whose rows cost more (a compare and a list entry).
   static constexpr std::int64_t kSymmetricGainDims = 64;
+  // From this width on, step 1 keeps gain lists for all candidates (saving
+  // the lazy phase a pass that re-evaluates each one in a tile only to get
+  // its list); below it, recording them costs more than that pass (measured:
+  // +20% at d = 10, float32), and the lazy tiles keep the lists they need.
+  static constexpr std::int64_t kStepOneListDims = 32;
   std::vector<GainList> lists_;
   std::vector<char> listed_;
   std::int64_t list_cap_ = 0, list_room_ = 0;
