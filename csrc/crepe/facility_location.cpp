@@ -306,9 +306,10 @@ class ClassSolver {
   // gains of a's candidates (points of b gaining, cur of b). With lists, the
   // gain lists are assembled on the way, in point order: a candidate of block
   // b gets its points of blocks <= b from the columns of rounds 0..b, then
-  // those of blocks > b from round b's rows, which the threads collect in
-  // contiguous runs of b (static schedule) and which are added in thread
-  // order. Lists stop at list_cap_ points; room is charged as they grow.
+  // those of blocks > b from round b's rows, which each thread collects over
+  // its own contiguous run of b (runs in thread order) and which are added
+  // in thread order. Lists stop at list_cap_ points; room is charged as they
+  // grow.
   void symmetric_step1(double* gain, bool lists) {
     const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
     std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
