@@ -97,6 +97,13 @@ def test_one_class_vs_peers(benchmark: pytest.FixtureRequest, quick: bool, sigma
     benchmark.group = f"one class n={n} k={k}"
     benchmark.pedantic(crepe.select, args=(X32,), kwargs={"k": k}, rounds=5, warmup_rounds=1)
     info["crepe float32 s"] = t32 = benchmark.stats.stats.min
+    report_speedups(benchmark, info, peer_times, t32, t64)
+
+
+def report_speedups(benchmark: pytest.FixtureRequest, info: dict[str, object],
+                    peer_times: dict[str, float], t32: float, t64: float) -> None:
+    """Adds the fastest peer and crepe's speed-ups over it (same run) to info,
+    saves it with the benchmark and prints it."""
     if peer_times:
         fastest = min(peer_times, key=peer_times.__getitem__)
         info["fastest peer"] = fastest

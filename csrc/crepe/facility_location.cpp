@@ -1,5 +1,6 @@
 #include "facility_location.hpp"
 
+#include "contract.hpp"
 #include "tiles.hpp"
 
 #include <algorithm>
@@ -29,17 +30,37 @@ int resolve_threads(int threads) {
 
 namespace {
 
-// out[i] = d(x_i, xe)^2 for all n points; xt is dim-major (d, n).
+// This thread's number in its OpenMP team and the team's size (0 and 1
+// without OpenMP).
+int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// out[i] = d(x_i, xe)^2 for all n points of the panel-layout matrix xp
+// (tiles.hpp); out has room for whole panels.
 template <typename T>
-void dist2_all(const T* xt, std::int64_t n, std::int64_t d, const T* xe, T* out) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = T(0);
-  for (std::int64_t k = 0; k < d; ++k) {
-    const T* col = xt + k * n;
-    const T c = xe[k];
-    for (std::int64_t i = 0; i < n; ++i) {
-      const T t = col[i] - c;
-      out[i] += t * t;
-    }
+void dist2_all(const T* xp, std::int64_t n, std::int64_t d, const T* xe, T* out) {
+  for (std::int64_t p = 0; p < n; p += kPanel) {
+    const T* x = xp + panel_at(p, 0, d);
+    T acc[kPanel] = {};
+    for (std::int64_t k = 0; k < d; ++k)
+      for (int j = 0; j < kPanel; ++j) {
+        const T t = x[k * kPanel + j] - xe[k];
+        acc[j] += t * t;
+      }
+    std::copy(acc, acc + kPanel, out + p);
   }
 }
 
@@ -50,9 +71,10 @@ template <typename T>
 class ClassSolver {
  public:
   // list_bytes: memory the lazy greedy may spend on gain lists.
-  ClassSolver(std::vector<T> xt, std::int64_t n, std::int64_t d, int threads,
+  // xp: the class's points in the panel layout (tiles.hpp).
+  ClassSolver(std::vector<T> xp, std::int64_t n, std::int64_t d, int threads,
               std::int64_t list_bytes)
-      : xt_(std::move(xt)), n_(n), d_(d), threads_(threads), list_bytes_(list_bytes) {}
+      : xp_(std::move(xp)), n_(n), d_(d), threads_(threads), list_bytes_(list_bytes) {}
 
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
            double* gains, double* objective) {
@@ -84,8 +106,10 @@ class ClassSolver {
   }
 
  private:
-  // Column sums of the distance matrix (into colsum) and D, by candidate tiles.
+  // Column sums of the distance matrix (into colsum) and D, by candidate
+  // tiles; for wide points, over half the matrix (symmetric_first_pass).
   double first_pass(double* colsum) const {
+    if (d_ >= kSymmetricDims && n_ > kBlock) return symmetric_first_pass(colsum);
     const std::int64_t ntiles = (n_ + kTile - 1) / kTile;
     std::vector<T> tile_max(ntiles, T(0));
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
@@ -97,12 +121,58 @@ class ClassSolver {
       for (std::int64_t t = 0; t < ntiles; ++t) {
         const int w = static_cast<int>(std::min<std::int64_t>(kTile, n_ - t * kTile));
         for (int l = 0; l < w; ++l) idx[l] = t * kTile + l;
-        pack_tile(xt_.data(), n_, d_, idx, w, cand.data());
-        tile_colsum(xt_.data(), n_, d_, cand.data(), out, &tile_max[t]);
+        pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
+        tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_max[t]);
         std::copy(out, out + w, colsum + t * kTile);
       }
     }
     return static_cast<double>(std::sqrt(*std::max_element(tile_max.begin(), tile_max.end())));
+  }
+
+  // first_pass from the block pairs (a, b), a <= b, only: d_ie = d_ei bit
+  // for bit ((u - v)^2 = (v - u)^2), so the pair's distances give block a's
+  // partials of the columns in block b and, as row sums, block b's partials
+  // of the columns in block a. With a ascending outside, every column still
+  // adds its block partials in block order: those of blocks < a arrived in
+  // earlier rounds, then the diagonal pair's, then the row sums of pairs
+  // (a, b > a) in b order. Each partial is itself sequential over its block
+  // (rows: over the candidates, tile after tile, lane after lane). Memory:
+  // one row buffer of kBlock per block, O(n).
+  double symmetric_first_pass(double* colsum) const {
+    const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
+    std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
+    std::vector<T> block_max(nb, T(0));
+    std::fill(colsum, colsum + n_, 0.0);
+    for (std::int64_t a = 0; a < nb; ++a) {
+      const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
+      {
+        std::vector<T> cand(d_ * kTile);
+        std::int64_t idx[kTile];
+        double out[kTile];
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t b = a; b < nb; ++b) {
+          const std::int64_t b0 = b * kBlock, b1 = std::min(n_, b0 + kBlock);
+          double* row = rows.data() + b * kBlock;
+          std::fill(row, row + kBlock, 0.0);
+          T mx = T(0);
+          for (std::int64_t t0 = b0; t0 < b1; t0 += kTile) {
+            const int w = static_cast<int>(std::min<std::int64_t>(kTile, b1 - t0));
+            for (int l = 0; l < w; ++l) idx[l] = t0 + l;
+            pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
+            const RowSums range{a0, a1, w, b > a ? row : nullptr};
+            T tile_mx;
+            tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_mx, &range);
+            mx = std::max(mx, tile_mx);
+            for (int l = 0; l < w; ++l) colsum[t0 + l] += out[l];  // block a's partial
+          }
+          block_max[b] = std::max(block_max[b], mx);
+        }
+      }
+      for (std::int64_t i = a0; i < a1; ++i)
+        for (std::int64_t b = a + 1; b < nb; ++b) colsum[i] += rows[b * kBlock + (i - a0)];
+    }
+    return static_cast<double>(std::sqrt(*std::max_element(block_max.begin(), block_max.end())));
   }
 
   // A candidate's gaining points, (i, d_ie) in ascending i, recorded when a
@@ -116,13 +186,39 @@ class ClassSolver {
     lists_.resize(n_);
     listed_.assign(n_, 0);
     split_ = threads_ > 1 && n_ >= kSplitPoints ? threads_ : 1;
-    // The capture buffers (kTile lanes of list_cap_ per run) come out of the
-    // same budget, at most half of it; the lists get the rest.
+    // The capture buffers (kTile lanes of list_cap_ per thread: step 1's
+    // pass runs threads_ tiles at once, evaluate_tile split_ <= threads_
+    // runs) come out of the same budget, at most half of it; the lists get
+    // the rest.
     const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
-    list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * split_));
+    list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * threads_));
     const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && list_cap_ >= kTile;
-    list_room_ = fits ? entries - kTile * split_ * list_cap_ : 0;
-    if (fits) capture_bufs_.assign(split_, std::vector<PointDist<T>>(kTile * list_cap_));
+    list_room_ = fits ? entries - kTile * threads_ * list_cap_ : 0;
+    if (fits) capture_bufs_.assign(threads_, std::vector<PointDist<T>>(kTile * list_cap_));
+  }
+
+  // A capture ready to record lanes [0, w) of a tile into buffer b.
+  TileCapture<T> start_capture(int b, int w) {
+    TileCapture<T> c{list_cap_, capture_bufs_[b].data(), {}};
+    for (int l = 0; l < kTile; ++l) c.count[l] = l < w ? 0 : list_cap_ + 1;
+    return c;
+  }
+
+  // Keeps, as the gain lists of cands[0..w), what `runs` captures (runs of
+  // point blocks in block order) recorded of them: every lane that none
+  // overflowed, while room lasts.
+  void keep_lists(const std::int64_t* cands, int w, const TileCapture<T>* caps, int runs) {
+    for (int l = 0; l < w; ++l) {
+      std::int64_t m = 0;
+      for (int r = 0; r < runs; ++r) m = caps[r].count[l] > list_cap_ ? list_cap_ + 1 : m + caps[r].count[l];
+      if (m > list_cap_ || m > list_room_) continue;
+      GainList& L = lists_[cands[l]];
+      L.reserve(m);
+      for (int r = 0; r < runs; ++r)  // runs in block order: L stays sorted
+        L.insert(L.end(), caps[r].out + l * list_cap_, caps[r].out + l * list_cap_ + caps[r].count[l]);
+      list_room_ -= static_cast<std::int64_t>(L.capacity());
+      listed_[cands[l]] = 1;
+    }
   }
 
   void drop_list(std::int64_t e) {
@@ -133,19 +229,37 @@ class ClassSolver {
 
   // gain[j] = current marginal gain of cands[j], by tiles, in parallel when
   // there are enough of them to repay waking the threads. Each gain is summed
-  // in the canonical order, so it does not depend on the batching.
-  void evaluate(const std::int64_t* cands, std::int64_t m, double* gain) const {
+  // in the canonical order, so it does not depend on the batching. With
+  // `lists` (after init_lists), also keeps the gain lists of the candidates
+  // with few gaining points, so that their next evaluations need no tile.
+  void evaluate(const std::int64_t* cands, std::int64_t m, double* gain, bool lists = false) {
     const std::int64_t ntiles = (m + kTile - 1) / kTile;
+    const bool record = lists && !capture_bufs_.empty();
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles >= 8 * threads_)
     {
+      const int me = thread_num();
       std::vector<T> cand(d_ * kTile);
       double out[kTile];
+      TileCapture<T> capture{};
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t t = 0; t < ntiles; ++t) {
         const int w = static_cast<int>(std::min<std::int64_t>(kTile, m - t * kTile));
-        pack_tile(xt_.data(), n_, d_, cands + t * kTile, w, cand.data());
-        tile_gain(xt_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out);
+        pack_tile(xp_.data(), n_, d_, cands + t * kTile, w, cand.data());
+        // Which lists are kept depends on the threads' timing once room runs
+        // short; the gains never do.
+        bool rec = false;
+        if (record) {
+#pragma omp critical(crepe_lists)
+          rec = list_room_ >= list_cap_;
+        }
+        if (rec) capture = start_capture(me, w);
+        tile_gain(xp_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out,
+                  rec ? &capture : nullptr);
         std::copy(out, out + w, gain + t * kTile);
+        if (rec) {
+#pragma omp critical(crepe_lists)
+          keep_lists(cands + t * kTile, w, &capture, 1);
+        }
       }
     }
   }
@@ -158,27 +272,22 @@ class ClassSolver {
   void evaluate_tile(const std::vector<std::int64_t>& cands, double* gain) {
     const int w = static_cast<int>(cands.size());
     cand_.resize(d_ * kTile);
-    pack_tile(xt_.data(), n_, d_, cands.data(), w, cand_.data());
+    pack_tile(xp_.data(), n_, d_, cands.data(), w, cand_.data());
     const bool record = !capture_bufs_.empty() && list_room_ >= list_cap_;
     const std::int64_t nblocks = (n_ + kBlock - 1) / kBlock;
     captures_.resize(split_);
     if (split_ > 1) parts_.resize(nblocks * kTile);
 #pragma omp parallel num_threads(split_) if (split_ > 1)
     {
-#ifdef _OPENMP
-      const int me = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-      const int me = 0, team = 1;
-#endif
+      const int me = thread_num(), team = team_size();
       // OpenMP may start fewer threads than asked: every run is still done.
       for (int r = me; r < split_; r += team) {
         TileCapture<T>& capture = captures_[r];
-        capture = {list_cap_, record ? capture_bufs_[r].data() : nullptr, {}};
-        for (int l = 0; l < kTile; ++l) capture.count[l] = l < w ? 0 : list_cap_ + 1;
+        if (record) capture = start_capture(r, w);
         const std::int64_t b0 = nblocks * r / split_, b1 = nblocks * (r + 1) / split_;
         const PointBlocks run{b0 * kBlock, std::min(n_, b1 * kBlock), parts_.data() + b0 * kTile};
         double g[kTile];
-        tile_gain(xt_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(),
+        tile_gain(xp_.data(), n_, d_, cand_.data(), cur_.data(), cur2_.data(),
                   split_ > 1 ? g : gain, record ? &capture : nullptr, split_ > 1 ? &run : nullptr);
       }
     }
@@ -187,17 +296,109 @@ class ClassSolver {
         gain[l] = 0.0;
         for (std::int64_t b = 0; b < nblocks; ++b) gain[l] += parts_[b * kTile + l];
       }
-    for (int l = 0; record && l < w; ++l) {
-      std::int64_t m = 0;
-      for (const TileCapture<T>& c : captures_) m = c.count[l] > list_cap_ ? list_cap_ + 1 : m + c.count[l];
-      if (m > list_cap_ || m > list_room_) continue;
-      GainList& L = lists_[cands[l]];
-      L.reserve(m);
-      for (const TileCapture<T>& c : captures_)  // runs in block order: L stays sorted
-        L.insert(L.end(), c.out + l * list_cap_, c.out + l * list_cap_ + c.count[l]);
-      list_room_ -= static_cast<std::int64_t>(L.capacity());
-      listed_[cands[l]] = 1;
+    if (record) keep_lists(cands.data(), w, captures_.data(), split_);
+  }
+
+  // Step 1's gains of all n points as candidates (into gain) over the block
+  // pairs (a, b), a <= b, as symmetric_first_pass does for the column sums:
+  // pair (a, b) gives block a's partials of the gains of b's candidates
+  // (points of a gaining, cur of a) and, by rows, block b's partials of the
+  // gains of a's candidates (points of b gaining, cur of b). With lists, the
+  // gain lists are assembled on the way, in point order: a candidate of block
+  // b gets its points of blocks <= b from the columns of rounds 0..b, then
+  // those of blocks > b from round b's rows, which each thread collects over
+  // its own contiguous run of b (runs in thread order) and which are added
+  // in thread order. Lists stop at list_cap_ points; room is charged as they
+  // grow.
+  void symmetric_step1(double* gain, bool lists) {
+    const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
+    std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
+    std::fill(gain, gain + n_, 0.0);
+    lists = lists && !capture_bufs_.empty();
+    // Each thread's row lists for the kBlock candidates of the current round:
+    // transient, charged to the room up front, at most a quarter of it.
+    std::int64_t row_cap = 0;
+    if (lists) {
+      row_cap = std::min(list_cap_, list_room_ / (4 * kBlock * threads_));
+      if (row_cap < kTile) lists = false;
     }
+    if (lists) list_room_ -= row_cap * kBlock * threads_;
+    std::vector<char> open(lists ? n_ : 0, 1);  // still collecting its list
+    std::vector<std::vector<GainList>> row_lists(lists ? threads_ : 0, std::vector<GainList>(kBlock));
+    for (std::int64_t a = 0; a < nb; ++a) {
+      const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
+      {
+        const int me = thread_num(), team = team_size();
+        std::vector<T> cand(d_ * kTile);
+        std::vector<PointDist<T>> column_buf(lists ? kTile * kBlock : 0);
+        std::int64_t idx[kTile];
+        double out[kTile], part[kTile];
+        TileCapture<T> capture{};
+        // Contiguous runs of b in thread order: row lists arrive in b order.
+        const std::int64_t b_first = a + (nb - a) * me / team, b_last = a + (nb - a) * (me + 1) / team;
+        for (std::int64_t b = b_first; b < b_last; ++b) {
+          const std::int64_t b0 = b * kBlock, b1 = std::min(n_, b0 + kBlock);
+          double* row = rows.data() + b * kBlock;
+          std::fill(row, row + kBlock, 0.0);
+          for (std::int64_t t0 = b0; t0 < b1; t0 += kTile) {
+            const int w = static_cast<int>(std::min<std::int64_t>(kTile, b1 - t0));
+            for (int l = 0; l < w; ++l) idx[l] = t0 + l;
+            pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
+            if (lists) {  // one block of points: at most kBlock per lane
+              capture = {kBlock, column_buf.data(), {}, /*forecast=*/false};
+              for (int l = 0; l < kTile; ++l) capture.count[l] = l < w && open[t0 + l] ? 0 : kBlock + 1;
+            }
+            const PointBlocks run{a0, a1, part};
+            RowGains<T> rg{w, idx, row, lists ? row_lists[me].data() : nullptr, row_cap};
+            tile_gain(xp_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out,
+                      lists ? &capture : nullptr, &run, b > a ? &rg : nullptr);
+            for (int l = 0; l < w; ++l) gain[t0 + l] += out[l];  // block a's partial
+            if (lists) {
+#pragma omp critical(crepe_lists)
+              for (int l = 0; l < w; ++l)
+                grow_list(t0 + l, capture.out + l * kBlock, capture.count[l], kBlock, open);
+            }
+          }
+        }
+      }
+      for (std::int64_t i = a0; i < a1; ++i)
+        for (std::int64_t b = a + 1; b < nb; ++b) gain[i] += rows[b * kBlock + (i - a0)];
+      if (!lists) continue;
+      for (std::int64_t i = a0; i < a1; ++i) {  // rows in b order, then block a's lists are whole
+        for (std::vector<GainList>& mine : row_lists) {
+          GainList& r = mine[i - a0];
+          grow_list(i, r.data(), static_cast<std::int64_t>(r.size()), row_cap, open);
+          r.clear();
+        }
+        if (open[i] && !selected_[i]) {
+          listed_[i] = 1;
+        } else {
+          drop_list(i);
+        }
+      }
+    }
+    if (lists) list_room_ += row_cap * kBlock * threads_;
+  }
+
+  // Appends m points recorded for candidate e (a recording that holds at
+  // most cap, so m > cap means it overflowed) to its list while it is
+  // collecting; an overflow, more than list_cap_ points or no room closes it.
+  void grow_list(std::int64_t e, const PointDist<T>* p, std::int64_t m, std::int64_t cap,
+                 std::vector<char>& open) {
+    if (!open[e]) return;
+    GainList& L = lists_[e];
+    const std::int64_t size = static_cast<std::int64_t>(L.size());
+    const std::int64_t had = static_cast<std::int64_t>(L.capacity());
+    const std::int64_t want = size + m > had ? std::max(size + m, std::min(2 * had, list_cap_)) : had;
+    if (m > cap || size + m > list_cap_ || want - had > list_room_) {
+      open[e] = 0;
+      drop_list(e);
+      return;
+    }
+    L.reserve(want);
+    L.insert(L.end(), p, p + m);
+    list_room_ -= static_cast<std::int64_t>(L.capacity()) - had;
   }
 
   // x if keep, else +0.0, without a branch (keep is data: unpredictable).
@@ -260,35 +461,27 @@ class ClassSolver {
   void add_pick(std::int64_t e, std::int64_t t, const GainList* list = nullptr) {
     if (list) {
       for (const PointDist<T>& p : *list) {
+        const T* xi = xp_.data() + panel_at(p.i, 0, d_);
+        const T* xe = xp_.data() + panel_at(e, 0, d_);
         T d2 = T(0);
         for (std::int64_t k = 0; k < d_; ++k) {
-          const T u = xt_[k * n_ + p.i] - xt_[k * n_ + e];
+          const T u = xi[k * kPanel] - xe[k * kPanel];
           d2 += u * u;
         }
         move_if_closer(p.i, d2, t);
       }
     } else {
       xe_.resize(d_);
-      d2_.resize(n_);
-      for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xt_[k * n_ + e];
-      dist2_all(xt_.data(), n_, d_, xe_.data(), d2_.data());
+      d2_.resize((n_ + kPanel - 1) / kPanel * kPanel);
+      for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xp_[panel_at(e, k, d_)];
+      dist2_all(xp_.data(), n_, d_, xe_.data(), d2_.data());
       for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2_[i], t);
     }
     selected_[e] = 1;
   }
 
-  struct Entry {
-    double bound;
-    std::int64_t idx;
-    std::int64_t fresh_at;  // pick position at which bound is the exact gain
-  };
-
-  // Best entry on top: larger bound, then lower index.
-  struct Below {
-    bool operator()(const Entry& a, const Entry& b) const {
-      return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
-    }
-  };
+  using Entry = HeapEntry;  // the heap order (ties) is contract.hpp's HeapBelow
+  using Below = HeapBelow;
 
   void lazy(std::int64_t k, const std::vector<double>& colsum, double D, std::int64_t* picks,
             double* gains) {
@@ -308,8 +501,15 @@ class ClassSolver {
       std::vector<std::int64_t> all(heap.size());
       std::vector<double> g(heap.size());
       for (std::size_t j = 0; j < heap.size(); ++j) all[j] = heap[j].idx;
-      evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data());
-      for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
+      if (d_ >= kSymmetricGainDims && n_ > kBlock) {
+        g.resize(n_);
+        symmetric_step1(g.data(), /*lists=*/true);
+        for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[all[j]], all[j], 1};
+      } else {
+        evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(),
+                 /*lists=*/d_ >= kStepOneListDims);
+        for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
+      }
     }
     std::make_heap(heap.begin(), heap.end(), Below{});
     // A stale entry is re-evaluated alone from its list if it has one, else
@@ -377,7 +577,7 @@ class ClassSolver {
     }
   }
 
-  std::vector<T> xt_;
+  std::vector<T> xp_;
   std::int64_t n_, d_;
   int threads_;
   std::int64_t list_bytes_;
@@ -390,6 +590,16 @@ class ClassSolver {
   // entries); evaluate_tile's number of runs (split_) and its tile buffer,
   // one capture and capture buffer per run, and the runs' block partials.
   static constexpr std::int64_t kSplitPoints = 64 * kBlock;
+  // From this width on, the row sums a symmetric pass adds per distance cost
+  // less than the half of the distances it saves.
+  static constexpr std::int64_t kSymmetricDims = 32;
+  // The same for step 1, whose rows cost more (a compare and a list entry).
+  static constexpr std::int64_t kSymmetricGainDims = 64;
+  // From this width on, step 1 keeps gain lists for all candidates (saving
+  // the lazy phase a pass that re-evaluates each one in a tile only to get
+  // its list); below it, recording them costs more than that pass (measured:
+  // +20% at d = 10, float32), and the lazy tiles keep the lists they need.
+  static constexpr std::int64_t kStepOneListDims = 32;
   std::vector<GainList> lists_;
   std::vector<char> listed_;
   std::int64_t list_cap_ = 0, list_room_ = 0;
@@ -410,26 +620,11 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   if (list_bytes < 0)
     throw std::invalid_argument("select_per_class: list_bytes must be >= 0, got " +
                                 std::to_string(list_bytes));
-  if (n < 1 || d < 1 || num_classes < 1)
-    throw std::invalid_argument("select_per_class: need n >= 1, d >= 1, num_classes >= 1; got n=" +
-                                std::to_string(n) + ", d=" + std::to_string(d) +
-                                ", num_classes=" + std::to_string(num_classes));
-  // Stable counting sort of rows by class: rows of class c in ascending order.
+  // Rows of class c, in ascending order, at rows[start[c] .. start[c + 1]).
+  const std::vector<std::int64_t> sizes = check_classes(n, d, cls, num_classes, budgets);
   std::vector<std::int64_t> start(num_classes + 1, 0), out_start(num_classes + 1, 0);
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (cls[i] < 0 || cls[i] >= num_classes)
-      throw std::invalid_argument("select_per_class: class id " + std::to_string(cls[i]) +
-                                  " at row " + std::to_string(i) + " outside [0, " +
-                                  std::to_string(num_classes) + ")");
-    ++start[cls[i] + 1];
-  }
   for (std::int64_t c = 0; c < num_classes; ++c) {
-    const std::int64_t size = start[c + 1];
-    if (size < 1 || budgets[c] < 1 || budgets[c] > size)
-      throw std::invalid_argument("select_per_class: class " + std::to_string(c) + " has " +
-                                  std::to_string(size) + " points and budget " +
-                                  std::to_string(budgets[c]) + "; need 1 <= budget <= size");
-    start[c + 1] += start[c];
+    start[c + 1] = start[c] + sizes[c];
     out_start[c + 1] = out_start[c] + budgets[c];
   }
   std::vector<std::int64_t> rows(n), fill(start.begin(), start.end() - 1);
@@ -453,10 +648,10 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   auto solve = [&](std::int64_t c) {
     const std::int64_t nc = start[c + 1] - start[c];
     const std::int64_t* r = rows.data() + start[c];
-    std::vector<T> xt(static_cast<std::size_t>(nc) * d);
+    std::vector<T> xp(static_cast<std::size_t>(panel_entries(nc, d)), T(0));
     for (std::int64_t j = 0; j < nc; ++j)
-      for (std::int64_t k = 0; k < d; ++k) xt[k * nc + j] = X[r[j] * d + k];
-    ClassSolver<T> solver(std::move(xt), nc, d, inner, class_list_bytes);
+      for (std::int64_t k = 0; k < d; ++k) xp[panel_at(j, k, d)] = X[r[j] * d + k];
+    ClassSolver<T> solver(std::move(xp), nc, d, inner, class_list_bytes);
     const std::int64_t o = out_start[c];
     solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
     for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];

@@ -45,7 +45,8 @@ enum class Method : int { Naive = 0, Lazy = 1 };
 /// Outputs (caller-allocated): out_idx/out_weight/out_gain have sum(budgets)
 /// entries, classes in ascending order, each class in greedy order; out_idx
 /// holds original row numbers; out_obj has num_classes entries.
-/// Complexity per class: n^2 d for the first pick and the second, then O(n d)
+/// Complexity per class: n^2 d for the first pick and the second (n^2 d / 2
+/// each from d = 32 and d = 64 on: distances are symmetric), then O(n d)
 /// per lazy re-evaluation, or O(m) for a candidate with a gain list of m points
 /// (O(k n^2 d) for Method::Naive). Memory O(n d) plus at most list_bytes.
 /// Thread safety: reentrant; uses up to `threads` OpenMP threads (0 = the

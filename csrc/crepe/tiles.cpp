@@ -14,10 +14,12 @@
 namespace crepe {
 
 template <typename T>
-void pack_tile(const T* xt, std::int64_t n, std::int64_t d, const std::int64_t* idx, int w,
+void pack_tile(const T* xp, std::int64_t, std::int64_t d, const std::int64_t* idx, int w,
                T* cand) {
-  for (std::int64_t k = 0; k < d; ++k)
-    for (int l = 0; l < kTile; ++l) cand[k * kTile + l] = xt[k * n + idx[l < w ? l : 0]];
+  for (int l = 0; l < kTile; ++l) {
+    const T* x = xp + panel_at(idx[l < w ? l : 0], 0, d);
+    for (std::int64_t k = 0; k < d; ++k) cand[k * kTile + l] = x[k * kPanel];
+  }
 }
 
 namespace {
@@ -25,10 +27,11 @@ namespace {
 // ---- portable build: one lane at a time, same operations in the same order.
 
 template <typename T>
-void lane_d2(const T* xt, std::int64_t n, std::int64_t d, const T* cand, std::int64_t i, T* d2) {
+void lane_d2(const T* xp, std::int64_t d, const T* cand, std::int64_t i, T* d2) {
   for (int l = 0; l < kTile; ++l) d2[l] = T(0);
+  const T* x = xp + panel_at(i, 0, d);
   for (std::int64_t k = 0; k < d; ++k) {
-    const T xi = xt[k * n + i];
+    const T xi = x[k * kPanel];
     for (int l = 0; l < kTile; ++l) {
       const T t = cand[k * kTile + l] - xi;
       d2[l] += t * t;
@@ -36,20 +39,32 @@ void lane_d2(const T* xt, std::int64_t n, std::int64_t d, const T* cand, std::in
   }
 }
 
+// Adds lanes [0, w) of v to *row, one after another.
 template <typename T>
-void colsum_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                    T* max_d2) {
+inline void add_row(double* row, const T* v, int w) {
+  double r = *row;
+  for (int l = 0; l < w; ++l) r += static_cast<double>(v[l]);
+  *row = r;
+}
+
+template <typename T>
+void colsum_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
+                    T* max_d2, const RowSums* range) {
   double total[kTile] = {};
   T mx = T(0);
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
+  double* rows = range ? range->rows : nullptr;
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     double part[kTile] = {};
-    for (std::int64_t i = lo; i < std::min(n, lo + kBlock); ++i) {
-      T d2[kTile];
-      lane_d2(xt, n, d, cand, i, d2);
+    for (std::int64_t i = lo; i < std::min(last, lo + kBlock); ++i) {
+      T d2[kTile], s[kTile];
+      lane_d2(xp, d, cand, i, d2);
       for (int l = 0; l < kTile; ++l) {
-        part[l] += static_cast<double>(std::sqrt(d2[l]));
+        s[l] = std::sqrt(d2[l]);
+        part[l] += static_cast<double>(s[l]);
         mx = std::max(mx, d2[l]);
       }
+      if (rows) add_row(rows + (i - first), s, range->w);
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
   }
@@ -88,6 +103,7 @@ void record(TileCapture<T>& c, unsigned& live, unsigned mask, std::int64_t i, co
 // stopped here is only a missed list, never a wrong one.
 template <typename T>
 unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::int64_t n) {
+  if (!c.forecast) return live;
   for (int l = 0; l < kTile; ++l)
     if ((live >> l & 1u) && c.count[l] * n > 2 * c.cap * done) {
       c.count[l] = c.cap + 1;
@@ -96,10 +112,28 @@ unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::
   return live;
 }
 
+// Row j of rg from one point's squared distances and distances to the lanes
+// (dist is read only where d2 < cur2 of the lane).
+template <typename T>
+inline void add_row_gains(RowGains<T>& rg, std::int64_t j, const T* d2, const T* dist,
+                          const double* cur, const T* cur2) {
+  double r = rg.rows[j];
+  std::vector<PointDist<T>>* L = rg.lists ? rg.lists + j : nullptr;
+  for (int l = 0; l < rg.w; ++l) {
+    const std::int64_t e = rg.lane_idx[l];
+    if (d2[l] < cur2[e]) {
+      r += cur[e] - static_cast<double>(dist[l]);
+      if (L && static_cast<std::int64_t>(L->size()) <= rg.cap)
+        L->push_back({static_cast<std::int32_t>(e), dist[l]});
+    }
+  }
+  rg.rows[j] = r;
+}
+
 template <bool Cap, typename T>
-void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
+void gain_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                   const T* cur2, double* gain, TileCapture<T>* capture,
-                  const PointBlocks* blocks) {
+                  const PointBlocks* blocks, RowGains<T>* rg) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   double total[kTile] = {};
@@ -107,16 +141,18 @@ void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, co
     double part[kTile] = {};
     for (std::int64_t i = lo; i < std::min(last, lo + kBlock); ++i) {
       T d2[kTile];
-      lane_d2(xt, n, d, cand, i, d2);
+      lane_d2(xp, d, cand, i, d2);
       // d2 >= cur2 implies sqrt(d2) >= cur: the term is zero, skip its sqrt.
       unsigned mask = 0;
       T dist[kTile];
       for (int l = 0; l < kTile; ++l)
+        if (rg || d2[l] < cur2[i]) dist[l] = std::sqrt(d2[l]);
+      for (int l = 0; l < kTile; ++l)
         if (d2[l] < cur2[i]) {
-          dist[l] = std::sqrt(d2[l]);
           part[l] += cur[i] - static_cast<double>(dist[l]);
           mask |= 1u << l;
         }
+      if (rg) add_row_gains(*rg, i - first, d2, dist, cur, cur2);
       if (Cap && (mask & live)) record(*capture, live, mask, i, dist);
     }
     for (int l = 0; l < kTile; ++l) total[l] += part[l];
@@ -127,26 +163,39 @@ void gain_generic(const T* xt, std::int64_t n, std::int64_t d, const T* cand, co
 }
 
 #ifdef CREPE_HAVE_AVX_BUILD
-// ---- AVX builds: mul then add, never fused; float sqrt/compare in float,
-// widened exactly to double for the sums.
-#define CREPE_AVX __attribute__((target("avx")))
+// ---- AVX2+FMA builds: float sqrt/compare in float, widened exactly to double
+// for the sums. Every product and sum rounds on its own, as in the portable
+// build: FMA serves only as c - x computed as -(x * 1) + c, whose product is
+// exact, so it rounds once, to the bits of a subtraction. That moves part of
+// the subtractions from the two add pipes to the two multiply pipes, which a
+// sub-mul-add chain would otherwise leave half idle.
+#define CREPE_SIMD __attribute__((target("avx2,fma")))
 
-// Squared distances of P consecutive points i..i+P-1 to the tile. The sum
-// over dims is a chain of dependent adds per register; P points give P times
-// more independent chains, which is what keeps the FP pipes busy.
+CREPE_SIMD inline __m256d sub_on_mul_pipe(__m256d c, __m256d x) {
+  return _mm256_fnmadd_pd(x, _mm256_set1_pd(1.0), c);
+}
+CREPE_SIMD inline __m256 sub_on_mul_pipe(__m256 c, __m256 x) {
+  return _mm256_fnmadd_ps(x, _mm256_set1_ps(1.0f), c);
+}
+
+// Squared distances of P consecutive points of one panel (x = the first one's
+// coordinate 0 in the panel layout) to the tile. The sum over dims is a chain
+// of dependent adds per register; P points give P times more independent
+// chains, which is what keeps the FP pipes busy. Points past the class's end
+// are the panel's zero padding: computed, never used.
 // double: 4 registers x 4 lanes per point.
 template <int P>
-CREPE_AVX inline void d2_pd(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-                            std::int64_t i, __m256d (*acc)[4]) {
+CREPE_SIMD inline void d2_pd(const double* x, std::int64_t d, const double* cand,
+                             __m256d (*acc)[4]) {
   for (int p = 0; p < P; ++p)
     for (int r = 0; r < 4; ++r) acc[p][r] = _mm256_setzero_pd();
   for (std::int64_t k = 0; k < d; ++k) {
     __m256d c[4];
     for (int r = 0; r < 4; ++r) c[r] = _mm256_loadu_pd(cand + k * kTile + 4 * r);
     for (int p = 0; p < P; ++p) {
-      const __m256d xi = _mm256_set1_pd(xt[k * n + i + p]);
+      const __m256d xi = _mm256_broadcast_sd(x + k * kPanel + p);
       for (int r = 0; r < 4; ++r) {
-        const __m256d t = _mm256_sub_pd(c[r], xi);
+        const __m256d t = r < 2 ? sub_on_mul_pipe(c[r], xi) : _mm256_sub_pd(c[r], xi);
         acc[p][r] = _mm256_add_pd(acc[p][r], _mm256_mul_pd(t, t));
       }
     }
@@ -155,17 +204,16 @@ CREPE_AVX inline void d2_pd(const double* xt, std::int64_t n, std::int64_t d, co
 
 // float: 2 registers x 8 lanes per point.
 template <int P>
-CREPE_AVX inline void d2_ps(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
-                            std::int64_t i, __m256 (*acc)[2]) {
+CREPE_SIMD inline void d2_ps(const float* x, std::int64_t d, const float* cand,
+                             __m256 (*acc)[2]) {
   for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
   for (std::int64_t k = 0; k < d; ++k) {
     const __m256 c[2] = {_mm256_loadu_ps(cand + k * kTile), _mm256_loadu_ps(cand + k * kTile + 8)};
     for (int p = 0; p < P; ++p) {
-      const __m256 xi = _mm256_set1_ps(xt[k * n + i + p]);
-      for (int r = 0; r < 2; ++r) {
-        const __m256 t = _mm256_sub_ps(c[r], xi);
-        acc[p][r] = _mm256_add_ps(acc[p][r], _mm256_mul_ps(t, t));
-      }
+      const __m256 xi = _mm256_broadcast_ss(x + k * kPanel + p);
+      const __m256 t0 = sub_on_mul_pipe(c[0], xi), t1 = _mm256_sub_ps(c[1], xi);
+      acc[p][0] = _mm256_add_ps(acc[p][0], _mm256_mul_ps(t0, t0));
+      acc[p][1] = _mm256_add_ps(acc[p][1], _mm256_mul_ps(t1, t1));
     }
   }
 }
@@ -174,28 +222,38 @@ constexpr int kPointsPd = 2;  // points per step: 2 x 4 registers = 8 chains
 constexpr int kPointsPs = 4;  // 4 x 2 registers = 8 chains
 
 // Lanes 4q..4q+3 of a float pair of registers, widened to double (exact).
-CREPE_AVX inline __m256d widen(const __m256* v, int q) {
+CREPE_SIMD inline __m256d widen(const __m256* v, int q) {
   return _mm256_cvtps_pd(q % 2 ? _mm256_extractf128_ps(v[q / 2], 1)
                                : _mm256_castps256_ps128(v[q / 2]));
 }
 
-CREPE_AVX void colsum_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
-                          double* colsum, double* max_d2) {
+CREPE_SIMD void colsum_avx(const double* xp, std::int64_t n, std::int64_t d, const double* cand,
+                          double* colsum, double* max_d2, const RowSums* range) {
   __m256d total[4], mx = _mm256_setzero_pd();
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
+  double* rows = range ? range->rows : nullptr;
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     __m256d part[4];
     for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
-    const std::int64_t hi = std::min(n, lo + kBlock);
+    const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256d acc[kPointsPd][4];
-      const int np = hi - i >= kPointsPd ? kPointsPd : 1;
-      if (np == kPointsPd) d2_pd<kPointsPd>(xt, n, d, cand, i, acc); else d2_pd<1>(xt, n, d, cand, i, acc);
-      for (int p = 0; p < np; ++p)  // points in index order: each lane's sum stays sequential
+      const int np = static_cast<int>(std::min<std::int64_t>(kPointsPd, hi - i));
+      d2_pd<kPointsPd>(xp + panel_at(i, 0, d), d, cand, acc);
+      for (int p = 0; p < np; ++p) {  // points in index order: each lane's sum stays sequential
+        __m256d s[4];
         for (int r = 0; r < 4; ++r) {
-          part[r] = _mm256_add_pd(part[r], _mm256_sqrt_pd(acc[p][r]));
+          s[r] = _mm256_sqrt_pd(acc[p][r]);
+          part[r] = _mm256_add_pd(part[r], s[r]);
           mx = _mm256_max_pd(mx, acc[p][r]);
         }
+        if (rows) {
+          double v[kTile];
+          for (int r = 0; r < 4; ++r) _mm256_storeu_pd(v + 4 * r, s[r]);
+          add_row(rows + (i + p - first), v, range->w);
+        }
+      }
       i += np;
     }
     for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
@@ -206,23 +264,31 @@ CREPE_AVX void colsum_avx(const double* xt, std::int64_t n, std::int64_t d, cons
   *max_d2 = *std::max_element(m, m + 4);
 }
 
-CREPE_AVX void colsum_avx(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
-                          double* colsum, float* max_d2) {
+CREPE_SIMD void colsum_avx(const float* xp, std::int64_t n, std::int64_t d, const float* cand,
+                          double* colsum, float* max_d2, const RowSums* range) {
   __m256d total[4];
   __m256 mx = _mm256_setzero_ps();
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
-  for (std::int64_t lo = 0; lo < n; lo += kBlock) {
+  const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
+  double* rows = range ? range->rows : nullptr;
+  for (std::int64_t lo = first; lo < last; lo += kBlock) {
     __m256d part[4];
     for (int r = 0; r < 4; ++r) part[r] = _mm256_setzero_pd();
-    const std::int64_t hi = std::min(n, lo + kBlock);
+    const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256 acc[kPointsPs][2];
-      const int np = hi - i >= kPointsPs ? kPointsPs : 1;
-      if (np == kPointsPs) d2_ps<kPointsPs>(xt, n, d, cand, i, acc); else d2_ps<1>(xt, n, d, cand, i, acc);
+      const int np = static_cast<int>(std::min<std::int64_t>(kPointsPs, hi - i));
+      d2_ps<kPointsPs>(xp + panel_at(i, 0, d), d, cand, acc);
       for (int p = 0; p < np; ++p) {
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
         mx = _mm256_max_ps(mx, _mm256_max_ps(acc[p][0], acc[p][1]));
         for (int q = 0; q < 4; ++q) part[q] = _mm256_add_pd(part[q], widen(s, q));
+        if (rows) {
+          float v[kTile];
+          _mm256_storeu_ps(v, s[0]);
+          _mm256_storeu_ps(v + 8, s[1]);
+          add_row(rows + (i + p - first), v, range->w);
+        }
       }
       i += np;
     }
@@ -237,7 +303,7 @@ CREPE_AVX void colsum_avx(const float* xt, std::int64_t n, std::int64_t d, const
 // The end of gain_avx's block [lo, hi): its partials join the total (and go
 // to blocks->parts with a run), and lanes bound to overflow stop recording.
 template <bool Cap, typename T>
-CREPE_AVX inline void end_block(const __m256d* part, __m256d* total, const PointBlocks* blocks,
+CREPE_SIMD inline void end_block(const __m256d* part, __m256d* total, const PointBlocks* blocks,
                                 std::int64_t lo, std::int64_t hi, std::int64_t n,
                                 TileCapture<T>* capture, unsigned& live) {
   for (int r = 0; r < 4; ++r) total[r] = _mm256_add_pd(total[r], part[r]);
@@ -249,9 +315,10 @@ CREPE_AVX inline void end_block(const __m256d* part, __m256d* total, const Point
 }
 
 template <bool Cap>
-CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const double* cand,
+CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const double* cand,
                         const double* cur, const double* cur2, double* gain,
-                        TileCapture<double>* capture, const PointBlocks* blocks) {
+                        TileCapture<double>* capture, const PointBlocks* blocks,
+                        RowGains<double>* rg) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
@@ -262,8 +329,8 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
     const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256d acc[kPointsPd][4];
-      const int np = hi - i >= kPointsPd ? kPointsPd : 1;
-      if (np == kPointsPd) d2_pd<kPointsPd>(xt, n, d, cand, i, acc); else d2_pd<1>(xt, n, d, cand, i, acc);
+      const int np = static_cast<int>(std::min<std::int64_t>(kPointsPd, hi - i));
+      d2_pd<kPointsPd>(xp + panel_at(i, 0, d), d, cand, acc);
       for (int p = 0; p < np; ++p) {
         const __m256d c2 = _mm256_set1_pd(cur2[i + p]);
         __m256d lt[4];
@@ -272,7 +339,7 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
           lt[r] = _mm256_cmp_pd(acc[p][r], c2, _CMP_LT_OQ);
           any |= _mm256_movemask_pd(lt[r]);
         }
-        if (!any) continue;  // no lane gains from this point: all its terms are zero
+        if (!any && !rg) continue;  // no lane gains from this point: all its terms are zero
         const __m256d c = _mm256_set1_pd(cur[i + p]);
         __m256d s[4];
         // Lanes with d2 < cur2 add cur - sqrt(d2) >= 0; the others add +0.0,
@@ -280,6 +347,14 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
         for (int r = 0; r < 4; ++r) {
           s[r] = _mm256_sqrt_pd(acc[p][r]);
           part[r] = _mm256_add_pd(part[r], _mm256_and_pd(lt[r], _mm256_sub_pd(c, s[r])));
+        }
+        if (rg) {
+          double v2[kTile], v[kTile];
+          for (int r = 0; r < 4; ++r) {
+            _mm256_storeu_pd(v2 + 4 * r, acc[p][r]);
+            _mm256_storeu_pd(v + 4 * r, s[r]);
+          }
+          add_row_gains(*rg, i + p - first, v2, v, cur, cur2);
         }
         if (Cap) {
           const unsigned mask = _mm256_movemask_pd(lt[0]) | _mm256_movemask_pd(lt[1]) << 4 |
@@ -299,9 +374,10 @@ CREPE_AVX void gain_avx(const double* xt, std::int64_t n, std::int64_t d, const 
 }
 
 template <bool Cap>
-CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const float* cand,
+CREPE_SIMD void gain_avx(const float* xp, std::int64_t n, std::int64_t d, const float* cand,
                         const double* cur, const float* cur2, double* gain,
-                        TileCapture<float>* capture, const PointBlocks* blocks) {
+                        TileCapture<float>* capture, const PointBlocks* blocks,
+                        RowGains<float>* rg) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
@@ -312,15 +388,24 @@ CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const f
     const std::int64_t hi = std::min(last, lo + kBlock);
     for (std::int64_t i = lo; i < hi;) {
       __m256 acc[kPointsPs][2];
-      const int np = hi - i >= kPointsPs ? kPointsPs : 1;
-      if (np == kPointsPs) d2_ps<kPointsPs>(xt, n, d, cand, i, acc); else d2_ps<1>(xt, n, d, cand, i, acc);
+      const int np = static_cast<int>(std::min<std::int64_t>(kPointsPs, hi - i));
+      d2_ps<kPointsPs>(xp + panel_at(i, 0, d), d, cand, acc);
       for (int p = 0; p < np; ++p) {
         const __m256 c2 = _mm256_set1_ps(cur2[i + p]);
         const __m256 lt[2] = {_mm256_cmp_ps(acc[p][0], c2, _CMP_LT_OQ),
                               _mm256_cmp_ps(acc[p][1], c2, _CMP_LT_OQ)};
         const unsigned mask = _mm256_movemask_ps(lt[0]) | _mm256_movemask_ps(lt[1]) << 8;
-        if (!mask) continue;
+        if (!mask && !rg) continue;
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
+        if (rg) {
+          float v2[kTile], v[kTile];
+          _mm256_storeu_ps(v2, acc[p][0]);
+          _mm256_storeu_ps(v2 + 8, acc[p][1]);
+          _mm256_storeu_ps(v, s[0]);
+          _mm256_storeu_ps(v + 8, s[1]);
+          add_row_gains(*rg, i + p - first, v2, v, cur, cur2);
+          if (!mask) continue;
+        }
         if (Cap && (mask & live)) {
           float v[kTile];
           _mm256_storeu_ps(v, s[0]);
@@ -343,7 +428,8 @@ CREPE_AVX void gain_avx(const float* xt, std::int64_t n, std::int64_t d, const f
 }
 
 bool use_avx() {
-  static const bool ok = __builtin_cpu_supports("avx") && !std::getenv("CREPE_NO_AVX");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         !std::getenv("CREPE_NO_AVX");
   return ok;
 }
 #endif
@@ -351,32 +437,35 @@ bool use_avx() {
 }  // namespace
 
 template <typename T>
-void tile_colsum(const T* xt, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                 T* max_d2) {
+void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
+                 T* max_d2, const RowSums* range) {
 #ifdef CREPE_HAVE_AVX_BUILD
-  if (use_avx()) return colsum_avx(xt, n, d, cand, colsum, max_d2);
+  if (use_avx()) return colsum_avx(xp, n, d, cand, colsum, max_d2, range);
 #endif
-  colsum_generic(xt, n, d, cand, colsum, max_d2);
+  colsum_generic(xp, n, d, cand, colsum, max_d2, range);
 }
 
 template <typename T>
-void tile_gain(const T* xt, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
-               const T* cur2, double* gain, TileCapture<T>* capture, const PointBlocks* blocks) {
+void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
+               const T* cur2, double* gain, TileCapture<T>* capture, const PointBlocks* blocks,
+               RowGains<T>* rows) {
 #ifdef CREPE_HAVE_AVX_BUILD
   if (use_avx())
-    return capture ? gain_avx<true>(xt, n, d, cand, cur, cur2, gain, capture, blocks)
-                   : gain_avx<false>(xt, n, d, cand, cur, cur2, gain, capture, blocks);
+    return capture ? gain_avx<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows)
+                   : gain_avx<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
 #endif
-  if (capture) return gain_generic<true>(xt, n, d, cand, cur, cur2, gain, capture, blocks);
-  gain_generic<false>(xt, n, d, cand, cur, cur2, gain, capture, blocks);
+  if (capture) return gain_generic<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
+  gain_generic<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
 }
 
 #define CREPE_INSTANTIATE(T)                                                                 \
   template void pack_tile<T>(const T*, std::int64_t, std::int64_t, const std::int64_t*, int, \
                              T*);                                                            \
-  template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*); \
+  template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*,    \
+                               const RowSums*);                                              \
   template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
-                             const T*, double*, TileCapture<T>*, const PointBlocks*);
+                             const T*, double*, TileCapture<T>*, const PointBlocks*,     \
+                             RowGains<T>*);
 CREPE_INSTANTIATE(float)
 CREPE_INSTANTIATE(double)
 #undef CREPE_INSTANTIATE

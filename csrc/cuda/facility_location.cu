@@ -17,6 +17,7 @@
 // identically at every evaluation, and a fixed-order sum of terms that only
 // shrink as cur shrinks only shrinks, so stale bounds stay valid.
 #include "facility_location.cuh"
+#include "crepe/contract.hpp"
 
 #include <cuda_runtime.h>
 
@@ -278,16 +279,9 @@ class DeviceGuard {
   int prev_ = 0;
 };
 
-struct Entry {
-  double bound;
-  std::int64_t idx;       // within the class
-  std::int64_t fresh_at;  // pick position at which bound is the exact gain
-};
-
-// Best entry on top: larger bound, then lower index (the CPU engine's order).
-bool below(const Entry& a, const Entry& b) {
-  return a.bound < b.bound || (a.bound == b.bound && a.idx > b.idx);
-}
+// The lazy heap's entries and order (ties): the CPU engine's, from contract.hpp.
+using Entry = crepe::HeapEntry;
+const crepe::HeapBelow below{};
 
 inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t(15); }
 
@@ -720,28 +714,12 @@ void select_per_class(const void* X, bool f64, std::int64_t n, std::int64_t d,
                       const std::int64_t* budgets, int method, std::int64_t batch, int device,
                       std::uintptr_t stream, std::int64_t* out_idx, std::int64_t* out_weight,
                       double* out_gain, double* out_obj, std::int64_t* out_stats) {
-  if (n < 1 || d < 1 || num_classes < 1)
-    throw std::invalid_argument("select_per_class: need n >= 1, d >= 1, num_classes >= 1; got n=" +
-                                std::to_string(n) + ", d=" + std::to_string(d) +
-                                ", num_classes=" + std::to_string(num_classes));
   if (n > std::numeric_limits<std::int32_t>::max() || d > 65536)
     throw std::invalid_argument("select_per_class: the CUDA path takes n < 2^31 and d <= 65536; got n=" +
                                 std::to_string(n) + ", d=" + std::to_string(d));
   if (method != 0 && method != 1) throw std::invalid_argument("method must be 0 (naive) or 1 (lazy)");
   if (batch < 1) throw std::invalid_argument("batch must be >= 1, got " + std::to_string(batch));
-  std::vector<std::int64_t> sizes(num_classes, 0);
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (cls[i] < 0 || cls[i] >= num_classes)
-      throw std::invalid_argument("select_per_class: class id " + std::to_string(cls[i]) +
-                                  " at row " + std::to_string(i) + " outside [0, " +
-                                  std::to_string(num_classes) + ")");
-    ++sizes[cls[i]];
-  }
-  for (std::int64_t c = 0; c < num_classes; ++c)
-    if (sizes[c] < 1 || budgets[c] < 1 || budgets[c] > sizes[c])
-      throw std::invalid_argument("select_per_class: class " + std::to_string(c) + " has " +
-                                  std::to_string(sizes[c]) + " points and budget " +
-                                  std::to_string(budgets[c]) + "; need 1 <= budget <= size");
+  crepe::check_classes(n, d, cls, num_classes, budgets);
 
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
