@@ -34,10 +34,7 @@ from inputs import one_class
 
 import crepe
 
-try:  # the oracle is moving into the selection package
-    from crepe.selection.reference import select_reference
-except ImportError:
-    from crepe._reference import select_reference
+from crepe.selection.reference import select_reference
 
 
 def gaussian_mixture(n: int, d: int, *, components: int = 10, seed: int = 0) -> np.ndarray:

@@ -12,10 +12,7 @@ from test_select import assert_same_as, proxy_like, select_elsewhere
 import crepe
 from crepe import _core
 
-try:  # the oracle is moving into the selection package
-    from crepe.selection.reference import select_reference
-except ImportError:
-    from crepe._reference import select_reference
+from crepe.selection.reference import select_reference
 
 
 def wide(n: int, d: int, style: str, dtype: type, seed: int = 0) -> np.ndarray:
