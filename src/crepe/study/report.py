@@ -614,7 +614,7 @@ def figures(rows: Sequence[Row]) -> dict[str, Any]:
                 ax.set_ylabel("test accuracy (%)")
         if values:
             axs[i][0].set_ylim(*accuracy_limits(values, sds))  # shared along the row
-    fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std)", fontsize=10)
+    fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std)", fontsize=10, x=0.01, ha="left")
     _legend(fig)
     figs[PLOTS[2]] = fig
 
@@ -652,7 +652,8 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
         ax.set_xlabel("epoch")
     for ax in list(axs.flat)[len(metrics):]:
         ax.set_visible(False)
-    fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε", fontsize=10)
+    fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε", fontsize=10,
+                 x=0.01, ha="left")  # left: the legend sits at the upper right
     _legend(fig)
     return fig
 
