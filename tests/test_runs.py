@@ -37,44 +37,43 @@ def test_training_learns_with_and_without_dp(data_root, tmp_path, capsys) -> Non
     assert summary(dp)["test_acc"] >= 0.35  # chance is 0.10
 
 
-def test_a_corrupted_checkpoint_is_refused_and_left_as_it_was(data_root, tmp_path, capsys) -> None:
-    out = tmp_path / "run"
-    cfg = ["--method", "random", "--epochs", "3", "--select-every", "1"]
+def stopped_after_one_epoch(data_root: Path, out: Path, **kw) -> None:
+    """A run folder as a crash after epoch 1 of 3 leaves it (checkpoint, metrics.jsonl, config.json)."""
     from crepe.config import TrainConfig
     from crepe.training import loop
 
-    c = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200,
-                    batch_size=20, method="random", epochs=3, select_every=1, threads=1).resolve()
+    c = TrainConfig(**{**dict(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200,
+                              batch_size=20, method="full", epochs=3, threads=1), **kw}).resolve()
     assert rundir.prepare_out(c, out, {}) == "new"
     assert loop.run(c, out, stop_after_epochs=1, log=lambda s: None)["status"] == "incomplete"
+
+
+def refused_untouched(out: Path, argv: list[str], capsys, match: str) -> None:
+    """`crepe train` exits 2 naming the problem, and every file of the folder stays as it was."""
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(argv) == 2
+    assert match in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_a_corrupted_checkpoint_is_refused_and_left_as_it_was(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    stopped_after_one_epoch(data_root, out, method="random", select_every=1)
     ck = out / "checkpoint.pt"
     raw = bytearray(ck.read_bytes())
     mid = len(raw) // 2
     raw[mid : mid + 64] = bytes(64)  # what the outside test did
     ck.write_bytes(bytes(raw))
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert cli.main(["train", "--resume", str(out)]) == 2
-    assert "damaged (checksum mismatch)" in capsys.readouterr().err
-    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
-    del cfg
+    refused_untouched(out, ["train", "--resume", str(out)], capsys, "damaged (checksum mismatch)")
 
 
 def test_metrics_that_disagree_with_the_checkpoint_are_refused(data_root, tmp_path, capsys) -> None:
-    from crepe.config import TrainConfig
-    from crepe.training import loop
-
     out = tmp_path / "run"
-    c = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200,
-                    batch_size=20, method="full", epochs=3, threads=1).resolve()
-    assert rundir.prepare_out(c, out, {}) == "new"
-    loop.run(c, out, stop_after_epochs=1, log=lambda s: None)
+    stopped_after_one_epoch(data_root, out)
     rows = rundir.read_metrics(out)
     rows[0]["eps_total"] = rows[0]["eps_total"] / 2  # an under-reported epsilon
     rundir.write_metrics(out / "metrics.jsonl", rows)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert cli.main(["train", "--resume", str(out)]) == 2
-    assert "does not match the checkpoint" in capsys.readouterr().err
-    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+    refused_untouched(out, ["train", "--resume", str(out)], capsys, "does not match the checkpoint")
 
 
 def test_dp_noise_is_secret_by_default_and_reproducible_only_on_request(data_root, tmp_path, capsys) -> None:
@@ -212,26 +211,15 @@ def test_an_old_format_checkpoint_is_refused_with_the_reason(data_root, tmp_path
     c = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, method="full", epochs=2).resolve()
     rundir.write_config(out, c, {})
     torch.save({"format": 1, "epoch": 1, "ledger": []}, out / "checkpoint.pt")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert cli.main(["train", "--resume", str(out)]) == 2
-    assert "written by an older crepe" in capsys.readouterr().err
-    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+    refused_untouched(out, ["train", "--resume", str(out)], capsys, "written by an older crepe")
 
 
 def test_metrics_without_a_checkpoint_are_refused_not_restarted(data_root, tmp_path, capsys) -> None:
-    from crepe.config import TrainConfig
-    from crepe.training import loop
-
     out = tmp_path / "run"
-    c = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200,
-                    batch_size=20, method="full", epochs=3, threads=1).resolve()
-    assert rundir.prepare_out(c, out, {}) == "new"
-    loop.run(c, out, stop_after_epochs=1, log=lambda s: None)
+    stopped_after_one_epoch(data_root, out)
     (out / "checkpoint.pt").unlink()  # e.g. deleted as sensitive
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert cli.main(["train", "--resume", str(out), "--threads", "2"]) == 2
-    assert "checkpoint.pt is missing" in capsys.readouterr().err
-    assert before == {p.name: p.read_bytes() for p in out.iterdir()}  # config.json not rewritten either
+    # config.json is not rewritten for the new --threads either
+    refused_untouched(out, ["train", "--resume", str(out), "--threads", "2"], capsys, "checkpoint.pt is missing")
 
 
 def test_a_target_reached_without_noise_is_refused_not_overshot() -> None:
