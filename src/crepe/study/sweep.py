@@ -122,7 +122,9 @@ class RunSpec:
         """A rough relative cost, to start the longest runs first."""
         v = dict(self.settings)
         per_example = 4.0 if v.get("model") == "resnet" else 1.0
-        share = 1.0 if v.get("method") == "full" else float(v.get("fraction", 0.1)) + 0.05
+        method = v.get("method")
+        # private-set: generation (per-example gradients of a ConvNet on Poisson batches) ~ a full epoch or two
+        share = 1.0 if method == "full" else 2.0 if method == "private-set" else float(v.get("fraction", 0.1)) + 0.05
         dp = 1.5 if v.get(PRIVACY) == "dp" else 1.0
         return per_example * share * dp
 
