@@ -27,7 +27,7 @@ def _generator_states(data_root, tmp_path, name: str, noise: str) -> dict:
     assert rundir.prepare_out(cfg, out, {}) == "new"
     loop.run(cfg, out, log=lambda s: None)
     fp = data.load("fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=50).fingerprint
-    ck = state.load(out / rundir.CHECKPOINT, config=cfg.to_dict(), fingerprint=fp)
+    ck = state.load(out / rundir.CHECKPOINT, cfg=cfg, fingerprint=fp)
     return ck["generators"]
 
 

@@ -134,7 +134,7 @@ def test_resume_reproduces_the_ledger(data_root, tmp_path, capsys) -> None:
     assert loop.run(cfg, b, stop_after_epochs=1)["status"] == "incomplete"
     assert not (b / "summary.json").exists() and len((b / "metrics.jsonl").read_text().splitlines()) == 1
     fp = data.load("fashion-mnist", data_dir=str(data_root), train_subset=N_TRAIN, test_subset=N_TEST).fingerprint
-    ck = state.load(b / "checkpoint.pt", config=cfg.to_dict(), fingerprint=fp)
+    ck = state.load(b / "checkpoint.pt", cfg=cfg, fingerprint=fp)
     assert ck["state"]["epoch"] == 1 and ck["state"]["ledger"][0]["kind"] == "select"
     assert cli.main(["train", "--resume", str(b)]) == 0
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))

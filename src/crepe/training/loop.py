@@ -174,7 +174,7 @@ def run(
 
     ckpt_path = run_dir / rundir.CHECKPOINT
     if ckpt_path.is_file():
-        ck = ckpt.load(ckpt_path, config=config, fingerprint=ds.fingerprint)
+        ck = ckpt.load(ckpt_path, cfg=cfg, fingerprint=ds.fingerprint)
         restored = ckpt.restore_state(ck)
         ckpt.verify_against_metrics(
             restored, rundir.read_metrics(run_dir), delta=cfg.delta, accountant=cfg.accountant, where=run_dir
@@ -187,9 +187,8 @@ def run(
         restored.ledger = st.ledger
         st = restored
         rundir.write_metrics(run_dir / rundir.METRICS, st.metrics)  # at most the last line was missing
-        saved = rundir.read_json(run_dir / rundir.CONFIG)
-        if {k: v for k, v in saved.items() if k != "provenance"} != config:  # --resume with new machine flags
-            rundir.write_config(run_dir, cfg, saved.get("provenance", {}))
+        if rundir.read_config(run_dir) != cfg:  # --resume with new machine flags
+            rundir.write_config(run_dir, cfg, rundir.read_json(run_dir / rundir.CONFIG).get("provenance", {}))
         say(f"crepe train: resumed {run_dir} after epoch {st.epoch}/{cfg.epochs}")
     elif rundir.read_metrics(run_dir):
         raise UsageError(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crepe.config import UsageError, options
+from crepe.config import TrainConfig, UsageError
 from crepe.privacy.accounting import epsilon
 from crepe.privacy.ledger import Entry, check_entries
 from crepe.smallsets.sets import Coreset
@@ -73,7 +73,7 @@ def save(
     atomic_write_bytes(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
 
 
-def load(path: Path, *, config: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
     """The verified payload of `path`; UsageError (nothing changed) if it is damaged or foreign."""
     raw = path.read_bytes()
     if not raw.startswith(MAGIC):
@@ -92,10 +92,7 @@ def load(path: Path, *, config: dict[str, Any], fingerprint: str) -> dict[str, A
         raise UsageError(
             f"{path} was written for different data (fingerprint {ck['fingerprint']}, now {fingerprint}): check --data-dir"
         )
-    machine = {k for k, s in options().items() if s.machine}
-    mine = {k: v for k, v in config.items() if k not in machine}
-    theirs = {k: v for k, v in ck["config"].items() if k not in machine}
-    if mine != theirs:
+    if TrainConfig.from_dict(ck["config"]).identity() != cfg.identity():
         raise UsageError(f"{path} belongs to a different configuration than the run folder's config.json")
     try:
         check_entries(ck["state"]["ledger"])
