@@ -226,7 +226,9 @@ class GenerationState:
 def poisson_batch(n: int, q: float, *, generator: torch.Generator) -> torch.Tensor:
     """Indices (b,) int64 of a Poisson sample: each of n examples independently with prob q
     (b may be 0). Draws exactly n uniforms from `generator`, whatever the outcome."""
-    return (torch.rand(n, generator=generator, device=generator.device) < q).nonzero().squeeze(1)
+    from crepe.dp.sampling import poisson_batches
+
+    return next(poisson_batches(n, sample_rate=q, steps=1, generator=generator))
 
 
 def per_example_grads(net: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 64) -> Params:
