@@ -234,3 +234,17 @@ def test_a_target_reached_without_noise_is_refused_not_overshot() -> None:
 
     with pytest.raises(UsageError, match="give --sigma instead"):
         solve_sigma(ledger, target=1e12, delta=1e-5, accountant="rdp")
+
+
+def test_eval_every_skips_test_evaluations_and_changes_nothing_else(data_root, tmp_path, capsys) -> None:
+    """--eval-every is a machine option: the same model, ledger and final accuracy, fewer evaluations."""
+    every, each = tmp_path / "a" / "every", tmp_path / "each"
+    common = ["--method", "random", "--fraction", "0.5", "--select-every", "1", "--epochs", "3", "--noise", "reproducible"]
+    assert cli.main(train_args(data_root, each, *common)) == 0
+    assert cli.main(train_args(data_root, every, *common, "--eval-every", "2")) == 0
+    rows = [json.loads(line) for line in (every / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (each / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_acc"] is None for r in rows] == [True, False, False]  # epoch 2, and the last
+    assert [r["test_acc"] for r in rows[1:]] == [r["test_acc"] for r in ref[1:]]
+    assert summary(every)["ledger"] == summary(each)["ledger"] and summary(every)["test_acc"] == summary(each)["test_acc"]
+    assert cli.main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "report")]) == 0  # plots skip the gaps

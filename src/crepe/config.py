@@ -254,6 +254,10 @@ class TrainConfig:
     )
     preset: str | None = option(None, "start from a named recipe (see PRESETS); flags given override it", choices=("seed-protocol", "dp-recipe"))
     threads: int | None = option(None, "torch and selection threads (default: torch's)", kind="int", low=1, machine=True)
+    eval_every: int = option(
+        1, "test accuracy every N epochs and after the last (long runs on small sets: evaluation dominates)",
+        kind="int", low=1, machine=True,
+    )
 
     def __post_init__(self) -> None:
         for name, s in options().items():

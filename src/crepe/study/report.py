@@ -589,13 +589,16 @@ def figures(rows: Sequence[Row]) -> dict[str, Any]:
                 if not in_panel(r, panel) or _level(r) != level:
                     continue
                 title = _privacy(r.k)
-                curves = [[float(m.get("test_acc") or 0.0) for m in run.metrics] for run in r.runs if run.metrics]
+                evaluated = [[m for m in run.metrics if m.get("test_acc") is not None] for run in r.runs]  # --eval-every
+                curves = [[float(m["test_acc"]) for m in ms] for ms in evaluated if ms]
                 if not curves:
                     continue
                 n = min(len(c) for c in curves)
-                epochs = [int(r.runs[0].metrics[e].get("epoch", e)) for e in range(n)]
+                first = next(ms for ms in evaluated if ms)
+                epochs = [int(first[e].get("epoch", e)) for e in range(n)]
                 # epoch numbers may start at 0 or 1: plot "after epoch k" as k = 1..n
-                xs = [e - epochs[0] + 1 for e in epochs]
+                base = int(r.runs[0].metrics[0].get("epoch", 0)) if r.runs[0].metrics else 1
+                xs = [e - base + 1 for e in epochs]
                 mean = [100 * statistics.fmean(c[e] for c in curves) for e in range(n)]
                 sd = [100 * (statistics.stdev(c[e] for c in curves) if len(curves) > 1 else 0.0) for e in range(n)]
                 name = f"{r.k['method']}{_extra_label(r, axes_cols)}"

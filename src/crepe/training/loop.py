@@ -262,7 +262,8 @@ def run(
 
             # ---- 3. evaluate, account, record, checkpoint
             t0 = time.perf_counter()
-            test_acc = accuracy(x_te, y_te)
+            last_epoch = st.epoch + 1 == cfg.epochs
+            test_acc = accuracy(x_te, y_te) if last_epoch or (st.epoch + 1) % cfg.eval_every == 0 else None
             diag = None
             if probe is not None:
                 diag = clipping_diagnostics(
@@ -302,7 +303,7 @@ def run(
             rundir.append_line(run_dir / rundir.METRICS, row)
             say(
                 f"epoch {st.epoch}/{cfg.epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
-                f"test acc {test_acc:.4f} eps {rundir.fmt_eps(eps['total'])} "
+                f"test acc {'-' if test_acc is None else f'{test_acc:.4f}'} eps {rundir.fmt_eps(eps['total'])} "
                 f"(select {rundir.fmt_eps(eps['select'])}, train {rundir.fmt_eps(eps['train'])}){caveats} "
                 f"select {select_time:.2f}s train {train_time:.2f}s |S| {row['coreset_size']}"
             )
