@@ -9,6 +9,15 @@ An entry is {"kind", "noise_multiplier", "sample_rate", "steps"}:
 - "generate": a noisy real gradient of private set generation (sigma, q = B/n).
 A release without noise (noise multiplier 0: non-private selection or --no-dp
 training) is recorded too and makes every epsilon that includes it infinite.
+
+One entry kind is a MARKER, not a release: "subset" (written only by
+`record_subset`, as {"kind": "subset", "noise_multiplier": 0.0,
+"sample_rate": p, "steps": 1}) says that the releases after it, up to the next
+marker, are computed on a subset S drawn by secret Poisson selection (each of
+the n examples independently with probability p), at a sample rate and with a
+normaliser fixed from public quantities, and that S is never released. The
+accountant may then amplify those releases (docs/privacy.md, "Random subsets").
+A marker costs nothing and is never merged with its neighbours.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from typing import Any
 from crepe.config import check_choice
 
 Entry = dict[str, Any]
-KINDS = ("select", "train", "clip-count", "generate")
+KINDS = ("select", "train", "clip-count", "generate")  # the release kinds
+MARKER = "subset"  # the one marker kind: the releases up to the next marker run on a secret Poisson subset
+_FIELDS = frozenset({"kind", "noise_multiplier", "sample_rate", "steps"})
 # The parts of epsilon a run reports: each a set of kinds composed on its own.
 PARTS: dict[str, tuple[str, ...]] = {
     "total": KINDS,
@@ -48,13 +59,26 @@ def record(ledger: list[Entry], *, kind: str, noise_multiplier: float, sample_ra
         )
 
 
+def record_subset(ledger: list[Entry], *, inclusion_probability: float) -> None:
+    """Append a marker: the releases that follow, up to the next marker, run on a subset drawn by secret
+    Poisson selection with this inclusion probability p (0 < p <= 1). Never merged, even with an
+    identical marker: each one starts a phase of its own."""
+    if not (0.0 < inclusion_probability <= 1.0):
+        raise ValueError(f"inclusion_probability must lie in (0, 1], got {inclusion_probability}")
+    ledger.append({"kind": MARKER, "noise_multiplier": 0.0, "sample_rate": float(inclusion_probability), "steps": 1})
+
+
 def check_entries(ledger: Any) -> list[Entry]:
     """The ledger if every entry is well formed; ValueError otherwise (a damaged ledger is never trusted)."""
     if not isinstance(ledger, list):
         raise ValueError("the privacy ledger is not a list")
     for e in ledger:
-        if not isinstance(e, dict) or set(e) != {"kind", "noise_multiplier", "sample_rate", "steps"}:
+        if not isinstance(e, dict) or set(e) != _FIELDS:
             raise ValueError(f"malformed ledger entry {e!r}")
-        if e["kind"] not in KINDS or not (0 < e["sample_rate"] <= 1) or e["noise_multiplier"] < 0 or e["steps"] < 1:
+        if e["kind"] == MARKER:  # a marker carries only its p: noise 0 and one step, exactly
+            bad = e["noise_multiplier"] != 0 or e["steps"] != 1
+        else:
+            bad = e["kind"] not in KINDS or e["noise_multiplier"] < 0 or e["steps"] < 1
+        if bad or not (0 < e["sample_rate"] <= 1):
             raise ValueError(f"malformed ledger entry {e!r}")
     return ledger
