@@ -50,7 +50,7 @@ def test_planned_ledger_with_select_every_above_one_is_the_hand_schedule() -> No
     sel = {"kind": "select", "noise_multiplier": 2.5, "sample_rate": 1.0, "steps": 1}
     trn = lambda steps: {"kind": "train", "noise_multiplier": 1.5, "sample_rate": 10 / 30, "steps": steps}  # noqa: E731
     # rounds at epochs 0, 2, 4 (ceil(5/2) = 3); 3 steps per epoch at q = 1/3
-    assert planned_ledger(cfg, set_size=30) == [sel, trn(6), sel, trn(6), sel, trn(3)]
+    assert planned_ledger(cfg, n=300, set_size=30) == [sel, trn(6), sel, trn(6), sel, trn(3)]
 
 
 def test_target_epsilon_with_select_every_above_one_ends_at_the_target(data_root, tmp_path) -> None:

@@ -59,7 +59,8 @@ def independent_eps(data_root: Path, summary: dict, *, method: str, epochs: int,
 @pytest.mark.parametrize("dp", [True, False], ids=["dp", "nodp"])
 def test_end_to_end(data_root, tmp_path, capsys, method: str, dp: bool) -> None:
     out = tmp_path / "run"
-    args = base_args(data_root, out, "--method", method) + ([] if dp else ["--no-dp"])
+    draw = ["--random-draw", "fixed"] if method == "random" else []  # Poisson draws: tests/test_budgets.py
+    args = base_args(data_root, out, "--method", method, *draw) + ([] if dp else ["--no-dp"])
     assert cli.main(args) == 0
     printed = capsys.readouterr()
     lines = (out / "metrics.jsonl").read_text().splitlines()

@@ -124,8 +124,9 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
         from crepe.smallsets.sets import set_size
 
         ds = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
-        size = set_size(ds.y_train.numpy(), method=cfg.method, fraction=cfg.fraction, scope=cfg.selection_scope)
-        cfg = calibrate(cfg, set_size=size)
+        y = ds.y_train.numpy()
+        size = set_size(y, method=cfg.method, fraction=cfg.fraction, scope=cfg.selection_scope, draw=cfg.random_draw)
+        cfg = calibrate(cfg, n=len(y), set_size=size)
     return cfg
 
 

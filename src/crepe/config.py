@@ -174,8 +174,25 @@ class TrainConfig:
         grid=True,
         ignored_by=("full", "private-set"),
     )
+    random_draw: str = option(
+        "poisson",
+        "random subsets: poisson (each example independently with probability --fraction, trained at "
+        "q = B/(fraction n): epsilon amplified by the secret draw) or fixed (CRAIG's per-class budgets, "
+        "q = B/|S|, no amplification)",
+        choices=("poisson", "fixed"),
+        grid=True,
+        ignored_by=("craig", "full", "private-set"),
+    )
     select_every: int = option(
-        20, "re-select the coreset (or redraw the random subset) every N epochs", kind="int", low=1,
+        20, "re-select the coreset (or redraw the random subset) every N epochs", kind="int", low=1, grid=True,
+        ignored_by=("full", "private-set"),
+    )
+    compute: str = option(
+        "epochs",
+        "budget of a small-set run: epochs (--epochs passes over the set) or steps (the optimiser steps of "
+        "--epochs passes over all the data at the same batch size; --select-every scales with it)",
+        choices=("epochs", "steps"),
+        grid=True,
         ignored_by=("full", "private-set"),
     )
     select_clip: float = option(
@@ -187,6 +204,19 @@ class TrainConfig:
         kind="float",
         low=0,
         ignored_by=("full", "random", "private-set"),
+    )
+    select_share: float | None = option(
+        None,
+        "with --target-epsilon: the share of it that selection alone may spend (solves --select-sigma; "
+        "the rest of the budget goes to training)",
+        kind="float",
+        low=0,
+        low_open=True,
+        high=0.99,
+        grid=True,
+        ignored_by=("full", "random", "private-set"),
+        dp_only=True,
+        solves="select_sigma",
     )
     images_per_class: int = option(
         10, "private-set: synthetic images per class (spc)", kind="int", low=1, grid=True, ignored_by=_NOT_PS
@@ -269,6 +299,8 @@ class TrainConfig:
         if self.method == "private-set" and (self.clipping != "flat" or self.diagnostics):
             raise UsageError("--method private-set clips flat in generation and trains on synthetic data: "
                              "--clipping and --diagnostics do not apply")
+        if self.select_share is not None and self.target_epsilon is None:
+            raise UsageError("--select-share is a share of --target-epsilon: give both")
         adaptive_only = ("clip_quantile", "clip_lr")
         if self.clipping != "adaptive" and any(getattr(self, k) != default(k) for k in adaptive_only):
             raise UsageError("--clip-quantile and --clip-lr apply to --clipping adaptive only")
@@ -300,8 +332,9 @@ class TrainConfig:
 
     @property
     def labels_public(self) -> bool:
-        """Per-class selection reads the true labels and class sizes without noise."""
-        return self.dp and self.method in ("craig", "random") and self.selection_scope == "per-class"
+        """Per-class selection reads the true labels and class sizes without noise (a Poisson draw reads nothing)."""
+        reads_labels = self.method == "craig" or (self.method == "random" and self.random_draw == "fixed")
+        return self.dp and reads_labels and self.selection_scope == "per-class"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,11 +1,14 @@
 """Calibration: the noise multiplier that makes a run end at a target epsilon.
 
 A run's releases are known before it starts (DESIGN.md section 4): per epoch,
-a selection round at epochs 0, k, 2k, ... (craig), then int(1/q) DP-SGD steps
-at q = B/|S| (and, under adaptive clipping, one noisy count per step). The
-planned ledger is that list as a function of sigma; `solve_sigma` bisects on
-it so that epsilon_total <= target and >= 0.99 target. sigma_sel is tied to
-sigma (sigma_sel = sigma) unless the user fixes --select-sigma (docs/privacy.md).
+a selection round at epochs 0, k, 2k, ... (craig; a random run redraws its
+Poisson subset there, a marker in the ledger), then int(1/q) DP-SGD steps at
+q = B/|S| with |S| the public size of the set (and, under adaptive clipping,
+one noisy count per step). The planned ledger is that list as a function of
+sigma; `solve_sigma` bisects on it so that epsilon_total <= target and
+>= 0.99 target. sigma_sel is tied to sigma (sigma_sel = sigma) unless the user
+fixes --select-sigma, or --select-share gives selection its own share of the
+target, solved first (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ from typing import Callable
 
 from crepe.config import TrainConfig, UsageError
 from crepe.privacy.accounting import epsilon
-from crepe.privacy.ledger import Entry, record
+from crepe.privacy.ledger import Entry, record, record_subset
 
 SIGMA_MAX = 200.0  # beyond this the model learns nothing: a target that needs more is "unreachable"
 COUNT_NOISE_SHARE = 20.0  # adaptive clipping: the count's noise std is B / 20 (Andrew et al. 2021)
+
+
+class Unreachable(UsageError):
+    """A target epsilon below what the schedule can reach; `floor` is the smallest reachable epsilon."""
+
+    def __init__(self, message: str, *, floor: float):
+        super().__init__(message)
+        self.floor = floor
 
 
 def steps_per_epoch(sample_rate: float) -> int:
@@ -31,21 +42,45 @@ def count_noise(batch_size: int) -> float:
     return batch_size / COUNT_NOISE_SHARE
 
 
-def planned_ledger(cfg: TrainConfig, *, set_size: int) -> list[Entry]:
-    """The releases `cfg` will make, training on a set of `set_size` examples (sigma resolved;
-    for private-set, set_size is n: generation samples the whole training set)."""
+def sample_rate(batch_size: int, set_size: float) -> float:
+    """q = B / |S| (|S| the public size of the set: for a Poisson subset its expected size), at most 1."""
+    return min(1.0, batch_size / set_size)
+
+
+def schedule(cfg: TrainConfig, *, n: int, set_size: float) -> tuple[int, int]:
+    """(epochs, select_every) of the run. --compute steps gives a small set the optimiser steps of
+    cfg.epochs passes over all n examples (epochs scaled up, selection rounds kept)."""
+    if cfg.compute == "epochs" or cfg.method in ("full", "private-set"):
+        return cfg.epochs, cfg.select_every
+    steps = cfg.epochs * steps_per_epoch(sample_rate(cfg.batch_size, n))
+    epochs = -(-steps // steps_per_epoch(sample_rate(cfg.batch_size, set_size)))
+    return epochs, max(1, round(cfg.select_every * epochs / cfg.epochs))
+
+
+def redraws(cfg: TrainConfig, epoch: int, *, every: int) -> bool:
+    """True if the set is (re)chosen before `epoch` (0-based): craig and random at 0, k, 2k, ..."""
+    return cfg.method in ("craig", "random") and epoch % every == 0
+
+
+def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
+    """The releases `cfg` will make on n training examples, training on a set of public size `set_size`
+    (sigma resolved; for private-set the set is all n: generation samples the whole training set)."""
     assert cfg.sigma is not None and cfg.select_sigma is not None
     ledger: list[Entry] = []
     if cfg.method == "private-set":  # only the noisy real gradients of generation are releases
         from crepe.smallsets.private_set import schedule_of
 
-        steps, q_gen = schedule_of(cfg).releases(set_size)
+        steps, q_gen = schedule_of(cfg).releases(n)
         record(ledger, kind="generate", noise_multiplier=cfg.sigma, sample_rate=q_gen, steps=steps)
         return ledger
-    q = min(1.0, cfg.batch_size / set_size)
-    for epoch in range(cfg.epochs):
-        if cfg.method == "craig" and epoch % cfg.select_every == 0:
-            record(ledger, kind="select", noise_multiplier=cfg.select_sigma, sample_rate=1.0)
+    q = sample_rate(cfg.batch_size, set_size)
+    epochs, every = schedule(cfg, n=n, set_size=set_size)
+    for epoch in range(epochs):
+        if redraws(cfg, epoch, every=every):
+            if cfg.method == "craig":
+                record(ledger, kind="select", noise_multiplier=cfg.select_sigma, sample_rate=1.0)
+            elif cfg.random_draw == "poisson":
+                record_subset(ledger, inclusion_probability=cfg.fraction)
         for _ in range(steps_per_epoch(q)):
             record(ledger, kind="train", noise_multiplier=cfg.sigma, sample_rate=q)
             if cfg.clipping == "adaptive":
@@ -60,10 +95,11 @@ def solve_sigma(
     eps = lambda s: epsilon(ledger_for(s), delta=delta, accountant=accountant)  # noqa: E731
     floor = eps(SIGMA_MAX)
     if floor > target:
-        raise UsageError(
+        raise Unreachable(
             f"--target-epsilon {target:g} is unreachable with this schedule: the smallest reachable epsilon is "
             f"{floor:.4g} (at sigma = {SIGMA_MAX:g}); raise the target, or shorten the schedule "
-            "(fewer epochs or selection rounds, a larger --select-sigma)"
+            "(fewer epochs or selection rounds, a larger --select-sigma)",
+            floor=floor,
         )
     lo, hi = 1e-2, SIGMA_MAX
     while eps(lo) <= target:  # a target so loose that tiny noise reaches it
@@ -82,17 +118,26 @@ def solve_sigma(
     return hi
 
 
-def calibrate(cfg: TrainConfig, *, set_size: int) -> TrainConfig:
-    """`cfg` (resolved, target_epsilon given) with sigma, and sigma_sel unless fixed, solved."""
+def calibrate(cfg: TrainConfig, *, n: int, set_size: float) -> TrainConfig:
+    """`cfg` (resolved, target_epsilon given) with sigma, and sigma_sel unless fixed, solved.
+    --select-share first solves sigma_sel so that selection alone spends that share of the target."""
     assert cfg.target_epsilon is not None
     fixed_sel = cfg.select_sigma
+    if cfg.select_share is not None:
+        fixed_sel = solve_sigma(
+            lambda s: [e for e in planned_ledger(replace(cfg, sigma=1.0, select_sigma=s), n=n, set_size=set_size)
+                       if e["kind"] == "select"],
+            target=cfg.select_share * cfg.target_epsilon,
+            delta=cfg.delta,
+            accountant=cfg.accountant,
+        )
 
     def with_sigma(s: float) -> TrainConfig:
         sel = fixed_sel if fixed_sel is not None else s
         return replace(cfg, sigma=s, select_sigma=sel)
 
     sigma = solve_sigma(
-        lambda s: planned_ledger(with_sigma(s), set_size=set_size),
+        lambda s: planned_ledger(with_sigma(s), n=n, set_size=set_size),
         target=cfg.target_epsilon,
         delta=cfg.delta,
         accountant=cfg.accountant,

@@ -1,8 +1,10 @@
 """Small training sets: indices into the training data and CRAIG weights gamma.
 
 - full: every example, weight 1;
-- random: a uniform subset with CRAIG's per-class (or global) budgets, from a
-  generator that reads no data beyond the labels;
+- random: drawn from a secret generator, independently of the data: by default
+  Poisson selection (each example with probability --fraction; reads nothing,
+  not even the labels), or a fixed-size draw with CRAIG's per-class (or global)
+  budgets (reads the labels);
 - craig: CRAIG on privatised proxies only (nothing computed from clean proxies
   reaches the choice or the weights).
 """
@@ -30,10 +32,14 @@ def full_set(n: int) -> Coreset:
     return Coreset(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64))
 
 
-def set_size(labels: np.ndarray, *, method: str, fraction: float, scope: str) -> int:
-    """|S| before any selection runs (public: class sizes are public under per-class scope)."""
+def set_size(labels: np.ndarray, *, method: str, fraction: float, scope: str, draw: str) -> float:
+    """The public size |S| of the set, known before any selection runs, that the sample rate q = B/|S|
+    comes from: CRAIG's budgets (class sizes are public under per-class scope), all n, or for a Poisson
+    subset its expected size fraction * n (never the realised one: docs/privacy.md)."""
     if method in ("full", "private-set"):  # private-set: generation samples all n
         return len(labels)
+    if method == "random" and draw == "poisson":
+        return fraction * len(labels)
     if scope == "global":
         return class_budget(len(labels), fraction)
     return sum(class_budget(int(c), fraction) for c in np.unique(labels, return_counts=True)[1])
@@ -64,4 +70,11 @@ def random_coreset(labels: np.ndarray, *, fraction: float, scope: str, generator
         perm = torch.randperm(len(g), generator=generator).numpy()
         picks.append(g[perm[:k]])
     idx = np.concatenate(picks).astype(np.int64)
+    return Coreset(idx, np.ones(len(idx), dtype=np.int64))
+
+
+def poisson_subset(n: int, *, probability: float, generator: torch.Generator) -> Coreset:
+    """Each of the n examples independently with `probability` (reads no data)."""
+    keep = torch.rand(n, generator=generator) < probability  # (n,)
+    idx = torch.nonzero(keep).flatten().numpy().astype(np.int64)
     return Coreset(idx, np.ones(len(idx), dtype=np.int64))

@@ -1,12 +1,14 @@
 """One epoch of (DP-)SGD over a small weighted training set.
 
-The set S (m examples, CRAIG weights gamma) is sampled in int(1/q) Poisson
-batches, q = B/m. How weights enter (DESIGN.md section 3) is fixed per set, so
+The set S (m examples, CRAIG weights gamma, public size M: m itself, or for a
+Poisson subset its expected size) is sampled in int(1/q) Poisson batches,
+q = B/M. How weights enter (DESIGN.md section 3) is fixed per set, so
 the step itself does not branch on DP or on the weighting:
 - DP, clip-then-scale: factor clip(g_i) * w_i, w = gamma / max gamma; normaliser q sum(w);
 - DP, weight-then-clip: the loss of i is gamma_i loss_i (clipping cancels large weights); normaliser q m;
 - non-private: the loss of i is w_i loss_i; normaliser q sum(w).
-Unweighted sets (full, random, --weights none) have w = 1.
+Unweighted sets (full, random, --weights none) have w = 1 and normaliser q M = B:
+public, so a Poisson subset's realised size never reaches the output.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from crepe.dp.sampling import poisson_batches
-from crepe.privacy.calibration import steps_per_epoch
+from crepe.privacy.calibration import sample_rate, steps_per_epoch
 from crepe.smallsets.sets import Coreset
 
 
@@ -26,24 +28,30 @@ from crepe.smallsets.sets import Coreset
 class SetWeights:
     """How one small set's weights enter the steps."""
 
-    sample_rate: float  # q = B / m
+    sample_rate: float  # q = B / M
     loss_weights: torch.Tensor | None  # (m,) multiplies each example's loss
     factor_weights: torch.Tensor | None  # (m,) multiplies each example's clip factor (DP)
     normaliser: float  # the noisy sum is divided by it
     expected_examples: float  # q m
 
 
-def set_weights(s: Coreset, *, batch_size: int, dp: bool, weighting: str) -> SetWeights:
+def set_weights(s: Coreset, *, batch_size: int, dp: bool, weighting: str, size: float | None = None) -> SetWeights:
+    """`size`: the public size M of the set (default: m, the realised one)."""
     m = len(s.indices)
+    size = m if size is None else size
     gamma = torch.from_numpy(s.gamma).to(torch.float32)  # (m,)
     weighted = weighting != "none" and bool((gamma != 1).any())
-    w = gamma / gamma.max() if weighted else torch.ones(m)  # (m,) in (0, 1]
-    q = min(1.0, batch_size / m)
-    if dp and weighting == "weight-then-clip" and weighted:
+    if weighted and size != m:
+        raise ValueError(f"a weighted set has a public size equal to its own ({m}), got {size}")
+    q = sample_rate(batch_size, size)
+    if not weighted:
+        return SetWeights(q, None, None, q * size, q * size)
+    w = gamma / gamma.max()  # (m,) in (0, 1]
+    if dp and weighting == "weight-then-clip":
         return SetWeights(q, gamma, None, q * m, q * m)
     if dp:
-        return SetWeights(q, None, w if weighted else None, q * float(w.sum()), q * m)
-    return SetWeights(q, w if weighted else None, None, q * float(w.sum()), q * m)
+        return SetWeights(q, None, w, q * float(w.sum()), q * m)
+    return SetWeights(q, w, None, q * float(w.sum()), q * m)
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The training loop of `crepe train`.
 
-Per epoch:
-  1. at epochs 0, k, 2k, ... (k = select_every), craig and random re-select the
-     small set with the current model (craig: proxies for all n examples,
-     clipped + noised with sigma_sel, CRAIG on the noisy proxies only; one
-     "select" release);
+Per epoch (epochs and k = select_every scaled under --compute steps):
+  1. at epochs 0, k, 2k, ... craig and random re-select the small set (craig:
+     proxies for all n examples from the current model, clipped + noised with
+     sigma_sel, CRAIG on the noisy proxies only; one "select" release. random:
+     a secret draw that reads no data; a Poisson draw puts a "subset" marker in
+     the ledger, its realised size is never published);
   2. one epoch of (DP-)SGD over the set (training/epoch.py); the optimizer
      records each step's releases in the ledger from its step hook;
   3. test accuracy; epsilon total/select/train; checkpoint (atomic,
@@ -39,10 +40,10 @@ from crepe.dp.optimizer import DPOptimizer, PlainOptimizer
 from crepe.dp.optimizers import make_base_optimizer
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
-from crepe.privacy.calibration import count_noise
-from crepe.privacy.ledger import record
+from crepe.privacy.calibration import count_noise, redraws, schedule
+from crepe.privacy.ledger import record, record_subset
 from crepe.smallsets.proxies import compute_proxies, privatise
-from crepe.smallsets.sets import craig_coreset, full_set, random_coreset
+from crepe.smallsets.sets import craig_coreset, full_set, poisson_subset, random_coreset, set_size
 from crepe.training import rundir, state as ckpt
 from crepe.training.epoch import set_weights, train_epoch
 from crepe.training.state import GENERATORS, RunState
@@ -206,6 +207,9 @@ def run(
         x_tr, y_tr = st.synthetic["images"], st.synthetic["labels"]
         y_np = y_tr.numpy()
         n = len(y_tr)
+    size = set_size(y_np, method=cfg.method, fraction=cfg.fraction, scope=cfg.selection_scope, draw=cfg.random_draw)
+    epochs, every = schedule(cfg, n=n, set_size=size)
+    poisson = cfg.method == "random" and cfg.random_draw == "poisson"  # realised |S| and examples seen stay secret
 
     caveats = rundir.caveat_tail(labels_public=cfg.labels_public, reproducible=cfg.noise == "reproducible")
     probe = None
@@ -223,7 +227,7 @@ def run(
     with warnings.catch_warnings():
         # Opacus' hooks on a first layer whose input needs no grad: harmless (BUILD_NOTES).
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        while st.epoch < cfg.epochs:
+        while st.epoch < epochs:
             if stop_after_epochs is not None and ran >= stop_after_epochs:
                 return {"status": "incomplete", "epoch": st.epoch}
             t_epoch = time.perf_counter()
@@ -232,7 +236,7 @@ def run(
             selected, select_time = False, 0.0
             if cfg.method in ("full", "private-set"):
                 st.coreset = st.coreset or full_set(n)
-            elif st.coreset is None or st.epoch % cfg.select_every == 0:
+            elif st.coreset is None or redraws(cfg, st.epoch, every=every):
                 t0 = time.perf_counter()
                 if cfg.method == "craig":
                     clean = compute_proxies(model, x_tr, y_tr, kind=cfg.proxy)
@@ -242,6 +246,9 @@ def run(
                         noisy, y_np, fraction=cfg.fraction, scope=cfg.selection_scope, threads=cfg.threads
                     )
                     record(st.ledger, kind="select", noise_multiplier=cfg.select_sigma, sample_rate=1.0)
+                elif poisson:
+                    st.coreset = poisson_subset(n, probability=cfg.fraction, generator=gens["select"])
+                    record_subset(st.ledger, inclusion_probability=cfg.fraction)
                 else:
                     st.coreset = random_coreset(y_np, fraction=cfg.fraction, scope=cfg.selection_scope, generator=gens["select"])
                 select_time, selected = time.perf_counter() - t0, True
@@ -249,7 +256,8 @@ def run(
 
             # ---- 2. one epoch of (DP-)SGD over the set
             t0 = time.perf_counter()
-            sw = set_weights(st.coreset, batch_size=cfg.batch_size, dp=cfg.dp, weighting=cfg.weights)
+            public = len(st.coreset.indices) if cfg.method in ("full", "private-set") else size
+            sw = set_weights(st.coreset, batch_size=cfg.batch_size, dp=cfg.dp, weighting=cfg.weights, size=public)
             es = train_epoch(
                 net, opt, x_tr, y_tr, st.coreset, sw, generator=gens["sampler"], progress=_progress(bar, f"epoch {st.epoch + 1}")
             )
@@ -262,7 +270,7 @@ def run(
 
             # ---- 3. evaluate, account, record, checkpoint
             t0 = time.perf_counter()
-            last_epoch = st.epoch + 1 == cfg.epochs
+            last_epoch = st.epoch + 1 == epochs
             test_acc = accuracy(x_te, y_te) if last_epoch or (st.epoch + 1) % cfg.eval_every == 0 else None
             diag = None
             if probe is not None:
@@ -286,12 +294,12 @@ def run(
                 **rundir.eps_json(eps),
                 "delta": cfg.delta,
                 "selected": selected,
-                "coreset_size": len(st.coreset.indices),
+                "coreset_size": public,  # the public size (a Poisson subset's realised size is secret)
                 "sample_rate": sw.sample_rate,
                 "steps": es.steps,
                 "clip_norm": opt.clip_rule.max_grad_norm if isinstance(opt, DPOptimizer) else None,
-                "examples_seen": es.seen,
-                "examples_seen_total": st.examples_seen,
+                "examples_seen": None if poisson else es.seen,
+                "examples_seen_total": None if poisson else st.examples_seen,
                 "select_time_s": select_time,
                 "train_time_s": train_time,
                 "eval_time_s": eval_time,
@@ -302,7 +310,7 @@ def run(
             save()
             rundir.append_line(run_dir / rundir.METRICS, row)
             say(
-                f"epoch {st.epoch}/{cfg.epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
+                f"epoch {st.epoch}/{epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
                 f"test acc {'-' if test_acc is None else f'{test_acc:.4f}'} eps {rundir.fmt_eps(eps['total'])} "
                 f"(select {rundir.fmt_eps(eps['select'])}, train {rundir.fmt_eps(eps['train'])}){caveats} "
                 f"select {select_time:.2f}s train {train_time:.2f}s |S| {row['coreset_size']}"
@@ -316,7 +324,7 @@ def run(
     last = st.metrics[-1]
     summary: dict[str, Any] = {
         "status": "complete",
-        "epochs": cfg.epochs,
+        "epochs": epochs,
         "test_acc": last["test_acc"],
         "train_acc": train_acc,  # the final model on the whole training split
         "train_acc_batches": last["train_acc"],  # the last epoch's Poisson batches, training mode
@@ -337,7 +345,7 @@ def run(
         "train_time_s": st.train_time_s,
         "eval_time_s": st.eval_time_s,
         "total_time_s": st.total_time_s,
-        "examples_seen": st.examples_seen,
+        "examples_seen": None if poisson else st.examples_seen,
         "coreset_size": last["coreset_size"],
         "n_train": len(ds.y_train),
         "n_test": len(y_te),

@@ -1,0 +1,95 @@
+"""The study's budgets (issue 11): Poisson random subsets and their ledger markers, --compute steps,
+--select-share, unreachable targets, and the bad combinations of these options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core on first import)
+from crepe.config import TrainConfig
+from crepe.privacy.accounting import epsilon
+from crepe.privacy.calibration import SIGMA_MAX, Unreachable, calibrate, planned_ledger
+from tests.test_runs import summary, train_args
+
+
+def ledger_kinds(ledger: list) -> list[tuple[str, float, int]]:
+    return [(e["kind"], e["sample_rate"], e["steps"]) for e in ledger]
+
+
+def test_a_poisson_random_run_marks_each_draw_and_keeps_its_realised_size_secret(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(train_args(data_root, out, "--method", "random", "--fraction", "0.5", "--select-every", "1",
+                               "--epochs", "2", "--sigma", "1.0")) == 0
+    s = summary(out)
+    q = 20 / 150  # B / (p n): public, whatever the draw's realised size
+    assert ledger_kinds(s["ledger"]) == [("subset", 0.5, 1), ("train", q, 7), ("subset", 0.5, 1), ("train", q, 7)]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["coreset_size"] == 150 and r["examples_seen"] is None for r in rows)
+    assert s["coreset_size"] == 150 and s["examples_seen"] is None
+    assert s["labels_public"] is False and s["caveat"] is None  # the draw reads no labels
+    cfg = TrainConfig.from_dict({k: v for k, v in json.loads((out / "config.json").read_text()).items() if k != "provenance"})
+    assert planned_ledger(cfg, n=300, set_size=150) == s["ledger"]  # calibration plans what the run does
+
+
+def test_a_fixed_random_draw_keeps_craigs_budgets_and_gets_no_marker(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(train_args(data_root, out, "--method", "random", "--random-draw", "fixed", "--fraction", "0.5",
+                               "--epochs", "1", "--sigma", "1.0")) == 0
+    s = summary(out)
+    assert all(e["kind"] == "train" for e in s["ledger"])  # bound (a) only: no amplification
+    assert s["coreset_size"] == 154 and s["examples_seen"] is not None  # CRAIG's per-class budgets at 0.5 sum to 154
+
+
+def test_compute_steps_gives_a_small_set_the_steps_and_selection_rounds_of_the_full_run(data_root, tmp_path, capsys) -> None:
+    full, small = tmp_path / "full", tmp_path / "small"
+    common = ["--epochs", "2", "--sigma", "1.0", "--eval-every", "100"]
+    assert cli.main(train_args(data_root, full, "--method", "full", *common)) == 0
+    assert cli.main(train_args(data_root, small, "--method", "craig", "--select-every", "1", "--compute", "steps", *common)) == 0
+    steps = lambda s: sum(e["steps"] for e in s["ledger"] if e["kind"] == "train")  # noqa: E731
+    f, c = summary(full), summary(small)
+    assert steps(f) == 2 * 15  # int(300 / 20) per epoch
+    assert steps(c) == 30 and c["epochs"] == 30  # |S| = 30: one step per epoch, 30 epochs
+    assert [e["kind"] for e in c["ledger"]].count("select") == 2  # as many rounds as at equal epochs
+    cfg = json.loads((small / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["compute"] == "steps"  # the budget is recorded as given
+
+
+def test_an_unreachable_target_names_the_smallest_reachable_epsilon() -> None:
+    cfg = TrainConfig(method="craig", epochs=40, select_every=1, target_epsilon=0.05, batch_size=20).resolve()
+    with pytest.raises(Unreachable, match="smallest reachable epsilon") as err:
+        calibrate(cfg, n=300, set_size=30)
+    from dataclasses import replace
+
+    floor = epsilon(planned_ledger(replace(cfg, sigma=SIGMA_MAX, select_sigma=SIGMA_MAX), n=300, set_size=30), delta=1e-5)
+    assert err.value.floor == pytest.approx(floor) and floor > 0.05
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "craig", "--select-share", "0.2"], "--select-share is a share of --target-epsilon"),
+        (["--method", "craig", "--target-epsilon", "3", "--select-share", "0.2", "--select-sigma", "2"], "give one of them"),
+        (["--method", "craig", "--target-epsilon", "3", "--select-share", "1.5"], "--select-share must be"),
+        (["--method", "full", "--compute", "steps"], "--compute does not apply to --method full"),
+        (["--method", "craig", "--random-draw", "fixed"], "--random-draw does not apply to --method craig"),
+        (["--method", "random", "--random-draw", "bernoulli"], "valid: poisson, fixed"),
+        (["--method", "random", "--compute", "hours"], "valid: epochs, steps"),
+        (["--method", "random", "--select-share", "0.1", "--target-epsilon", "3"], "does not apply to --method random"),
+    ],
+)
+def test_bad_budget_options_are_refused_with_the_allowed_values(data_root, tmp_path, capsys, argv, message) -> None:
+    out = tmp_path / "run"
+    assert cli.main(train_args(data_root, out, *argv)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_empty_poisson_draw_still_takes_its_recorded_noisy_steps(data_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(train_args(data_root, out, "--method", "random", "--fraction", "0.0001", "--batch-size", "1",
+                               "--epochs", "1", "--sigma", "1.0", "--select-every", "1")) == 0
+    s = summary(out)
+    assert ledger_kinds(s["ledger"]) == [("subset", 0.0001, 1), ("train", 1.0, 1)]
