@@ -26,9 +26,10 @@ def write_run(
     epochs: int = 2,
     complete: bool = True,
     total: float = 10.0,
+    summary: dict[str, object] | None = None,
     **cfg: object,
 ) -> Path:
-    """A run directory as `crepe train` writes it, with made-up numbers."""
+    """A run directory as `crepe train` writes it, with made-up numbers (`summary` overrides summary.json's)."""
     c = TrainConfig(epochs=epochs, **cfg).resolve()  # type: ignore[arg-type]
     d = root / name
     d.mkdir(parents=True)
@@ -49,7 +50,7 @@ def write_run(
             "status": "complete", "test_acc": test_acc, "train_acc": test_acc + 0.01,
             "eps_total": None if not c.dp else eps_sel + eps_train, "eps_select": None if not c.dp else eps_sel,
             "eps_train": None if not c.dp else eps_train, "delta": c.delta, "select_time_s": 0.2 if c.method == "craig" else 0.0,
-            "train_time_s": total - 1.0, "total_time_s": total, "epochs": epochs,
+            "train_time_s": total - 1.0, "total_time_s": total, "epochs": epochs, **(summary or {}),
         }))
     return d
 

@@ -1,4 +1,5 @@
-"""The study: grids of `crepe train` runs (sweep) and their tables and plots (report)."""
+"""The study: grids of `crepe train` runs (sweep), their tables and plots (report), and the
+comparison at equal epsilon (verdict)."""
 
 from __future__ import annotations
 

@@ -4,12 +4,14 @@ Reads every run directory under SWEEP_DIR (a folder with config.json; finished
 runs have summary.json with status "complete" and metrics.jsonl), groups runs
 that differ only in their seed, and writes
 
-    OUT/results.md         Markdown table: mean +- std over seeds
+    OUT/results.md         Markdown table: mean +- std and 95% interval over seeds; the cells a
+                           sweep never ran because their target epsilon is unreachable
     OUT/results.csv        the same numbers, machine-readable
     OUT/acc_vs_eps.png     test accuracy vs epsilon_total
     OUT/acc_vs_time.png    test accuracy vs wall time
     OUT/acc_per_epoch.png  test accuracy per epoch
     OUT/diagnostics.png    clipping diagnostics per epoch (runs with --diagnostics only)
+    OUT/frontier.png, verdict.md, ...  the study at equal epsilon (crepe.study.verdict)
 
 Rows and columns come from the option declarations (crepe.config, via
 crepe.study.grid): runs that agree on every grid option but the seed share a
@@ -31,7 +33,7 @@ import csv
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,13 @@ class Run:
     metrics: tuple[dict[str, Any], ...]
 
 
+def t975(df: float) -> float:
+    """The 0.975 quantile of Student's t with df degrees of freedom (two-sided 95%)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
 @dataclass(frozen=True)
 class Stat:
     """Mean and sample standard deviation over seeds (std None for one seed)."""
@@ -83,6 +92,13 @@ class Stat:
     mean: float
     std: float | None
     n: int
+
+    @property
+    def half95(self) -> float | None:
+        """Half-width of the t-based 95% interval of the mean (None for one seed or an infinite mean)."""
+        if self.std is None or math.isinf(self.mean):
+            return None
+        return t975(self.n - 1) * self.std / math.sqrt(self.n)
 
     @staticmethod
     def of(values: Sequence[float | None]) -> Stat | None:
@@ -112,7 +128,10 @@ class Row:
         return sorted(int(r.config.get("seed", 0)) for r in self.runs)
 
 
-SUMMARY_FIELDS = ("test_acc", "train_acc", "eps_total", "eps_select", "eps_train", "select_time_s", "train_time_s", "total_time_s")
+SUMMARY_FIELDS = ("test_acc", "train_acc", "eps_total", "eps_select", "eps_train", "select_time_s", "train_time_s",
+                  "eval_time_s", "total_time_s")
+MIN_SEEDS = 3  # fewer seeds than this: the interval is wide (or missing) and marked FEW
+FEW = "†"
 
 
 def _eps(summary: dict[str, Any], key: str) -> float:
@@ -280,7 +299,7 @@ def varying_axes(rows: Sequence[Row]) -> list[str]:
 # Table and CSV.
 
 
-def _pm(s: Stat | None, *, scale: float = 1.0, digits: int = 2) -> str:
+def pm(s: Stat | None, *, scale: float = 1.0, digits: int = 2) -> str:
     if s is None:
         return "n/a"
     if math.isinf(s.mean):
@@ -291,7 +310,7 @@ def _pm(s: Stat | None, *, scale: float = 1.0, digits: int = 2) -> str:
     return text
 
 
-def _eps_cell(r: Row) -> str:
+def eps_cell(r: Row) -> str:
     t, sel, tr = r.stats["eps_total"], r.stats["eps_select"], r.stats["eps_train"]
     if t is None:
         return "n/a"
@@ -306,7 +325,7 @@ def _num(s: Stat | None) -> str:
     return "n/a" if s is None else ("∞" if math.isinf(s.mean) else f"{s.mean:.3g}")
 
 
-def _axis_cell(a: str, v: Any) -> str:
+def axis_cell(a: str, v: Any) -> str:
     if a == "dp":
         return "DP" if v else "non-DP"
     if v is None:
@@ -316,7 +335,7 @@ def _axis_cell(a: str, v: Any) -> str:
     return str(v)
 
 
-def _title(a: str) -> str:
+def column_title(a: str) -> str:
     return TITLES.get(a, a.replace("_", " "))
 
 
@@ -329,7 +348,7 @@ def _solved_sigma(r: Row) -> float | None:
 def _cell(r: Row, a: str) -> str:
     if a == "sigma" and r.k[a] is None and _solved_sigma(r) is not None:
         return f"{_solved_sigma(r):.3g} (solved)"
-    return _axis_cell(a, r.k[a])
+    return axis_cell(a, r.k[a])
 
 
 def protocol(runs: Sequence[Run], columns: Sequence[str]) -> list[str]:
@@ -343,13 +362,36 @@ def protocol(runs: Sequence[Run], columns: Sequence[str]) -> list[str]:
     return bits
 
 
-def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str]) -> str:
+def ci_cell(s: Stat | None, *, scale: float = 100.0) -> str:
+    """The 95% interval of a mean as [low, high], marked FEW below MIN_SEEDS seeds."""
+    if s is None:
+        return "n/a"
+    h = s.half95
+    text = "n/a" if h is None else f"[{(s.mean - h) * scale:.2f}, {(s.mean + h) * scale:.2f}]"
+    return text + (f" {FEW}" if s.n < MIN_SEEDS else "")
+
+
+def speedup_cell(r: Row) -> str:
+    return "n/a" if r.speedup is None else f"{r.speedup:.2f}×"
+
+
+def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + [
+        "| " + " | ".join(cells) + " |" for cells in body]
+
+
+CI_NOTE = (f"95% CI: t-based interval of the mean over seeds; {FEW} fewer than {MIN_SEEDS} seeds "
+           "(a wide interval, or none for one seed).")
+
+
+def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str], unreachable: Sequence[str] = ()) -> str:
+    """results.md; `unreachable`: the lines of unreachable_section (cells a sweep never ran)."""
     axes = varying_axes(rows)
     cfg = runs[0].config
     protocol_bits = protocol(runs, axes)
-    head = [_title(a) for a in axes] + [
-        "seeds", "test acc (%)", "train acc (%)", "ε_total (ε_select / ε_train)", "select (s)", "train (s)", "total (s)",
-        "speed-up vs full"]
+    head = [column_title(a) for a in axes] + [
+        "seeds", "test acc (%)", "95% CI (%)", "train acc (%)", "ε_total (ε_select / ε_train)", "select (s)", "train (s)",
+        "eval (s)", "total (s)", "speed-up vs full"]
     lines = [
         "# crepe sweep report",
         "",
@@ -357,33 +399,29 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str]) -
         "Times are wall-clock seconds per run as `crepe train` measures them: selection rounds, training epochs, and "
         "the whole run (selection + training + evaluation; process start-up and data loading excluded). "
         "Speed-up = total time of the full-data run with the same model, dataset and σ or target ε (or non-DP) / this row's. "
-        "Runs calibrated to different target ε are never averaged: each target is its own row.",
+        "Runs calibrated to different target ε are never averaged: each target is its own row. " + CI_NOTE,
         f"ε at δ = {cfg.get('delta', 1e-5):g}, zero-out adjacency: ε_total composes the selection rounds and the "
         "DP-SGD steps in one accountant; ε_select and ε_train are each part alone (their sum overstates ε_total). "
         "Per-class selection reads the true labels: its ε holds with labels treated as public.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
     ]
-    for r in rows:
-        cells = [_cell(r, a) for a in axes] + [
-            str(len(r.runs)),
-            _pm(r.stats["test_acc"], scale=100),
-            _pm(r.stats["train_acc"], scale=100),
-            _eps_cell(r),
-            _pm(r.stats["select_time_s"], digits=1),
-            _pm(r.stats["train_time_s"], digits=1),
-            _pm(r.stats["total_time_s"], digits=1),
-            "n/a" if r.speedup is None else f"{r.speedup:.2f}×",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += md_table(head, [[_cell(r, a) for a in axes] + [
+        str(len(r.runs)),
+        pm(r.stats["test_acc"], scale=100),
+        ci_cell(r.stats["test_acc"]),
+        pm(r.stats["train_acc"], scale=100),
+        eps_cell(r),
+        *(pm(r.stats[f], digits=1) for f in ("select_time_s", "train_time_s", "eval_time_s", "total_time_s")),
+        speedup_cell(r),
+    ] for r in rows])
+    lines += unreachable
     if skipped:
         lines += ["", f"Left out ({len(skipped)}): " + "; ".join(skipped)]
     return "\n".join(lines) + "\n"
 
 
 CSV_FIELDS = ("n_seeds", "seeds") + tuple(
-    f"{f}_{s}" for f in SUMMARY_FIELDS for s in ("mean", "std")) + ("speedup_vs_full",)
+    f"{f}_{s}" for f in SUMMARY_FIELDS for s in ("mean", "std")) + ("speedup_vs_full", "test_acc_ci95_low", "test_acc_ci95_high")
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
@@ -398,7 +436,14 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
                 vals += ["" if s is None else ("inf" if math.isinf(s.mean) else f"{s.mean:.6g}"),
                          "" if s is None or s.std is None else f"{s.std:.6g}"]
             vals.append("" if r.speedup is None else f"{r.speedup:.4g}")
+            vals += ci_bounds(r.stats["test_acc"])
             w.writerow(vals)
+
+
+def ci_bounds(s: Stat | None) -> list[str]:
+    """The 95% interval of a mean as two CSV cells (empty below two seeds)."""
+    h = None if s is None else s.half95
+    return ["", ""] if s is None or h is None else [f"{s.mean - h:.6g}", f"{s.mean + h:.6g}"]
 
 
 # ---------------------------------------------------------------------------
@@ -408,12 +453,12 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
 PLOT_AXES = ("dataset", "model", "method", "dp", "sigma", "target_epsilon")
 
 
-def _panels(rows: Sequence[Row]) -> list[tuple[str, str]]:
+def panels_of(rows: Sequence[Row]) -> list[tuple[str, str]]:
     return sorted({(str(r.k["dataset"]), str(r.k["model"])) for r in rows})
 
 
-def _extra_label(r: Row, axes: Sequence[str]) -> str:
-    bits = [f"{_title(a)}={_axis_cell(a, r.k[a])}" for a in axes if a not in PLOT_AXES and r.k[a] is not None]
+def extra_label(r: Row, axes: Sequence[str]) -> str:
+    bits = [f"{column_title(a)}={axis_cell(a, r.k[a])}" for a in axes if a not in PLOT_AXES and r.k[a] is not None]
     return (" " + " ".join(bits)) if bits else ""
 
 
@@ -422,11 +467,11 @@ def _series(rows: Sequence[Row], axes: Sequence[str]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     for r in rows:
         if r.k["dp"]:
-            out.setdefault(f"{r.k['method']}{_extra_label(r, axes)}", []).append(r)
+            out.setdefault(f"{r.k['method']}{extra_label(r, axes)}", []).append(r)
     return out
 
 
-def _std(s: Stat | None) -> float:
+def std_or_0(s: Stat | None) -> float:
     return 0.0 if s is None or s.std is None else s.std
 
 
@@ -480,12 +525,12 @@ def log_axis(axis: Any, values: Sequence[float]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _figure(plt: Any, nrows: int, ncols: int, panel: tuple[float, float], **kw: Any) -> tuple[Any, Any]:
+def figure(plt: Any, nrows: int, ncols: int, panel: tuple[float, float], **kw: Any) -> tuple[Any, Any]:
     size = (max(MIN_SIZE[0], panel[0] * ncols), max(MIN_SIZE[1], panel[1] * nrows))
     return plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kw)
 
 
-def _legend(fig: Any) -> None:
+def legend(fig: Any) -> None:
     """One legend for the figure, outside the panels (right), one entry per label."""
     seen: dict[str, Any] = {}
     for ax in fig.axes:
@@ -493,6 +538,51 @@ def _legend(fig: Any) -> None:
             seen.setdefault(label, handle)
     if seen:
         fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+
+
+def style(name: str) -> tuple[str, str]:
+    """Colour and marker of a line or point, by the method its label starts with."""
+    return METHOD_STYLE.get(name.split(" ")[0], ("#7f7f7f", "D"))
+
+
+def acc_pct(r: Row, error: Callable[[Stat | None], float]) -> tuple[float, float]:
+    """A row's mean test accuracy and its error bar, in %."""
+    return 100 * r.stats["test_acc"].mean, 100 * error(r.stats["test_acc"])  # type: ignore[union-attr]
+
+
+def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, error: Callable[[Stat | None], float]) -> None:
+    """One panel of test accuracy vs the achieved epsilon_total: a line per series of DP rows (_series
+    over `axes_cols`), error bars `error(test_acc stat)`; non-private rows as dashed horizontal lines."""
+    rows = [r for r in rows if r.stats["test_acc"]]
+    xs_all, ys, sds = [], [], []
+    for name, series in _series(rows, axes_cols).items():
+        series = [r for r in series if r.stats["eps_total"] and math.isfinite(r.stats["eps_total"].mean)]
+        if not series:
+            continue
+        series.sort(key=lambda r: r.stats["eps_total"].mean)  # type: ignore[union-attr]
+        c, m = style(name)
+        x = [r.stats["eps_total"].mean for r in series]  # type: ignore[union-attr]
+        y, sd = zip(*(acc_pct(r, error) for r in series))
+        ax.errorbar(x, y, yerr=sd, color=c, marker=m, capsize=3, label=f"{name} (DP)")
+        for xi, yi, r in zip(x, y, series):
+            if r.k["target_epsilon"] is None:  # a target is already where the point sits on the x axis
+                ax.annotate(_point_label(r), (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=c)
+        xs_all += x
+        ys += y
+        sds += sd
+    for r in rows:
+        if not r.k["dp"]:
+            c, _ = style(str(r.k["method"]))
+            y, sd = acc_pct(r, error)
+            ax.axhline(y, color=c, ls="--", lw=1, label=f"{r.k['method']}{extra_label(r, axes_cols)} non-DP (ε = ∞)")
+            ys.append(y)
+            sds.append(sd)
+    log_axis(ax.xaxis, xs_all)
+    if ys:
+        ax.set_ylim(*accuracy_limits(ys, sds))
+    delta = float(rows[0].runs[0].config.get("delta", 1e-5)) if rows else 1e-5
+    ax.set_xlabel(f"ε_total (selection + training) at δ = {delta:g}, log scale")
+    ax.set_ylabel("test accuracy (%)")
 
 
 def figures(rows: Sequence[Row]) -> dict[str, Any]:
@@ -504,68 +594,36 @@ def figures(rows: Sequence[Row]) -> dict[str, Any]:
     from matplotlib.ticker import MaxNLocator
 
     axes_cols = varying_axes(rows)
-    panels = _panels(rows)
+    panels = panels_of(rows)
     plt.rcParams.update({"font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
     figs: dict[str, Any] = {}
-
-    def style(name: str) -> tuple[str, str]:
-        return METHOD_STYLE.get(name.split(" ")[0], ("#7f7f7f", "D"))
 
     def in_panel(r: Row, panel: tuple[str, str]) -> bool:
         return (str(r.k["dataset"]), str(r.k["model"])) == panel
 
     def acc(r: Row) -> tuple[float, float]:
-        return 100 * r.stats["test_acc"].mean, 100 * _std(r.stats["test_acc"])  # type: ignore[union-attr]
+        return acc_pct(r, std_or_0)
 
     # 1. test accuracy vs epsilon_total
-    delta = float(rows[0].runs[0].config.get("delta", 1e-5))
-    fig, axs = _figure(plt, 1, len(panels), (6.0, 4.2))
+    fig, axs = figure(plt, 1, len(panels), (6.0, 4.2))
     for ax, panel in zip(axs[0], panels):
-        prow = [r for r in rows if in_panel(r, panel) and r.stats["test_acc"]]
-        xs_all, ys, sds = [], [], []
-        for name, series in _series(prow, axes_cols).items():
-            series = [r for r in series if r.stats["eps_total"] and math.isfinite(r.stats["eps_total"].mean)]
-            if not series:
-                continue
-            series.sort(key=lambda r: r.stats["eps_total"].mean)  # type: ignore[union-attr]
-            c, m = style(name)
-            x = [r.stats["eps_total"].mean for r in series]  # type: ignore[union-attr]
-            y, sd = zip(*(acc(r) for r in series))
-            ax.errorbar(x, y, yerr=sd, color=c, marker=m, capsize=3, label=f"{name} (DP)")
-            for xi, yi, r in zip(x, y, series):
-                if r.k["target_epsilon"] is None:  # a target is already where the point sits on the x axis
-                    ax.annotate(_point_label(r), (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=c)
-            xs_all += x
-            ys += y
-            sds += sd
-        for r in prow:
-            if not r.k["dp"]:
-                c, _ = style(str(r.k["method"]))
-                y, sd = acc(r)
-                ax.axhline(y, color=c, ls="--", lw=1, label=f"{r.k['method']}{_extra_label(r, axes_cols)} non-DP (ε = ∞)")
-                ys.append(y)
-                sds.append(sd)
-        log_axis(ax.xaxis, xs_all)
-        if ys:
-            ax.set_ylim(*accuracy_limits(ys, sds))
-        ax.set_xlabel(f"ε_total (selection + training) at δ = {delta:g}, log scale")
-        ax.set_ylabel("test accuracy (%)")
+        draw_acc_vs_eps(ax, [r for r in rows if in_panel(r, panel)], axes_cols, error=std_or_0)
         ax.set_title(f"Test accuracy vs privacy: {panel[0]}, {panel[1]}")
-    _legend(fig)
+    legend(fig)
     figs[PLOTS[0]] = fig
 
     # 2. test accuracy vs wall time
     levels = sorted({_level(r) for r in rows})
-    fig, axs = _figure(plt, 1, len(panels), (6.0, 4.2))
+    fig, axs = figure(plt, 1, len(panels), (6.0, 4.2))
     for ax, panel in zip(axs[0], panels):
         prow = [r for r in rows if in_panel(r, panel) and r.stats["total_time_s"] and r.stats["test_acc"]]
         for r in prow:
-            name = f"{r.k['method']}{_extra_label(r, axes_cols)}"
+            name = f"{r.k['method']}{extra_label(r, axes_cols)}"
             c, m = style(name)
             filled = bool(r.k["dp"])
             y, sd = acc(r)
             t = r.stats["total_time_s"]
-            ax.errorbar(t.mean, y, xerr=_std(t), yerr=sd, color=c, marker=m, mfc=c if filled else "white", ms=7, capsize=3,  # type: ignore[union-attr]
+            ax.errorbar(t.mean, y, xerr=std_or_0(t), yerr=sd, color=c, marker=m, mfc=c if filled else "white", ms=7, capsize=3,  # type: ignore[union-attr]
                         ls="none", label=f"{name} ({'DP' if filled else 'non-DP'})")
             ax.annotate(_point_label(r) if filled else "non-DP", (t.mean, y), textcoords="offset points",  # type: ignore[union-attr]
                         xytext=(6, -3 + 8 * (levels.index(_level(r)) % 2)), fontsize=7, color=c)
@@ -575,11 +633,11 @@ def figures(rows: Sequence[Row]) -> dict[str, Any]:
         ax.set_xlabel("wall time per run (s), log scale")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Test accuracy vs wall time: {panel[0]}, {panel[1]}")
-    _legend(fig)
+    legend(fig)
     figs[PLOTS[1]] = fig
 
     # 3. test accuracy per epoch: one panel per (dataset, model) x privacy level
-    fig, axs = _figure(plt, len(panels), len(levels), (3.8, 3.2), sharey="row")
+    fig, axs = figure(plt, len(panels), len(levels), (3.8, 3.2), sharey="row")
     for i, panel in enumerate(panels):
         values, sds = [], []
         for j, level in enumerate(levels):
@@ -601,7 +659,7 @@ def figures(rows: Sequence[Row]) -> dict[str, Any]:
                 xs = [e - base + 1 for e in epochs]
                 mean = [100 * statistics.fmean(c[e] for c in curves) for e in range(n)]
                 sd = [100 * (statistics.stdev(c[e] for c in curves) if len(curves) > 1 else 0.0) for e in range(n)]
-                name = f"{r.k['method']}{_extra_label(r, axes_cols)}"
+                name = f"{r.k['method']}{extra_label(r, axes_cols)}"
                 c, m = style(name)
                 ax.plot(xs, mean, color=c, marker=m, ms=4, label=name)
                 if len(curves) > 1:
@@ -618,12 +676,15 @@ def figures(rows: Sequence[Row]) -> dict[str, Any]:
         if values:
             axs[i][0].set_ylim(*accuracy_limits(values, sds))  # shared along the row
     fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std)", fontsize=10, x=0.01, ha="left")
-    _legend(fig)
+    legend(fig)
     figs[PLOTS[2]] = fig
 
     diag = diagnostics_figure(plt, rows)
     if diag is not None:
         figs[DIAGNOSTICS_PLOT] = diag
+    from crepe.study import verdict  # imports this module
+
+    figs.update(verdict.figures(plt, rows))
     return figs
 
 
@@ -640,7 +701,7 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
         return None
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
-    fig, axs = _figure(plt, nrows, ncols, (3.6, 2.8), sharex=True)
+    fig, axs = figure(plt, nrows, ncols, (3.6, 2.8), sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lines = ("-", "--", ":", "-.")
     for ax, metric in zip(axs.flat, metrics):
@@ -650,14 +711,14 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
                           if isinstance((m.get("diagnostics") or {}).get(metric), (int, float))]
                 if points:
                     ax.plot(*zip(*points), color=colours[i % len(colours)], ls=lines[s % len(lines)], marker=".",
-                            label=f"{_label(r.k)}{_extra_label(r, varying_axes(rows))} seed {run.config.get('seed', 0)}")
+                            label=f"{_label(r.k)}{extra_label(r, varying_axes(rows))} seed {run.config.get('seed', 0)}")
         ax.set_title(metric)
         ax.set_xlabel("epoch")
     for ax in list(axs.flat)[len(metrics):]:
         ax.set_visible(False)
     fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε", fontsize=10,
                  x=0.01, ha="left")  # left: the legend sits at the upper right
-    _legend(fig)
+    legend(fig)
     return fig
 
 
@@ -676,17 +737,44 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
 # Command line.
 
 
+def unreachable_section(sweep_dir: Path) -> list[str]:
+    """Markdown lines listing the cells `crepe sweep` never ran because their target epsilon is
+    unreachable (from SWEEP_DIR/sweep.json; none without one). A cell: its runs but the seed."""
+    from crepe.study import sweep
+
+    manifest = sweep.load_manifest(sweep_dir)
+    records = [r for r in (manifest or {}).get("runs", {}).values() if r.get("status") == "unreachable"]
+    if manifest is None or not records:
+        return []
+    key = {st.name: k for k, st in opts.axes().items()}
+    shown = [key["method"]] + [k for k, v in manifest["grid"].items()
+                               if len(v) > 1 and k not in (key["method"], key[REPLICATE], key["target_epsilon"])]
+    cells: dict[tuple[str, float, float], list[str]] = {}
+    for r in records:
+        settings = " ".join(f"{k}={opts.fmt(r['settings'][k])}" for k in shown if k in r["settings"])
+        seed = r["settings"].get(key[REPLICATE], opts.default(REPLICATE))
+        cells.setdefault((settings, r["target_epsilon"], r["smallest_epsilon"]), []).append(str(seed))
+    return ["", "## Unreachable cells (not run)", "",
+            "Their schedule cannot bring ε_total down to the target ε even at the largest noise `crepe train` "
+            "allows: `crepe sweep` did not start them.", ""] + md_table(
+        ["settings", "target ε", "smallest reachable ε", "seeds"],
+        [[settings, f"{target:g}", f"{floor:.4g}", " ".join(seeds)] for (settings, target, floor), seeds in cells.items()])
+
+
 def report(sweep_dir: Path, out_dir: Path | None = None, *, plots: bool = True) -> dict[str, Path]:
-    """Write the table, CSV and plots of a sweep; returns their paths."""
+    """Write the tables, CSVs and plots of a sweep; returns their paths."""
+    from crepe.study import verdict  # imports this module
+
     runs, skipped = find_runs(sweep_dir)
     rows = aggregate(runs)
+    unreachable = unreachable_section(sweep_dir)
     out_dir = out_dir or (sweep_dir / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "results.md"
-    md.write_text(markdown(rows, runs, skipped))
+    md.write_text(markdown(rows, runs, skipped, unreachable))
     csv_path = out_dir / "results.csv"
     write_csv(rows, csv_path)
-    paths = {"markdown": md, "csv": csv_path}
+    paths = {"markdown": md, "csv": csv_path, **verdict.write(rows, out_dir, unreachable)}
     if plots:
         for p in plot_all(rows, out_dir):
             paths[p.stem] = p

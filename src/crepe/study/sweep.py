@@ -1,8 +1,8 @@
 """`crepe sweep`: run a grid of `crepe train` configurations, one run directory each.
 
 Every configuration runs as its own `python -m crepe train` subprocess: a crash
-stays in its run, `--jobs N` runs N at a time, and this module needs nothing of
-torch. The sweep directory holds
+stays in its run, `--jobs N` runs N at a time, and this module loads torch only
+to check target epsilons (below). The sweep directory holds
 
     SWEEP_DIR/sweep.json          the manifest: grid, fixed settings, per-run status
     SWEEP_DIR/<run name>/         one `crepe train` run directory per configuration
@@ -13,16 +13,22 @@ every grid option is an axis (several values), every other option a fixed
 setting (one value). Re-running a sweep skips runs whose summary.json says
 "complete", continues interrupted runs with `crepe train --resume`, and retries
 failed ones. A failed run is recorded (exit code and the tail of its log) and
-does not stop the others. The manifest fixes the grid: asking for a different
-grid in an existing sweep directory is an error unless `--extend` is given
-(which only adds runs). Ctrl-C or SIGTERM stops the runs (each resumable from
-its last epoch), records them, and exits 130 / 143.
+does not stop the others. A run calibrated to a target epsilon that its
+schedule cannot reach is never started: each invocation (--dry-run too) first
+calibrates the runs with a target in-process, as `crepe train` would, and the
+manifest records those it would refuse as "unreachable" with the smallest
+reachable epsilon (`crepe report` lists them). The manifest fixes the grid:
+asking for a different grid in an existing sweep directory is an error unless
+`--extend` is given (which only adds runs). Ctrl-C or SIGTERM stops the runs
+(each resumable from its last epoch), records them, and exits 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import functools
 import itertools
 import os
 import signal
@@ -31,7 +37,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +53,9 @@ from crepe.training import rundir
 MANIFEST = "sweep.json"
 LOGS = "logs"
 FORMAT_VERSION = 1
+TARGET = "target_epsilon"  # the option that calibrates a run's sigma: such a run may be unreachable
+# What the manifest records of a run that is never started because its target is unreachable.
+UNREACHABLE_FIELDS = ("target_epsilon", "smallest_epsilon", "settings")
 
 # The axes every run name shows, in this order; other axes appear only when the
 # sweep gives them more than one value (and the run uses them).
@@ -75,8 +84,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sigma": (1.0, 3.0, 5.0),
             REPLICATE: (0, 1, 2),
         },
-        "fixed": {"epochs": 50, "select-every": 20, "max-grad-norm": 1.0, "delta": 1e-5},
-        "grid_fixed": {"fraction": (0.1,)},
+        "fixed": {"epochs": 50, "max-grad-norm": 1.0, "delta": 1e-5},
+        "grid_fixed": {"fraction": (0.1,), "select-every": (20,)},
     },
     # The same study scaled to about 15 minutes on 2 idle CPU cores (measured in
     # docs/results.md).
@@ -92,8 +101,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sigma": (1.0, 3.0),
             REPLICATE: (0, 1),
         },
-        "fixed": {"epochs": 4, "select-every": 2, "max-grad-norm": 1.0, "delta": 1e-5},
-        "grid_fixed": {"fraction": (0.1,)},
+        "fixed": {"epochs": 4, "max-grad-norm": 1.0, "delta": 1e-5},
+        "grid_fixed": {"fraction": (0.1,), "select-every": (2,)},
     },
 }
 
@@ -118,13 +127,26 @@ class RunSpec:
         known = _settings()
         return [a for key, value in self.settings for a in opts.train_args(known[key], value)]
 
+    def given(self) -> dict[str, Any]:
+        """This run's options as `crepe train` receives them: TrainConfig field -> value."""
+        known = _settings()
+        return {known[k].name: (v == "dp" if k == PRIVACY else v) for k, v in self.settings}
+
+    @property
+    def target(self) -> float | None:
+        """The target epsilon this run is calibrated to, if any."""
+        value: float | None = self.given().get(TARGET)
+        return value
+
     def cost(self) -> float:
         """A rough relative cost, to start the longest runs first."""
         v = dict(self.settings)
         per_example = 4.0 if v.get("model") == "resnet" else 1.0
         method = v.get("method")
+        # --compute steps: a small set trains the optimiser steps of the full run (its share of the data is 1)
+        trained = 1.0 if v.get("compute") == "steps" else float(v.get("fraction", 0.1))
         # private-set: generation (per-example gradients of a ConvNet on Poisson batches) ~ a full epoch or two
-        share = 1.0 if method == "full" else 2.0 if method == "private-set" else float(v.get("fraction", 0.1)) + 0.05
+        share = 1.0 if method == "full" else 2.0 if method == "private-set" else trained + 0.05
         dp = 1.5 if v.get(PRIVACY) == "dp" else 1.0
         return per_example * share * dp
 
@@ -143,22 +165,25 @@ class Plan:
         return {"grid": {k: list(v) for k, v in self.grid.items()}, "fixed": dict(self.fixed)}
 
 
-def _key(name: str) -> str:
-    """The sweep key of a grid option."""
-    return next(k for k, st in opts.axes().items() if st.name == name)
+def _solving_axes() -> list[tuple[str, str]]:
+    """(solver, solved) sweep keys where one grid option solves another grid option (target
+    epsilon -> sigma): a sweep has one axis or the other. A solver whose solved option is a fixed
+    setting (select share -> select sigma) is an ordinary axis; `crepe train` refuses both given."""
+    keys = {st.name: k for k, st in opts.axes().items()}
+    return [(keys[a], keys[b]) for a, b in SOLVES.items() if a in keys and b in keys]
 
 
 def _name(values: dict[str, Any], grid: dict[str, tuple[Any, ...]], unused: set[str]) -> str:
     parts = [str(values[k]) for k in NAME_AXES[:3]]
-    solved = [_key(n) for n in (*SOLVES, *SOLVES.values())]  # shown as the privacy part
+    (target, sigma), = _solving_axes()  # shown as the privacy part
     if values[PRIVACY] == "nodp":
         parts.append("nodp")
-    elif solved[0] in values:
-        parts.append(f"eps{fmt(values[solved[0]])}")
+    elif target in values:
+        parts.append(f"eps{fmt(values[target])}")
     else:
-        parts.append(f"sigma{fmt(values[solved[1]])}" if solved[1] in values else "dp")
+        parts.append(f"sigma{fmt(values[sigma])}" if sigma in values else "dp")
     for key in grid:
-        if key in NAME_AXES or key in solved or len(grid[key]) < 2 or key in unused:
+        if key in NAME_AXES or key in (target, sigma) or len(grid[key]) < 2 or key in unused:
             continue
         parts.append(f"{key}{fmt(values[key])}")
     # seed last reads better: dataset_model_method_sigma1_[extras_]seed0
@@ -209,12 +234,11 @@ def make_plan(
     if preset is not None:
         base_grid.update(PRESETS[preset]["grid"])
         base_grid.update(PRESETS[preset].get("grid_fixed", {}))
-        base_fixed.update(PRESETS[preset]["fixed"])
+        base_fixed.update({k: parse_fixed(k, v) for k, v in PRESETS[preset]["fixed"].items()})  # an option turned axis fails here
     asked = {key: parse_values(key, values) for key, values in grid.items()}
-    for solver, solved in SOLVES.items():  # one of the two axes: what the user asked for wins
-        a, b = _key(solver), _key(solved)
+    for a, b in _solving_axes():  # one of the two axes: what the user asked for wins
         if a in asked and b in asked:
-            raise UsageError(f"{axes[a].spec.flag} solves {solved}: give {axes[b].spec.flag} or {axes[a].spec.flag}, not both")
+            raise UsageError(f"{axes[a].spec.flag} solves {axes[b].name}: give {axes[b].spec.flag} or {axes[a].spec.flag}, not both")
         base_grid.pop(b if a in asked else a if b in asked else "", None)
         if a in base_grid:
             base_grid.pop(b, None)
@@ -238,8 +262,9 @@ def make_plan(
         known = _settings()
         chosen = {k: values[k] for k in keys if k not in unused}
         chosen |= {k: v for k, v in f.items() if not opts.unused(known[k].name, method=method, dp=dp)}
-        opts.run_config({known[k].name: (v == "dp" if k == PRIVACY else v) for k, v in chosen.items()}, f"run {name}")
-        runs[name] = RunSpec(name=name, settings=tuple(chosen.items()))
+        spec = RunSpec(name=name, settings=tuple(chosen.items()))
+        opts.run_config(spec.given(), f"run {name}")
+        runs[name] = spec
     return Plan(grid=g, fixed=f, preset=preset, runs=tuple(runs.values()))
 
 
@@ -267,7 +292,15 @@ def load_manifest(sweep_dir: Path) -> dict[str, Any] | None:
 
 
 def plan_from_manifest(manifest: dict[str, Any]) -> Plan:
-    return make_plan(grid=manifest["grid"], fixed=manifest["fixed"], preset=None)
+    axes = opts.axes()
+    grid = dict(manifest["grid"])
+    fixed = {}
+    for key, value in manifest["fixed"].items():
+        if key in axes and key not in grid:  # an option declared a grid axis since (select-every): one value
+            grid[key] = [value]
+        else:
+            fixed[key] = value
+    return make_plan(grid=grid, fixed=fixed, preset=None)
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -300,6 +333,73 @@ def merge_plans(old: Plan, new: Plan) -> Plan:
             + "; use a new sweep directory"
         )
     return merged
+
+
+# ---------------------------------------------------------------------------
+# Targets a schedule cannot reach.
+
+
+@contextlib.contextmanager
+def _each_dataset_loaded_once() -> Iterator[None]:
+    """Within the block crepe.data.load returns one cached result per (dataset, folder, subsets):
+    new_run_config loads the data of each run it calibrates (~1 s for Fashion-MNIST) to count its labels."""
+    from crepe import data
+
+    real = data.load
+    data.load = functools.lru_cache(maxsize=None)(real)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        data.load = real  # type: ignore[assignment]
+
+
+def _floor(given: dict[str, Any]) -> float | None:
+    """The smallest reachable epsilon if `crepe train` would refuse this run's target as unreachable, else None."""
+    from crepe.cli import new_run_config
+    from crepe.privacy.calibration import Unreachable
+
+    try:
+        new_run_config(given)
+    except Unreachable as e:
+        return e.floor
+    except UsageError:  # not this check's to report: the run fails with the message in its log
+        return None
+    return None
+
+
+def unreachable(specs: Sequence[RunSpec], *, data_dir: str | None) -> dict[str, float]:
+    """name -> smallest reachable epsilon, for each run whose schedule cannot reach its target epsilon.
+
+    Each run with a target is calibrated in-process exactly as `crepe train` would calibrate it
+    (crepe.cli.new_run_config); runs that differ only in their seed share one check (calibration
+    does not depend on the seed). Imports torch only when a run has a target.
+    """
+    floors: dict[tuple[tuple[str, Any], ...], float | None] = {}
+    out: dict[str, float] = {}
+    with _each_dataset_loaded_once():  # crepe.data is torch-free until a dataset loads
+        for spec in (s for s in specs if s.target is not None):
+            given = spec.given() | ({} if data_dir is None else {"data_dir": data_dir})
+            cell = tuple((k, v) for k, v in given.items() if k != REPLICATE)
+            if cell not in floors:
+                floors[cell] = _floor(given)
+            floor = floors[cell]
+            if floor is not None:
+                out[spec.name] = floor
+    return out
+
+
+def check_runs(plan: Plan, *, sweep_dir: Path, data_dir: str | None, out: Any) -> tuple[dict[str, str], dict[str, float]]:
+    """Each run's state (run_state), and the smallest reachable epsilon of each not-complete run
+    whose target is unreachable (those never start)."""
+    states = {spec.name: run_state(sweep_dir / spec.name) for spec in plan.runs}
+    pending = [spec for spec in plan.runs if states[spec.name] != "complete"]
+    if any(spec.target is not None for spec in pending):
+        print("crepe sweep: checking that each run can reach its target epsilon", file=out, flush=True)
+    return states, unreachable(pending, data_dir=data_dir)
+
+
+def unreachable_text(spec: RunSpec, floor: float) -> str:
+    return f"target epsilon {fmt(spec.target)} is unreachable (the smallest reachable is {floor:.4g})"
 
 
 # ---------------------------------------------------------------------------
@@ -437,7 +537,9 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
     """Run every not-yet-complete run of `plan`, updating the manifest as runs end.
 
     Returns the manifest. Runs that fail are recorded there and in the returned
-    manifest's "failures"; they never stop the others.
+    manifest's "failures"; they never stop the others. Runs whose schedule cannot
+    reach their target epsilon are never started: they are recorded with status
+    "unreachable" and their smallest reachable epsilon, and listed in "unreachable".
     """
     out = out or sys.stdout
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -455,24 +557,33 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
     }
     if data_dir is None:
         data_dir = manifest["data_dir"]
+    states, floors = check_runs(plan, sweep_dir=sweep_dir, data_dir=data_dir, out=out)
     for spec in plan.runs:
-        rec = dict(records.get(spec.name, {}))
+        rec = {k: v for k, v in records.get(spec.name, {}).items() if k not in UNREACHABLE_FIELDS}
         rec["args"] = spec.train_args()
-        rec["status"] = run_state(sweep_dir / spec.name)
+        rec["status"] = states[spec.name]
+        if spec.name in floors:  # checked on every invocation: a changed schedule or accountant may reach it now
+            rec.update(status="unreachable", target_epsilon=spec.target, smallest_epsilon=floors[spec.name],
+                       settings=dict(spec.settings))
         manifest["runs"][spec.name] = rec
 
     def save() -> None:
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest["failures"] = {n: {"returncode": r.get("returncode"), "log": r.get("log"), "tail": r.get("tail")}
                                 for n, r in manifest["runs"].items() if r["status"] == "failed"}
+        manifest["unreachable"] = {n: {k: r[k] for k in UNREACHABLE_FIELDS[:2]}
+                                   for n, r in manifest["runs"].items() if r["status"] == "unreachable"}
         rundir.atomic_write_json(sweep_dir / MANIFEST, manifest)
 
-    todo = [s for s in plan.runs if manifest["runs"][s.name]["status"] != "complete"]
-    skipped = len(plan.runs) - len(todo)
+    todo = [s for s in plan.runs if states[s.name] != "complete" and s.name not in floors]
+    skipped = sum(state == "complete" for state in states.values())
     threads = threads or default_threads(jobs)
     runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads, jobs=jobs, python=python or sys.executable)
-    print(f"crepe sweep: {len(plan.runs)} runs in {sweep_dir} ({skipped} complete, {len(todo)} to run; "
-          f"{jobs} job(s) x {threads} thread(s))", file=out, flush=True)
+    print(f"crepe sweep: {len(plan.runs)} runs in {sweep_dir} ({skipped} complete, {len(todo)} to run, "
+          f"{len(floors)} unreachable; {jobs} job(s) x {threads} thread(s))", file=out, flush=True)
+    for spec in plan.runs:
+        if spec.name in floors:
+            print(f"crepe sweep: {spec.name} not run: {unreachable_text(spec, floors[spec.name])}", file=out, flush=True)
     save()
     if jobs > 1 and todo:
         _build_extension_once(python or sys.executable)
@@ -611,11 +722,16 @@ def _main(argv: list[str]) -> int:
                     )
                 plan = merge_plans(old, plan)
     if args.dry_run:
-        runner = Runner(sweep_dir=sweep_dir, data_dir=args.data_dir, threads=threads or default_threads(jobs),
+        data_dir = args.data_dir if args.data_dir is not None else (existing or {}).get("data_dir")
+        runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads or default_threads(jobs),
                         jobs=jobs, python=sys.executable)
+        states, floors = check_runs(plan, sweep_dir=sweep_dir, data_dir=data_dir, out=sys.stderr)
         for spec in plan.runs:
-            state = run_state(sweep_dir / spec.name)
-            print(f"{spec.name} [{state}]: {' '.join(runner.command(spec, resume=state == 'interrupted')[2:])}")
+            state = states[spec.name]
+            if spec.name in floors:
+                print(f"{spec.name} [unreachable]: {unreachable_text(spec, floors[spec.name])}")
+            else:
+                print(f"{spec.name} [{state}]: {' '.join(runner.command(spec, resume=state == 'interrupted')[2:])}")
         return 0
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
@@ -631,6 +747,9 @@ def _main(argv: list[str]) -> int:
     n = len(manifest["runs"])
     complete = sum(r["status"] == "complete" for r in manifest["runs"].values())
     print(f"crepe sweep: {complete}/{n} runs complete in {sweep_dir}")
+    if manifest["unreachable"]:
+        print(f"crepe sweep: {len(manifest['unreachable'])} run(s) not run: their target epsilon is unreachable "
+              f"(listed in {sweep_dir / MANIFEST} and by crepe report)")
     if failures:
         print(f"crepe sweep: {len(failures)} run(s) failed (details in {sweep_dir / MANIFEST} and {sweep_dir / LOGS}/):",
               file=sys.stderr)
