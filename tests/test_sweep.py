@@ -379,3 +379,10 @@ def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     with proc.stderr:
         stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and stderr == ""
+
+
+def test_eval_every_is_passed_to_every_run_and_checked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert sweep.main(["--out", str(tmp_path / "s"), "--method", "craig", "--eval-every", "5", "--dry-run"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("--eval-every 5")
+    assert sweep.main(["--out", str(tmp_path / "s"), "--method", "craig", "--eval-every", "0", "--dry-run"]) == 2
+    assert "--eval-every must be an integer >= 1" in capsys.readouterr().err

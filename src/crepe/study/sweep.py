@@ -438,10 +438,12 @@ def default_threads(jobs: int) -> int:
 class Runner:
     """Runs RunSpecs as `crepe train` subprocesses, `jobs` at a time."""
 
-    def __init__(self, *, sweep_dir: Path, data_dir: str | None, threads: int, jobs: int, python: str):
+    def __init__(self, *, sweep_dir: Path, data_dir: str | None, threads: int, jobs: int, python: str,
+                 eval_every: int = 1):
         self.sweep_dir = sweep_dir
         self.data_dir = data_dir
         self.threads = threads
+        self.eval_every = eval_every
         self.jobs = jobs
         self.python = python
         self._procs: set[subprocess.Popen[bytes]] = set()
@@ -457,6 +459,8 @@ class Runner:
             cmd += ["--out", str(run_dir)] + spec.train_args() + ["--threads", str(self.threads)]
         if self.data_dir is not None:
             cmd += ["--data-dir", self.data_dir]
+        if self.eval_every != 1:
+            cmd += ["--eval-every", str(self.eval_every)]
         return cmd
 
     def env(self) -> dict[str, str]:
@@ -533,7 +537,7 @@ def _build_extension_once(python: str) -> None:
 
 
 def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None = None, data_dir: str | None = None,
-            python: str | None = None, out: Any = None) -> dict[str, Any]:
+            python: str | None = None, out: Any = None, eval_every: int = 1) -> dict[str, Any]:
     """Run every not-yet-complete run of `plan`, updating the manifest as runs end.
 
     Returns the manifest. Runs that fail are recorded there and in the returned
@@ -578,7 +582,8 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
     todo = [s for s in plan.runs if states[s.name] != "complete" and s.name not in floors]
     skipped = sum(state == "complete" for state in states.values())
     threads = threads or default_threads(jobs)
-    runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads, jobs=jobs, python=python or sys.executable)
+    runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads, jobs=jobs, python=python or sys.executable,
+                    eval_every=eval_every)
     print(f"crepe sweep: {len(plan.runs)} runs in {sweep_dir} ({skipped} complete, {len(todo)} to run, "
           f"{len(floors)} unreachable; {jobs} job(s) x {threads} thread(s))", file=out, flush=True)
     for spec in plan.runs:
@@ -666,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder of the IDX .gz files, passed to every run (not part of the grid)")
     p.add_argument("--jobs", default="1", help="runs at a time (default: 1)")
     p.add_argument("--threads", help="torch threads per run (default: cores // jobs)")
+    p.add_argument("--eval-every", help="each run's test accuracy every N epochs and after the last (default: 1)")
     p.add_argument("--extend", action="store_true", help="add the requested grid values to an existing sweep")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
     return p
@@ -697,6 +703,7 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"unknown option(s) {' '.join(unknown)} ({hint})")
     jobs = JOBS.parse(args.jobs)
     threads = None if args.threads is None else options()["threads"].parse(args.threads)
+    eval_every = 1 if args.eval_every is None else options()["eval_every"].parse(args.eval_every)
     grid = {k.split(":", 1)[1]: v for k, v in given.items() if k.startswith("grid:") and v is not None}
     fixed = {k.split(":", 1)[1]: v for k, v in given.items() if k.startswith("fixed:") and v is not None}
     sweep_dir: Path = args.out
@@ -724,7 +731,7 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         data_dir = args.data_dir if args.data_dir is not None else (existing or {}).get("data_dir")
         runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads or default_threads(jobs),
-                        jobs=jobs, python=sys.executable)
+                        jobs=jobs, python=sys.executable, eval_every=eval_every)
         states, floors = check_runs(plan, sweep_dir=sweep_dir, data_dir=data_dir, out=sys.stderr)
         for spec in plan.runs:
             state = states[spec.name]
@@ -736,7 +743,8 @@ def _main(argv: list[str]) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        manifest = execute(plan, sweep_dir=sweep_dir, jobs=jobs, threads=threads, data_dir=args.data_dir)
+        manifest = execute(plan, sweep_dir=sweep_dir, jobs=jobs, threads=threads, data_dir=args.data_dir,
+                           eval_every=eval_every)
     except KeyboardInterrupt as e:
         print("crepe sweep: interrupted; re-run the same command to resume", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
