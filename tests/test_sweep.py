@@ -318,8 +318,11 @@ def test_a_killed_sweep_resumes_mid_run(tmp_path: Path, data_root: Path, capsys:
     argv = ["--out", str(out), "--dataset", "fashion-mnist", "--method", "full", "--epochs", "3", "--train-subset", "3000",
             "--test-subset", "200", "--data-dir", str(data_root), "--threads", "1"]
     run = out / "fashion-mnist_cnn_full_sigma1_seed0"
+    # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C handler:
+    # give the sweep the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "crepe", "sweep", *argv], env=env(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
