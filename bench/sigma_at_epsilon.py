@@ -1,6 +1,6 @@
 """The noise each training set must carry to end at the same epsilon (no training; seconds).
 
-    python bench/sigma_at_epsilon.py [--n 20000] [--epochs 15] [--fraction 0.1]
+    python bench/sigma_at_epsilon.py [--n 20000] [--epochs 15] [--fraction 0.1] [--data-dir ../shared/data]
 
 For each target epsilon and configuration: the solved sigma (and sigma_sel) of
 `crepe train --target-epsilon`, and the noise std of one averaged step relative
@@ -8,16 +8,20 @@ to the clip norm, sigma / B, and over the whole run, sigma / (B sqrt(T)) (T
 optimiser steps). The last column is the one that compares training sets at
 equal compute: it is what the sum of T noisy averaged gradients carries. It
 explains docs/results.md's equal-epsilon study before any model is trained.
+Set sizes come from the labels of the first n Fashion-MNIST training images,
+as `crepe train --train-subset n` computes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
+from pathlib import Path
 
+from crepe import data
 from crepe.config import TrainConfig
 from crepe.privacy.calibration import Unreachable, calibrate, planned_ledger
+from crepe.smallsets.sets import set_size
 
 CONFIGS = [  # (label, method, batch size, select_every, extra settings)
     ("full data", "full", 2048, 5, {}),
@@ -38,7 +42,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--targets", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = p.parse_args()
+    labels = data.load("fashion-mnist", data_dir=args.data_dir, train_subset=args.n).y_train.numpy()
     print("| target ε | training set (equal steps) | σ | σ_sel | steps T | σ/B | σ/(B√T) |")
     print("|---|---|---|---|---|---|---|")
     for target in args.targets:
@@ -46,15 +52,13 @@ def main() -> None:
             cfg = TrainConfig(method=method, batch_size=batch, epochs=args.epochs, select_every=every,
                               fraction=args.fraction, target_epsilon=target,
                               compute="epochs" if method == "full" else "steps", **extra).resolve()
-            size = args.n if method == "full" else (
-                args.fraction * args.n if method == "random" and cfg.random_draw == "poisson"
-                else round(args.fraction * args.n))
+            size = set_size(labels, cfg)
             try:
                 c = calibrate(cfg, n=args.n, set_size=size)
             except Unreachable as e:
                 print(f"| {target:g} | {label} | unreachable (smallest ε {e.floor:.3g}) | | | | |")
                 continue
-            ledger = planned_ledger(replace(c), n=args.n, set_size=size)
+            ledger = planned_ledger(c, n=args.n, set_size=size)
             steps = sum(e["steps"] for e in ledger if e["kind"] == "train")
             sel = f"{c.select_sigma:.2f}" if method == "craig" else "—"
             print(f"| {target:g} | {label} | {c.sigma:.2f} | {sel} | {steps} | {c.sigma / batch:.2e} | "

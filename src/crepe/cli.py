@@ -125,8 +125,7 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
 
         ds = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
         y = ds.y_train.numpy()
-        size = set_size(y, method=cfg.method, fraction=cfg.fraction, scope=cfg.selection_scope, draw=cfg.random_draw)
-        cfg = calibrate(cfg, n=len(y), set_size=size)
+        cfg = calibrate(cfg, n=len(y), set_size=set_size(y, cfg))
     return cfg
 
 

@@ -333,8 +333,13 @@ class TrainConfig:
     @property
     def labels_public(self) -> bool:
         """Per-class selection reads the true labels and class sizes without noise (a Poisson draw reads nothing)."""
-        reads_labels = self.method == "craig" or (self.method == "random" and self.random_draw == "fixed")
+        reads_labels = self.method == "craig" or (self.method == "random" and not self.poisson_draw)
         return self.dp and reads_labels and self.selection_scope == "per-class"
+
+    @property
+    def poisson_draw(self) -> bool:
+        """A random subset drawn by secret Poisson selection (trained at q = B/(fraction n), amplified)."""
+        return self.method == "random" and self.random_draw == "poisson"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -79,7 +79,7 @@ def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
         if redraws(cfg, epoch, every=every):
             if cfg.method == "craig":
                 record(ledger, kind="select", noise_multiplier=cfg.select_sigma, sample_rate=1.0)
-            elif cfg.random_draw == "poisson":
+            elif cfg.poisson_draw:
                 record_subset(ledger, inclusion_probability=cfg.fraction)
         for _ in range(steps_per_epoch(q)):
             record(ledger, kind="train", noise_multiplier=cfg.sigma, sample_rate=q)

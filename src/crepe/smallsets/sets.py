@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crepe.config import check_choice, options
+from crepe.config import TrainConfig, check_choice, options
 from crepe.selection.problem import class_budget
 
 SCOPES = options()["selection_scope"].choices
@@ -32,17 +32,17 @@ def full_set(n: int) -> Coreset:
     return Coreset(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64))
 
 
-def set_size(labels: np.ndarray, *, method: str, fraction: float, scope: str, draw: str) -> float:
+def set_size(labels: np.ndarray, cfg: TrainConfig) -> float:
     """The public size |S| of the set, known before any selection runs, that the sample rate q = B/|S|
     comes from: CRAIG's budgets (class sizes are public under per-class scope), all n, or for a Poisson
     subset its expected size fraction * n (never the realised one: docs/privacy.md)."""
-    if method in ("full", "private-set"):  # private-set: generation samples all n
+    if cfg.method in ("full", "private-set"):  # private-set: generation samples all n
         return len(labels)
-    if method == "random" and draw == "poisson":
-        return fraction * len(labels)
-    if scope == "global":
-        return class_budget(len(labels), fraction)
-    return sum(class_budget(int(c), fraction) for c in np.unique(labels, return_counts=True)[1])
+    if cfg.poisson_draw:
+        return cfg.fraction * len(labels)
+    if cfg.selection_scope == "global":
+        return class_budget(len(labels), cfg.fraction)
+    return sum(class_budget(int(c), cfg.fraction) for c in np.unique(labels, return_counts=True)[1])
 
 
 def craig_coreset(

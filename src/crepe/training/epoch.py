@@ -35,10 +35,9 @@ class SetWeights:
     expected_examples: float  # q m
 
 
-def set_weights(s: Coreset, *, batch_size: int, dp: bool, weighting: str, size: float | None = None) -> SetWeights:
-    """`size`: the public size M of the set (default: m, the realised one)."""
+def set_weights(s: Coreset, *, batch_size: int, dp: bool, weighting: str, size: float) -> SetWeights:
+    """`size`: the public size M of the set (m itself for any set but a Poisson subset)."""
     m = len(s.indices)
-    size = m if size is None else size
     gamma = torch.from_numpy(s.gamma).to(torch.float32)  # (m,)
     weighted = weighting != "none" and bool((gamma != 1).any())
     if weighted and size != m:

@@ -207,9 +207,9 @@ def run(
         x_tr, y_tr = st.synthetic["images"], st.synthetic["labels"]
         y_np = y_tr.numpy()
         n = len(y_tr)
-    size = set_size(y_np, method=cfg.method, fraction=cfg.fraction, scope=cfg.selection_scope, draw=cfg.random_draw)
+    size = set_size(y_np, cfg)  # the public |S|; for full and private-set the n of the set trained on
     epochs, every = schedule(cfg, n=n, set_size=size)
-    poisson = cfg.method == "random" and cfg.random_draw == "poisson"  # realised |S| and examples seen stay secret
+    poisson = cfg.poisson_draw  # realised |S| and examples seen stay secret
 
     caveats = rundir.caveat_tail(labels_public=cfg.labels_public, reproducible=cfg.noise == "reproducible")
     probe = None
@@ -256,8 +256,7 @@ def run(
 
             # ---- 2. one epoch of (DP-)SGD over the set
             t0 = time.perf_counter()
-            public = len(st.coreset.indices) if cfg.method in ("full", "private-set") else size
-            sw = set_weights(st.coreset, batch_size=cfg.batch_size, dp=cfg.dp, weighting=cfg.weights, size=public)
+            sw = set_weights(st.coreset, batch_size=cfg.batch_size, dp=cfg.dp, weighting=cfg.weights, size=size)
             es = train_epoch(
                 net, opt, x_tr, y_tr, st.coreset, sw, generator=gens["sampler"], progress=_progress(bar, f"epoch {st.epoch + 1}")
             )
@@ -294,7 +293,7 @@ def run(
                 **rundir.eps_json(eps),
                 "delta": cfg.delta,
                 "selected": selected,
-                "coreset_size": public,  # the public size (a Poisson subset's realised size is secret)
+                "coreset_size": size,  # the public size (a Poisson subset's realised size is secret)
                 "sample_rate": sw.sample_rate,
                 "steps": es.steps,
                 "clip_norm": opt.clip_rule.max_grad_norm if isinstance(opt, DPOptimizer) else None,
