@@ -60,13 +60,15 @@ def test_wide_lazy_naive_oracle(n: int, d: int, style: str, dtype: type) -> None
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_lists_from_step_one_change_nothing(dtype: type) -> None:
     """Gain lists assembled by step 1's symmetric pass (whole, cut short by
-    room, or none at all), or kept from later tiles only: the same picks and
-    gains bit for bit, for any thread count."""
+    room, or none at all), or kept from later tiles only, and step 1 reading
+    the medoid pass's kept distances (float32 from 3.2 MB, float64 from the
+    default budget) or computing them: the same picks and gains bit for bit,
+    for any thread count."""
     X = wide(700, 96, "normal", dtype, seed=5)
     cls = np.zeros(len(X), np.int64)
     budgets = np.array([140], np.int64)
     runs = []
-    for list_bytes in (0, 30_000, 400_000, 1_500_000, _core.LIST_BUDGET):
+    for list_bytes in (0, 30_000, 400_000, 1_500_000, 3_200_000, _core.LIST_BUDGET):
         for threads in (1, 2):
             out = (np.empty(140, np.int64), np.empty(140, np.int64), np.empty(140), np.empty(1))
             _core.select_per_class(X, cls, budgets, 1, threads, *out, list_bytes=list_bytes)

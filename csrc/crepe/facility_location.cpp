@@ -9,12 +9,17 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef __linux__
+#include <sys/mman.h>
 #endif
 
 namespace crepe {
@@ -64,6 +69,25 @@ void dist2_all(const T* xp, std::int64_t n, std::int64_t d, const T* xe, T* out)
   }
 }
 
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// Uninitialised memory for `bytes`, 2 MiB-aligned, on Linux backed by huge
+// pages where the kernel grants them: one fault per 2 MiB instead of per
+// 4 KiB (writing 75 MB of fresh 4 KiB pages cost a third of the pass).
+template <typename T>
+std::unique_ptr<T[], FreeDeleter> huge_alloc(std::int64_t bytes) {
+  constexpr std::size_t kHuge = std::size_t{2} << 20;
+  const std::size_t size = (static_cast<std::size_t>(bytes) + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, size);
+  if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  madvise(p, size, MADV_HUGEPAGE);  // advice only: small pages if refused
+#endif
+  return std::unique_ptr<T[], FreeDeleter>(static_cast<T*>(p));
+}
+
 // Greedy facility location for one class, distances in T. Invariants after
 // each pick: cur[i] = double(sqrt_T(cur2[i])) = distance of i to its nearest
 // pick, assign[i] = the position (in greedy order) of that pick, earliest on ties.
@@ -79,6 +103,8 @@ class ClassSolver {
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
            double* gains, double* objective) {
     std::vector<double> colsum(n_);
+    keep_d2_ = method == Method::Lazy && k > 1 && symmetric_step1_applies() &&
+               d2_bytes() <= list_bytes_ / 4 * 3;
     const double D = first_pass(colsum.data());
     // Medoid: smallest column sum, lowest index on ties.
     const std::int64_t e0 = std::min_element(colsum.begin(), colsum.end()) - colsum.begin();
@@ -108,7 +134,7 @@ class ClassSolver {
  private:
   // Column sums of the distance matrix (into colsum) and D, by candidate
   // tiles; for wide points, over half the matrix (symmetric_first_pass).
-  double first_pass(double* colsum) const {
+  double first_pass(double* colsum) {
     if (d_ >= kSymmetricDims && n_ > kBlock) return symmetric_first_pass(colsum);
     const std::int64_t ntiles = (n_ + kTile - 1) / kTile;
     std::vector<T> tile_max(ntiles, T(0));
@@ -138,11 +164,12 @@ class ClassSolver {
   // (a, b > a) in b order. Each partial is itself sequential over its block
   // (rows: over the candidates, tile after tile, lane after lane). Memory:
   // one row buffer of kBlock per block, O(n).
-  double symmetric_first_pass(double* colsum) const {
+  double symmetric_first_pass(double* colsum) {
     const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
     std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
     std::vector<T> block_max(nb, T(0));
     std::fill(colsum, colsum + n_, 0.0);
+    if (keep_d2_) d2_ = huge_alloc<T>(d2_bytes());
     for (std::int64_t a = 0; a < nb; ++a) {
       const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
@@ -162,7 +189,8 @@ class ClassSolver {
             pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
             const RowSums range{a0, a1, w, b > a ? row : nullptr};
             T tile_mx;
-            tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_mx, &range);
+            tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_mx, &range,
+                        keep_d2_ ? pair_d2(a, b) + (t0 - b0) : nullptr);
             mx = std::max(mx, tile_mx);
             for (int l = 0; l < w; ++l) colsum[t0 + l] += out[l];  // block a's partial
           }
@@ -173,6 +201,24 @@ class ClassSolver {
         for (std::int64_t b = a + 1; b < nb; ++b) colsum[i] += rows[b * kBlock + (i - a0)];
     }
     return static_cast<double>(std::sqrt(*std::max_element(block_max.begin(), block_max.end())));
+  }
+
+  // Whether step 1 runs over half the distance matrix, as the medoid's pass.
+  bool symmetric_step1_applies() const { return d_ >= kSymmetricGainDims && n_ > kBlock; }
+
+  // The medoid's pass may keep the squared distances of its block pairs for
+  // step 1, which then reads them instead of computing them again: kBlock x
+  // kBlock per pair (a, b), a <= b, row i - a0, column e - b0. Their bytes,
+  // as huge_alloc allocates them (whole 2 MiB pages).
+  std::int64_t d2_bytes() const {
+    const std::int64_t nb = (n_ + kBlock - 1) / kBlock, huge = std::int64_t{2} << 20;
+    const std::int64_t bytes = nb * (nb + 1) / 2 * kBlock * kBlock * static_cast<std::int64_t>(sizeof(T));
+    return (bytes + huge - 1) / huge * huge;
+  }
+
+  T* pair_d2(std::int64_t a, std::int64_t b) const {
+    const std::int64_t nb = (n_ + kBlock - 1) / kBlock;
+    return d2_.get() + (a * nb - a * (a - 1) / 2 + (b - a)) * kBlock * kBlock;
   }
 
   // A candidate's gaining points, (i, d_ie) in ascending i, recorded when a
@@ -190,7 +236,9 @@ class ClassSolver {
     // pass runs threads_ tiles at once, evaluate_tile split_ <= threads_
     // runs) come out of the same budget, at most half of it; the lists get
     // the rest.
-    const std::int64_t entries = list_bytes_ / static_cast<std::int64_t>(sizeof(PointDist<T>));
+    // While step 1 runs, the kept distances hold part of the budget.
+    const std::int64_t entries = (list_bytes_ - (d2_ ? d2_bytes() : 0)) /
+                                 static_cast<std::int64_t>(sizeof(PointDist<T>));
     list_cap_ = std::min(std::max<std::int64_t>(kTile, n_ / 4), entries / (2 * kTile * threads_));
     const bool fits = n_ <= std::numeric_limits<std::int32_t>::max() && list_cap_ >= kTile;
     list_room_ = fits ? entries - kTile * threads_ * list_cap_ : 0;
@@ -352,7 +400,8 @@ class ClassSolver {
             const PointBlocks run{a0, a1, part};
             RowGains<T> rg{w, idx, row, lists ? row_lists[me].data() : nullptr, row_cap};
             tile_gain(xp_.data(), n_, d_, cand.data(), cur_.data(), cur2_.data(), out,
-                      lists ? &capture : nullptr, &run, b > a ? &rg : nullptr);
+                      lists ? &capture : nullptr, &run, b > a ? &rg : nullptr,
+                      d2_ ? pair_d2(a, b) + (t0 - b0) : nullptr);
             for (int l = 0; l < w; ++l) gain[t0 + l] += out[l];  // block a's partial
             if (lists) {
 #pragma omp critical(crepe_lists)
@@ -379,6 +428,10 @@ class ClassSolver {
       }
     }
     if (lists) list_room_ += row_cap * kBlock * threads_;
+    if (d2_) {  // its room goes to the lists
+      if (!capture_bufs_.empty()) list_room_ += d2_bytes() / static_cast<std::int64_t>(sizeof(PointDist<T>));
+      d2_.reset();
+    }
   }
 
   // Appends m points recorded for candidate e (a recording that holds at
@@ -472,10 +525,10 @@ class ClassSolver {
       }
     } else {
       xe_.resize(d_);
-      d2_.resize((n_ + kPanel - 1) / kPanel * kPanel);
+      d2all_.resize((n_ + kPanel - 1) / kPanel * kPanel);
       for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xp_[panel_at(e, k, d_)];
-      dist2_all(xp_.data(), n_, d_, xe_.data(), d2_.data());
-      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2_[i], t);
+      dist2_all(xp_.data(), n_, d_, xe_.data(), d2all_.data());
+      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2all_[i], t);
     }
     selected_[e] = 1;
   }
@@ -501,7 +554,7 @@ class ClassSolver {
       std::vector<std::int64_t> all(heap.size());
       std::vector<double> g(heap.size());
       for (std::size_t j = 0; j < heap.size(); ++j) all[j] = heap[j].idx;
-      if (d_ >= kSymmetricGainDims && n_ > kBlock) {
+      if (symmetric_step1_applies()) {
         g.resize(n_);
         symmetric_step1(g.data(), /*lists=*/true);
         for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[all[j]], all[j], 1};
@@ -585,7 +638,9 @@ class ClassSolver {
   std::vector<T> cur2_;
   std::vector<std::int64_t> assign_;
   std::vector<char> selected_;
-  std::vector<T> xe_, d2_;  // add_pick's buffers
+  std::vector<T> xe_, d2all_;  // add_pick's buffers
+  bool keep_d2_ = false;
+  std::unique_ptr<T[], FreeDeleter> d2_;  // the medoid pass's kept distances (pair_d2), until step 1 ends
   // Lazy only: gain lists, their length limit, the room left for them (in
   // entries); evaluate_tile's number of runs (split_) and its tile buffer,
   // one capture and capture buffer per run, and the runs' block partials.

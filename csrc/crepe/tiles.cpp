@@ -49,7 +49,7 @@ inline void add_row(double* row, const T* v, int w) {
 
 template <typename T>
 void colsum_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                    T* max_d2, const RowSums* range) {
+                    T* max_d2, const RowSums* range, T* d2_out) {
   double total[kTile] = {};
   T mx = T(0);
   const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
@@ -59,6 +59,7 @@ void colsum_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, 
     for (std::int64_t i = lo; i < std::min(last, lo + kBlock); ++i) {
       T d2[kTile], s[kTile];
       lane_d2(xp, d, cand, i, d2);
+      if (d2_out) std::copy(d2, d2 + kTile, d2_out + (i - first) * kBlock);
       for (int l = 0; l < kTile; ++l) {
         s[l] = std::sqrt(d2[l]);
         part[l] += static_cast<double>(s[l]);
@@ -133,7 +134,7 @@ inline void add_row_gains(RowGains<T>& rg, std::int64_t j, const T* d2, const T*
 template <bool Cap, typename T>
 void gain_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                   const T* cur2, double* gain, TileCapture<T>* capture,
-                  const PointBlocks* blocks, RowGains<T>* rg) {
+                  const PointBlocks* blocks, RowGains<T>* rg, const T* d2_in) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   double total[kTile] = {};
@@ -141,7 +142,11 @@ void gain_generic(const T* xp, std::int64_t n, std::int64_t d, const T* cand, co
     double part[kTile] = {};
     for (std::int64_t i = lo; i < std::min(last, lo + kBlock); ++i) {
       T d2[kTile];
-      lane_d2(xp, d, cand, i, d2);
+      if (d2_in) {
+        std::copy(d2_in + (i - first) * kBlock, d2_in + (i - first) * kBlock + kTile, d2);
+      } else {
+        lane_d2(xp, d, cand, i, d2);
+      }
       // d2 >= cur2 implies sqrt(d2) >= cur: the term is zero, skip its sqrt.
       unsigned mask = 0;
       T dist[kTile];
@@ -184,9 +189,13 @@ CREPE_SIMD inline __m256 sub_on_mul_pipe(__m256 c, __m256 x) {
 // chains, which is what keeps the FP pipes busy. Points past the class's end
 // are the panel's zero padding: computed, never used.
 // double: 4 registers x 4 lanes per point.
+// The sums live in a local array, copied out at the end: __m256 types may
+// alias anything, so sums kept in the caller's array were stored back to
+// memory at every k (8 stores per step, the loop's bottleneck).
 template <int P>
 CREPE_SIMD inline void d2_pd(const double* x, std::int64_t d, const double* cand,
-                             __m256d (*acc)[4]) {
+                             __m256d (*out)[4]) {
+  __m256d acc[P][4];
   for (int p = 0; p < P; ++p)
     for (int r = 0; r < 4; ++r) acc[p][r] = _mm256_setzero_pd();
   for (std::int64_t k = 0; k < d; ++k) {
@@ -200,12 +209,15 @@ CREPE_SIMD inline void d2_pd(const double* x, std::int64_t d, const double* cand
       }
     }
   }
+  for (int p = 0; p < P; ++p)
+    for (int r = 0; r < 4; ++r) out[p][r] = acc[p][r];
 }
 
 // float: 2 registers x 8 lanes per point.
 template <int P>
 CREPE_SIMD inline void d2_ps(const float* x, std::int64_t d, const float* cand,
-                             __m256 (*acc)[2]) {
+                             __m256 (*out)[2]) {
+  __m256 acc[P][2];
   for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
   for (std::int64_t k = 0; k < d; ++k) {
     const __m256 c[2] = {_mm256_loadu_ps(cand + k * kTile), _mm256_loadu_ps(cand + k * kTile + 8)};
@@ -216,6 +228,7 @@ CREPE_SIMD inline void d2_ps(const float* x, std::int64_t d, const float* cand,
       acc[p][1] = _mm256_add_ps(acc[p][1], _mm256_mul_ps(t1, t1));
     }
   }
+  for (int p = 0; p < P; ++p) out[p][0] = acc[p][0], out[p][1] = acc[p][1];
 }
 
 constexpr int kPointsPd = 2;  // points per step: 2 x 4 registers = 8 chains
@@ -227,8 +240,55 @@ CREPE_SIMD inline __m256d widen(const __m256* v, int q) {
                                : _mm256_castps256_ps128(v[q / 2]));
 }
 
+// add_row_gains for the AVX kernels, without its branch per lane: the lanes
+// with d2 < cur2 of their point are found by one vector compare against the
+// tile's lane_cur2 (cur2 of lane_idx[l], set once per tile), and only those
+// are visited, in lane order. The zero terms it skips leave the row sum
+// unchanged, so the sum and the lists are add_row_gains' own.
+template <typename T>
+struct LaneCur2 {
+  T v[kTile];  // cur2 of the tile's lanes; +0 past w (no lane gains there)
+  unsigned wmask = 0;
+  LaneCur2() = default;
+  LaneCur2(const RowGains<T>& rg, const T* cur2) : wmask((1u << rg.w) - 1) {
+    for (int l = 0; l < kTile; ++l) v[l] = l < rg.w ? cur2[rg.lane_idx[l]] : T(0);
+  }
+};
+
+template <typename T>
+inline void row_gains_masked(RowGains<T>& rg, std::int64_t j, unsigned m, const T* dist,
+                             const double* cur) {
+  if (!m) return;
+  double r = rg.rows[j];
+  std::vector<PointDist<T>>* L = rg.lists ? rg.lists + j : nullptr;
+  for (; m; m &= m - 1) {
+    const int l = __builtin_ctz(m);
+    const std::int64_t e = rg.lane_idx[l];
+    r += cur[e] - static_cast<double>(dist[l]);
+    if (L && static_cast<std::int64_t>(L->size()) <= rg.cap)
+      L->push_back({static_cast<std::int32_t>(e), dist[l]});
+  }
+  rg.rows[j] = r;
+}
+
+CREPE_SIMD inline unsigned lanes_below(const __m256d* d2, const LaneCur2<double>& lc) {
+  unsigned m = 0;
+  for (int r = 0; r < 4; ++r)
+    m |= static_cast<unsigned>(_mm256_movemask_pd(
+             _mm256_cmp_pd(d2[r], _mm256_loadu_pd(lc.v + 4 * r), _CMP_LT_OQ))) << (4 * r);
+  return m & lc.wmask;
+}
+
+CREPE_SIMD inline unsigned lanes_below(const __m256* d2, const LaneCur2<float>& lc) {
+  unsigned m = 0;
+  for (int r = 0; r < 2; ++r)
+    m |= static_cast<unsigned>(_mm256_movemask_ps(
+             _mm256_cmp_ps(d2[r], _mm256_loadu_ps(lc.v + 8 * r), _CMP_LT_OQ))) << (8 * r);
+  return m & lc.wmask;
+}
+
 CREPE_SIMD void colsum_avx(const double* xp, std::int64_t n, std::int64_t d, const double* cand,
-                          double* colsum, double* max_d2, const RowSums* range) {
+                          double* colsum, double* max_d2, const RowSums* range, double* d2_out) {
   __m256d total[4], mx = _mm256_setzero_pd();
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
   const std::int64_t first = range ? range->first : 0, last = range ? range->last : n;
@@ -242,6 +302,8 @@ CREPE_SIMD void colsum_avx(const double* xp, std::int64_t n, std::int64_t d, con
       const int np = static_cast<int>(std::min<std::int64_t>(kPointsPd, hi - i));
       d2_pd<kPointsPd>(xp + panel_at(i, 0, d), d, cand, acc);
       for (int p = 0; p < np; ++p) {  // points in index order: each lane's sum stays sequential
+        if (d2_out)
+          for (int r = 0; r < 4; ++r) _mm256_storeu_pd(d2_out + (i + p - first) * kBlock + 4 * r, acc[p][r]);
         __m256d s[4];
         for (int r = 0; r < 4; ++r) {
           s[r] = _mm256_sqrt_pd(acc[p][r]);
@@ -265,7 +327,7 @@ CREPE_SIMD void colsum_avx(const double* xp, std::int64_t n, std::int64_t d, con
 }
 
 CREPE_SIMD void colsum_avx(const float* xp, std::int64_t n, std::int64_t d, const float* cand,
-                          double* colsum, float* max_d2, const RowSums* range) {
+                          double* colsum, float* max_d2, const RowSums* range, float* d2_out) {
   __m256d total[4];
   __m256 mx = _mm256_setzero_ps();
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
@@ -280,6 +342,10 @@ CREPE_SIMD void colsum_avx(const float* xp, std::int64_t n, std::int64_t d, cons
       const int np = static_cast<int>(std::min<std::int64_t>(kPointsPs, hi - i));
       d2_ps<kPointsPs>(xp + panel_at(i, 0, d), d, cand, acc);
       for (int p = 0; p < np; ++p) {
+        if (d2_out) {
+          _mm256_storeu_ps(d2_out + (i + p - first) * kBlock, acc[p][0]);
+          _mm256_storeu_ps(d2_out + (i + p - first) * kBlock + 8, acc[p][1]);
+        }
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
         mx = _mm256_max_ps(mx, _mm256_max_ps(acc[p][0], acc[p][1]));
         for (int q = 0; q < 4; ++q) part[q] = _mm256_add_pd(part[q], widen(s, q));
@@ -318,8 +384,9 @@ template <bool Cap>
 CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const double* cand,
                         const double* cur, const double* cur2, double* gain,
                         TileCapture<double>* capture, const PointBlocks* blocks,
-                        RowGains<double>* rg) {
+                        RowGains<double>* rg, const double* d2_in) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
+  const LaneCur2<double> lc = rg ? LaneCur2<double>(*rg, cur2) : LaneCur2<double>{};
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
@@ -330,7 +397,12 @@ CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const
     for (std::int64_t i = lo; i < hi;) {
       __m256d acc[kPointsPd][4];
       const int np = static_cast<int>(std::min<std::int64_t>(kPointsPd, hi - i));
-      d2_pd<kPointsPd>(xp + panel_at(i, 0, d), d, cand, acc);
+      if (d2_in) {
+        for (int p = 0; p < np; ++p)
+          for (int r = 0; r < 4; ++r) acc[p][r] = _mm256_loadu_pd(d2_in + (i + p - first) * kBlock + 4 * r);
+      } else {
+        d2_pd<kPointsPd>(xp + panel_at(i, 0, d), d, cand, acc);
+      }
       for (int p = 0; p < np; ++p) {
         const __m256d c2 = _mm256_set1_pd(cur2[i + p]);
         __m256d lt[4];
@@ -349,12 +421,12 @@ CREPE_SIMD void gain_avx(const double* xp, std::int64_t n, std::int64_t d, const
           part[r] = _mm256_add_pd(part[r], _mm256_and_pd(lt[r], _mm256_sub_pd(c, s[r])));
         }
         if (rg) {
-          double v2[kTile], v[kTile];
-          for (int r = 0; r < 4; ++r) {
-            _mm256_storeu_pd(v2 + 4 * r, acc[p][r]);
-            _mm256_storeu_pd(v + 4 * r, s[r]);
+          const unsigned m = lanes_below(acc[p], lc);
+          if (m) {
+            double v[kTile];
+            for (int r = 0; r < 4; ++r) _mm256_storeu_pd(v + 4 * r, s[r]);
+            row_gains_masked(*rg, i + p - first, m, v, cur);
           }
-          add_row_gains(*rg, i + p - first, v2, v, cur, cur2);
         }
         if (Cap) {
           const unsigned mask = _mm256_movemask_pd(lt[0]) | _mm256_movemask_pd(lt[1]) << 4 |
@@ -377,8 +449,9 @@ template <bool Cap>
 CREPE_SIMD void gain_avx(const float* xp, std::int64_t n, std::int64_t d, const float* cand,
                         const double* cur, const float* cur2, double* gain,
                         TileCapture<float>* capture, const PointBlocks* blocks,
-                        RowGains<float>* rg) {
+                        RowGains<float>* rg, const float* d2_in) {
   unsigned live = Cap ? live_lanes(*capture) : 0;
+  const LaneCur2<float> lc = rg ? LaneCur2<float>(*rg, cur2) : LaneCur2<float>{};
   const std::int64_t first = blocks ? blocks->first : 0, last = blocks ? blocks->last : n;
   __m256d total[4];
   for (int r = 0; r < 4; ++r) total[r] = _mm256_setzero_pd();
@@ -389,7 +462,12 @@ CREPE_SIMD void gain_avx(const float* xp, std::int64_t n, std::int64_t d, const 
     for (std::int64_t i = lo; i < hi;) {
       __m256 acc[kPointsPs][2];
       const int np = static_cast<int>(std::min<std::int64_t>(kPointsPs, hi - i));
-      d2_ps<kPointsPs>(xp + panel_at(i, 0, d), d, cand, acc);
+      if (d2_in) {
+        for (int p = 0; p < np; ++p)
+          for (int r = 0; r < 2; ++r) acc[p][r] = _mm256_loadu_ps(d2_in + (i + p - first) * kBlock + 8 * r);
+      } else {
+        d2_ps<kPointsPs>(xp + panel_at(i, 0, d), d, cand, acc);
+      }
       for (int p = 0; p < np; ++p) {
         const __m256 c2 = _mm256_set1_ps(cur2[i + p]);
         const __m256 lt[2] = {_mm256_cmp_ps(acc[p][0], c2, _CMP_LT_OQ),
@@ -398,12 +476,13 @@ CREPE_SIMD void gain_avx(const float* xp, std::int64_t n, std::int64_t d, const 
         if (!mask && !rg) continue;
         const __m256 s[2] = {_mm256_sqrt_ps(acc[p][0]), _mm256_sqrt_ps(acc[p][1])};
         if (rg) {
-          float v2[kTile], v[kTile];
-          _mm256_storeu_ps(v2, acc[p][0]);
-          _mm256_storeu_ps(v2 + 8, acc[p][1]);
-          _mm256_storeu_ps(v, s[0]);
-          _mm256_storeu_ps(v + 8, s[1]);
-          add_row_gains(*rg, i + p - first, v2, v, cur, cur2);
+          const unsigned m = lanes_below(acc[p], lc);
+          if (m) {
+            float v[kTile];
+            _mm256_storeu_ps(v, s[0]);
+            _mm256_storeu_ps(v + 8, s[1]);
+            row_gains_masked(*rg, i + p - first, m, v, cur);
+          }
           if (!mask) continue;
         }
         if (Cap && (mask & live)) {
@@ -438,34 +517,34 @@ bool use_avx() {
 
 template <typename T>
 void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                 T* max_d2, const RowSums* range) {
+                 T* max_d2, const RowSums* range, T* d2) {
 #ifdef CREPE_HAVE_AVX_BUILD
-  if (use_avx()) return colsum_avx(xp, n, d, cand, colsum, max_d2, range);
+  if (use_avx()) return colsum_avx(xp, n, d, cand, colsum, max_d2, range, d2);
 #endif
-  colsum_generic(xp, n, d, cand, colsum, max_d2, range);
+  colsum_generic(xp, n, d, cand, colsum, max_d2, range, d2);
 }
 
 template <typename T>
 void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                const T* cur2, double* gain, TileCapture<T>* capture, const PointBlocks* blocks,
-               RowGains<T>* rows) {
+               RowGains<T>* rows, const T* d2) {
 #ifdef CREPE_HAVE_AVX_BUILD
   if (use_avx())
-    return capture ? gain_avx<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows)
-                   : gain_avx<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
+    return capture ? gain_avx<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows, d2)
+                   : gain_avx<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows, d2);
 #endif
-  if (capture) return gain_generic<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
-  gain_generic<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows);
+  if (capture) return gain_generic<true>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows, d2);
+  gain_generic<false>(xp, n, d, cand, cur, cur2, gain, capture, blocks, rows, d2);
 }
 
 #define CREPE_INSTANTIATE(T)                                                                 \
   template void pack_tile<T>(const T*, std::int64_t, std::int64_t, const std::int64_t*, int, \
                              T*);                                                            \
   template void tile_colsum<T>(const T*, std::int64_t, std::int64_t, const T*, double*, T*,    \
-                               const RowSums*);                                              \
+                               const RowSums*, T*);                                          \
   template void tile_gain<T>(const T*, std::int64_t, std::int64_t, const T*, const double*,  \
                              const T*, double*, TileCapture<T>*, const PointBlocks*,     \
-                             RowGains<T>*);
+                             RowGains<T>*, const T*);
 CREPE_INSTANTIATE(float)
 CREPE_INSTANTIATE(double)
 #undef CREPE_INSTANTIATE

@@ -52,10 +52,11 @@ struct RowSums {
 
 /// colsum[l] = sum_i d(x_i, cand_l) (blocked order, double); *max_d2 = largest
 /// squared distance over lanes and points. O(n d kTile). With `range`, only
-/// its points, and its row sums when range->rows is set.
+/// its points, and its row sums when range->rows is set; with `d2` (and
+/// `range`), also the squared distances, d2[(i - first) * kBlock + l].
 template <typename T>
 void tile_colsum(const T* xp, std::int64_t n, std::int64_t d, const T* cand, double* colsum,
-                 T* max_d2, const RowSums* range = nullptr);
+                 T* max_d2, const RowSums* range = nullptr, T* d2 = nullptr);
 
 /// A point i of a class and its distance to some candidate.
 template <typename T>
@@ -108,9 +109,13 @@ struct PointBlocks {
 /// every i where d^2 < cur2_i: every point with a non-zero term (n < 2^31).
 /// With `blocks`, only its points, sum over them into gain, partials into parts.
 /// With `rows` (and `blocks`), also the row direction for the run's points.
+/// With `d2` (and `blocks`), the squared distances are read from
+/// d2[(i - first) * kBlock + l] (as tile_colsum wrote them) instead of
+/// computed: O(n kTile).
 template <typename T>
 void tile_gain(const T* xp, std::int64_t n, std::int64_t d, const T* cand, const double* cur,
                const T* cur2, double* gain, TileCapture<T>* capture = nullptr,
-               const PointBlocks* blocks = nullptr, RowGains<T>* rows = nullptr);
+               const PointBlocks* blocks = nullptr, RowGains<T>* rows = nullptr,
+               const T* d2 = nullptr);
 
 }  // namespace crepe
