@@ -113,22 +113,33 @@ unsigned keep_hopeful(TileCapture<T>& c, unsigned live, std::int64_t done, std::
   return live;
 }
 
-// Row j of rg from one point's squared distances and distances to the lanes
+// Row j of rg from one point's distances to the lanes in mask m (those with
+// d2 < cur2 of the lane's point), in lane order: the zero terms of the other
+// lanes would leave the row sum unchanged.
+template <typename T>
+inline void row_gains_masked(RowGains<T>& rg, std::int64_t j, unsigned m, const T* dist,
+                             const double* cur) {
+  if (!m) return;
+  double r = rg.rows[j];
+  std::vector<PointDist<T>>* L = rg.lists ? rg.lists + j : nullptr;
+  for (; m; m &= m - 1) {
+    const int l = __builtin_ctz(m);
+    const std::int64_t e = rg.lane_idx[l];
+    r += cur[e] - static_cast<double>(dist[l]);
+    if (L && static_cast<std::int64_t>(L->size()) <= rg.cap)
+      L->push_back({static_cast<std::int32_t>(e), dist[l]});
+  }
+  rg.rows[j] = r;
+}
+
+// The same from one point's squared distances and distances to the lanes
 // (dist is read only where d2 < cur2 of the lane).
 template <typename T>
 inline void add_row_gains(RowGains<T>& rg, std::int64_t j, const T* d2, const T* dist,
                           const double* cur, const T* cur2) {
-  double r = rg.rows[j];
-  std::vector<PointDist<T>>* L = rg.lists ? rg.lists + j : nullptr;
-  for (int l = 0; l < rg.w; ++l) {
-    const std::int64_t e = rg.lane_idx[l];
-    if (d2[l] < cur2[e]) {
-      r += cur[e] - static_cast<double>(dist[l]);
-      if (L && static_cast<std::int64_t>(L->size()) <= rg.cap)
-        L->push_back({static_cast<std::int32_t>(e), dist[l]});
-    }
-  }
-  rg.rows[j] = r;
+  unsigned m = 0;
+  for (int l = 0; l < rg.w; ++l) m |= static_cast<unsigned>(d2[l] < cur2[rg.lane_idx[l]]) << l;
+  row_gains_masked(rg, j, m, dist, cur);
 }
 
 template <bool Cap, typename T>
@@ -240,11 +251,9 @@ CREPE_SIMD inline __m256d widen(const __m256* v, int q) {
                                : _mm256_castps256_ps128(v[q / 2]));
 }
 
-// add_row_gains for the AVX kernels, without its branch per lane: the lanes
-// with d2 < cur2 of their point are found by one vector compare against the
-// tile's lane_cur2 (cur2 of lane_idx[l], set once per tile), and only those
-// are visited, in lane order. The zero terms it skips leave the row sum
-// unchanged, so the sum and the lists are add_row_gains' own.
+// add_row_gains for the AVX kernels: the lanes with d2 < cur2 of their point
+// found by one vector compare against the tile's LaneCur2 (cur2 of
+// lane_idx[l], set once per tile) instead of a branch per lane.
 template <typename T>
 struct LaneCur2 {
   T v[kTile];  // cur2 of the tile's lanes; +0 past w (no lane gains there)
@@ -254,22 +263,6 @@ struct LaneCur2 {
     for (int l = 0; l < kTile; ++l) v[l] = l < rg.w ? cur2[rg.lane_idx[l]] : T(0);
   }
 };
-
-template <typename T>
-inline void row_gains_masked(RowGains<T>& rg, std::int64_t j, unsigned m, const T* dist,
-                             const double* cur) {
-  if (!m) return;
-  double r = rg.rows[j];
-  std::vector<PointDist<T>>* L = rg.lists ? rg.lists + j : nullptr;
-  for (; m; m &= m - 1) {
-    const int l = __builtin_ctz(m);
-    const std::int64_t e = rg.lane_idx[l];
-    r += cur[e] - static_cast<double>(dist[l]);
-    if (L && static_cast<std::int64_t>(L->size()) <= rg.cap)
-      L->push_back({static_cast<std::int32_t>(e), dist[l]});
-  }
-  rg.rows[j] = r;
-}
 
 CREPE_SIMD inline unsigned lanes_below(const __m256d* d2, const LaneCur2<double>& lc) {
   unsigned m = 0;
