@@ -7,9 +7,11 @@
   k = min(n / 10, 2,000), float32. Each cell prints its time, a floor and the
   ratio. The floor is two n^2 d passes (the medoid's and step 1's, at one
   multiply-add per pair and dimension) at the multiply-add rate of this
-  machine, measured in this run by a BLAS GEMM of the same precision: a bound
-  no exact engine reaches (an exact distance needs a subtraction, a product and
-  a sum per term, unfused), so ratios near 1-2 are the target. Cells whose
+  machine, measured in this run by a BLAS GEMM of the same precision. An
+  exact distance needs a subtraction, a product and a sum per term, unfused,
+  so for two passes ratios near 1-2 are the target; from d = 64 the engine
+  computes each distance once (half the matrix, kept for the second pass when
+  it fits in the memory budget), so ratios below 1 are possible there. Cells whose
   floor exceeds CREPE_BENCH_MAX_FLOOR_S (default 60 s) are skipped.
 - the peers, in the same run: apricot-select and submodlib-py (`pip install
   apricot-select submodlib-py`; skipped when absent) and the original CRAIG
