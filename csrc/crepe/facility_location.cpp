@@ -104,8 +104,12 @@ class ClassSolver {
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
            double* gains, double* objective) {
     std::vector<double> colsum(n_);
-    keep_d2_ = method == Method::Lazy && k > 1 && symmetric_step1_applies() &&
-               d2_bytes() <= list_bytes_ / 4 * 3;
+    // Room for the medoid pass to keep its squared distances for step 1,
+    // the only reader (lazy, k > 1, symmetric); where step 1 is symmetric,
+    // so is the medoid pass that fills it.
+    if (method == Method::Lazy && k > 1 && symmetric_step1_applies() &&
+        d2_bytes() <= list_bytes_ / 4 * 3)
+      d2_ = huge_alloc<T>(d2_bytes());
     const double D = first_pass(colsum.data());
     // Medoid: smallest column sum, lowest index on ties.
     const std::int64_t e0 = std::min_element(colsum.begin(), colsum.end()) - colsum.begin();
@@ -170,7 +174,6 @@ class ClassSolver {
     std::vector<double> rows(static_cast<std::size_t>(nb * kBlock));
     std::vector<T> block_max(nb, T(0));
     std::fill(colsum, colsum + n_, 0.0);
-    if (keep_d2_) d2_ = huge_alloc<T>(d2_bytes());
     for (std::int64_t a = 0; a < nb; ++a) {
       const std::int64_t a0 = a * kBlock, a1 = std::min(n_, a0 + kBlock);
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && nb - a > 1)
@@ -191,7 +194,7 @@ class ClassSolver {
             const RowSums range{a0, a1, w, b > a ? row : nullptr};
             T tile_mx;
             tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_mx, &range,
-                        keep_d2_ ? pair_d2(a, b) + (t0 - b0) : nullptr);
+                        d2_ ? pair_d2(a, b) + (t0 - b0) : nullptr);
             mx = std::max(mx, tile_mx);
             for (int l = 0; l < w; ++l) colsum[t0 + l] += out[l];  // block a's partial
           }
@@ -640,7 +643,6 @@ class ClassSolver {
   std::vector<std::int64_t> assign_;
   std::vector<char> selected_;
   std::vector<T> xe_, d2all_;  // add_pick's buffers
-  bool keep_d2_ = false;
   std::unique_ptr<T[], FreeDeleter> d2_;  // the medoid pass's kept distances (pair_d2), until step 1 ends
   // Lazy only: gain lists, their length limit, the room left for them (in
   // entries); evaluate_tile's number of runs (split_) and its tile buffer,
