@@ -44,8 +44,7 @@ QUICK = ["proxies n=5000 d=10", "mixture n=5000 d=128", "last-layer proxies n=60
 
 
 def make_input(kind: str, n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_shapes import gaussian_mixture
+    from bench_shapes import gaussian_mixture  # bench/ is on the path: this script lives there
     from inputs import one_class, proxies
 
     if kind == "proxy":
