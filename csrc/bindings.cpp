@@ -45,6 +45,19 @@ void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets
                              ow, og, oo, list_bytes);
 }
 
+template <typename T>
+py::array_t<double> column_sum_lower_bounds(py::array_t<T, py::array::c_style> X, int threads) {
+  if (X.ndim() != 2 || X.shape(0) < 1 || X.shape(1) < 1)
+    throw std::invalid_argument("X must be 2-D and non-empty");
+  py::array_t<double> lower(X.shape(0));
+  const T* x = X.data();
+  double* out = lower.mutable_data();
+  const std::int64_t n = X.shape(0), d = X.shape(1);
+  py::gil_scoped_release release;
+  crepe::column_sum_lower_bounds<T>(x, n, d, threads, out);
+  return lower;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -67,6 +80,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads"), py::arg("out_idx").noconvert(), py::arg("out_weight").noconvert(),
         py::arg("out_gain").noconvert(), py::arg("out_obj").noconvert(),
         py::arg("list_bytes") = crepe::kListBudget);
+  m.def("column_sum_lower_bounds", &column_sum_lower_bounds<float>, py::arg("X").noconvert(),
+        py::arg("threads") = 0, "The medoid search's lower bounds on column sums (for tests).");
+  m.def("column_sum_lower_bounds", &column_sum_lower_bounds<double>, py::arg("X").noconvert(),
+        py::arg("threads") = 0);
   m.def("resolve_threads", &crepe::resolve_threads, py::arg("threads"),
         "Threads the engine would use (0 = OpenMP default).");
 }

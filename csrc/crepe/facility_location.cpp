@@ -103,25 +103,23 @@ class ClassSolver {
 
   void run(std::int64_t k, Method method, std::int64_t* picks, std::int64_t* weights,
            double* gains, double* objective) {
-    std::vector<double> colsum(n_);
     // Room for the medoid pass to keep its squared distances for step 1,
     // the only reader (lazy, k > 1, symmetric); where step 1 is symmetric,
     // so is the medoid pass that fills it.
     if (method == Method::Lazy && k > 1 && symmetric_step1_applies() &&
         d2_bytes() <= list_bytes_ / 4 * 3)
       d2_ = huge_alloc<T>(d2_bytes());
-    const double D = first_pass(colsum.data());
-    // Medoid: smallest column sum, lowest index on ties.
-    const std::int64_t e0 = std::min_element(colsum.begin(), colsum.end()) - colsum.begin();
+    const Medoid m = medoid();
+    const double D = m.D;
     cur_.assign(n_, 0.0);
     cur2_.assign(n_, T(0));
     assign_.assign(n_, 0);
     selected_.assign(n_, 0);
-    add_pick(e0, 0);
-    picks[0] = e0;
-    gains[0] = static_cast<double>(n_) * D - colsum[e0];
+    add_pick(m.e, 0);
+    picks[0] = m.e;
+    gains[0] = static_cast<double>(n_) * D - m.colsum;
     if (method == Method::Lazy) {
-      lazy(k, colsum, D, picks, gains);
+      if (k > 1) lazy(k, picks, gains);
     } else {
       naive(k, picks, gains);
     }
@@ -137,27 +135,230 @@ class ClassSolver {
   }
 
  private:
-  // Column sums of the distance matrix (into colsum) and D, by candidate
-  // tiles; for wide points, over half the matrix (symmetric_first_pass).
-  double first_pass(double* colsum) {
-    if (d_ >= kSymmetricDims && n_ > kBlock) return symmetric_first_pass(colsum);
-    const std::int64_t ntiles = (n_ + kTile - 1) / kTile;
+  // The first pick: the medoid e (smallest column sum of the distance
+  // matrix, lowest index on ties), its column sum, and D.
+  struct Medoid {
+    std::int64_t e;
+    double colsum, D;
+  };
+
+  // From bounds (bounded_medoid) for classes of at least
+  // kBoundedMedoidPoints points and 8 d, unless step 1 is to read this pass's
+  // distances; else from all column sums (half the matrix for wide points:
+  // symmetric_first_pass).
+  Medoid medoid() {
+    if (!d2_ && n_ >= kBoundedMedoidPoints && 8 * d_ <= n_) return bounded_medoid();
+    std::vector<double> colsum(n_);
+    double D;
+    if (d_ >= kSymmetricDims && n_ > kBlock) {
+      D = symmetric_first_pass(colsum.data());
+    } else {
+      std::vector<std::int64_t> all(n_);
+      for (std::int64_t e = 0; e < n_; ++e) all[e] = e;
+      T mx;
+      colsums_of(all.data(), n_, colsum.data(), &mx);
+      D = static_cast<double>(std::sqrt(mx));
+    }
+    const std::int64_t e = std::min_element(colsum.begin(), colsum.end()) - colsum.begin();
+    return {e, colsum[e], D};
+  }
+
+  // out[j] = column sum of candidate cands[j] (canonical order), by tiles;
+  // *max_d2 = the largest squared distance from them to any point.
+  void colsums_of(const std::int64_t* cands, std::int64_t m, double* out, T* max_d2) {
+    const std::int64_t ntiles = (m + kTile - 1) / kTile;
     std::vector<T> tile_max(ntiles, T(0));
 #pragma omp parallel num_threads(threads_) if (threads_ > 1 && ntiles > 1)
     {
       std::vector<T> cand(d_ * kTile);
-      std::int64_t idx[kTile];
-      double out[kTile];
+      double sums[kTile];
 #pragma omp for schedule(dynamic, 4)
       for (std::int64_t t = 0; t < ntiles; ++t) {
-        const int w = static_cast<int>(std::min<std::int64_t>(kTile, n_ - t * kTile));
-        for (int l = 0; l < w; ++l) idx[l] = t * kTile + l;
-        pack_tile(xp_.data(), n_, d_, idx, w, cand.data());
-        tile_colsum(xp_.data(), n_, d_, cand.data(), out, &tile_max[t]);
-        std::copy(out, out + w, colsum + t * kTile);
+        const int w = static_cast<int>(std::min<std::int64_t>(kTile, m - t * kTile));
+        pack_tile(xp_.data(), n_, d_, cands + t * kTile, w, cand.data());
+        tile_colsum(xp_.data(), n_, d_, cand.data(), sums, &tile_max[t]);
+        std::copy(sums, sums + w, out + t * kTile);
       }
     }
-    return static_cast<double>(std::sqrt(*std::max_element(tile_max.begin(), tile_max.end())));
+    *max_d2 = *std::max_element(tile_max.begin(), tile_max.end());
+  }
+
+ public:
+  // bounded_medoid's L(e) for every candidate e, with its rounding margins:
+  // at most e's computed column sum (also column_sum_lower_bounds, for
+  // tests); and r_i = |x_i - centroid| into r.
+  std::vector<double> colsum_lower_bounds(std::vector<double>& r) {
+    const std::int64_t n = n_, d = d_;
+    const double nd = static_cast<double>(n);
+    std::vector<double> c(d, 0.0);
+    r.assign(n, 0.0);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t k = 0; k < d; ++k) c[k] += static_cast<double>(xp_[panel_at(i, k, d)]);
+    for (double& v : c) v /= nd;
+    // y_i = x_i - c, r_i = |y_i|; moments P_p = sum r_i^p, V1 = sum y_i,
+    // V3 = sum r_i^2 y_i, M = sum y_i y_i^T (lower triangle), per thread, then added.
+    auto centred = [&](std::int64_t i, double* y) {
+      double s2 = 0.0;
+      for (std::int64_t k = 0; k < d; ++k) {
+        y[k] = static_cast<double>(xp_[panel_at(i, k, d)]) - c[k];
+        s2 += y[k] * y[k];
+      }
+      return s2;
+    };
+    const std::size_t nm = static_cast<std::size_t>(2 * d + d * d);
+    std::vector<double> mom(4 + nm, 0.0);  // P1..P4, V1, V3, M
+#pragma omp parallel num_threads(threads_) if (threads_ > 1)
+    {
+      std::vector<double> mine(4 + nm, 0.0), y(d);
+      double* V1 = mine.data() + 4;
+      double* V3 = V1 + d;
+      double* M = V3 + d;
+#pragma omp for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) {
+        const double s2 = centred(i, y.data());
+        r[i] = std::sqrt(s2);
+        mine[0] += r[i];
+        mine[1] += s2;
+        mine[2] += s2 * r[i];
+        mine[3] += s2 * s2;
+        for (std::int64_t k = 0; k < d; ++k) {
+          V1[k] += y[k];
+          V3[k] += s2 * y[k];
+          for (std::int64_t l = 0; l <= k; ++l) M[k * d + l] += y[k] * y[l];
+        }
+      }
+#pragma omp critical(crepe_moments)
+      for (std::size_t j = 0; j < mine.size(); ++j) mom[j] += mine[j];
+    }
+    const double P1 = mom[0], P2 = mom[1], P3 = mom[2], P4 = mom[3];
+    const double* V1 = mom.data() + 4;
+    const double* V3 = V1 + d;
+    const double* M = V3 + d;
+    const double eps = std::numeric_limits<double>::epsilon();
+    const double epsT = static_cast<double>(std::numeric_limits<T>::epsilon());
+    const double err = (8.0 * static_cast<double>(n + d) + 64.0) * eps;
+    const double shrink = 1.0 - (static_cast<double>(d) + 8.0) * epsT - (4.0 * nd + 64.0) * eps;
+    // Distances below sqrt(min normal of T) may underflow: up to that much each.
+    const double slack = nd * 2.0 * std::sqrt(static_cast<double>(std::numeric_limits<T>::min()));
+    std::vector<double> lower(n);
+#pragma omp parallel num_threads(threads_) if (threads_ > 1)
+    {
+      std::vector<double> y(d);
+#pragma omp for schedule(static)
+      for (std::int64_t e = 0; e < n; ++e) {
+        const double q = centred(e, y.data());
+        double yV1 = 0, yV3 = 0, yMy = 0;
+        for (std::int64_t k = 0; k < d; ++k) {
+          yV1 += y[k] * V1[k];
+          yV3 += y[k] * V3[k];
+          double row = 0.0;
+          for (std::int64_t l = 0; l < k; ++l) row += M[k * d + l] * y[l];
+          yMy += y[k] * (2.0 * row + M[k * d + k] * y[k]);
+        }
+        const double A2 = P2 - 2.0 * yV1 + nd * q;
+        const double A4 = P4 - 4.0 * yV3 + 4.0 * yMy + 2.0 * q * P2 - 4.0 * q * yV1 + nd * q * q;
+        const double E2 = P2 + 2.0 * r[e] * P1 + nd * q;
+        const double E4 = P4 + 4.0 * r[e] * P3 + 6.0 * q * P2 + 4.0 * q * r[e] * P1 + nd * q * q;
+        const double a2 = A2 - err * E2, a4 = A4 + err * E4;
+        const double v = a2 > 0.0 && a4 > 0.0 ? a2 * std::sqrt(a2 / a4) * shrink - slack : 0.0;
+        lower[e] = std::isfinite(v) ? v : 0.0;  // overflow: no bound
+      }
+    }
+    return lower;
+  }
+
+ private:
+  // The medoid and D without the n^2 pass where the data allow, still
+  // exactly the numbers the pass gives. O(n d^2) for the bounds.
+  //
+  // Medoid. The column sum of e, S(e) = sum_i a_i with a_i = |x_i - x_e|,
+  // is at least L(e) = A2^{3/2} / A4^{1/2}, A2 = sum_i a_i^2, A4 = sum_i a_i^4
+  // (Hoelder: A2 <= S^{2/3} A4^{1/3}). A2 and A4 are polynomials in x_e whose
+  // coefficients are moments of the class (about its centroid), so L costs
+  // O(d^2) per candidate. Candidates are evaluated exactly, in tiles, in
+  // ascending order of L, until the next L exceeds the smallest column sum
+  // found: every candidate left has a larger one, so the argmin (and its
+  // lowest-index tie-break) is the full pass's. Where distances are
+  // concentrated (noise-like points) few candidates are evaluated; where
+  // they are not, all are, at the full pass's cost plus O(n d^2).
+  //
+  // D. |x_i - x_j| <= r_i + r_j, r = distance to the centroid. With q2 the
+  // largest squared distance of the rows of the two farthest-out points, a
+  // pair above q2 has both ends among the points with r_i + max r above
+  // sqrt(q2); D^2 is the largest over the pairs among them (and q2).
+  //
+  // Rounding: the bounds are computed in double from sums whose error is
+  // at most (n + d + small) eps times the same sums of absolute values
+  // (E2, E4 below: sum_i (r_i + r_e)^2 and ^4), and every computed distance
+  // is within (d / 2 + 3) epsT of exact; the margins below are several times
+  // both, so the pruning never drops a candidate or pair that the pass would
+  // have counted.
+  Medoid bounded_medoid() {
+    const std::int64_t n = n_;
+    std::vector<double> r;
+    const std::vector<double> lower = colsum_lower_bounds(r);
+    std::vector<std::int64_t> order(n);
+    for (std::int64_t e = 0; e < n; ++e) order[e] = e;
+    std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+      return lower[a] < lower[b] || (lower[a] == lower[b] && a < b);
+    });
+    Medoid best{-1, 0.0, 0.0};
+    T mx = T(0);
+    const std::int64_t chunk = 4 * kTile * threads_;
+    std::vector<double> sums(chunk);
+    std::int64_t done = 0;
+    while (done < n && (best.e < 0 || lower[order[done]] <= best.colsum)) {
+      const std::int64_t m = std::min(chunk, n - done);
+      T cmx;
+      colsums_of(order.data() + done, m, sums.data(), &cmx);
+      mx = std::max(mx, cmx);
+      for (std::int64_t j = 0; j < m; ++j) {
+        const std::int64_t e = order[done + j];
+        if (best.e < 0 || sums[j] < best.colsum || (sums[j] == best.colsum && e < best.e))
+          best = {e, sums[j], 0.0};
+      }
+      done += m;
+    }
+    best.D = static_cast<double>(std::sqrt(done == n ? mx : max_d2_bounded(r)));
+    return best;
+  }
+
+  // The largest squared distance of the class (bounded_medoid's D), given r,
+  // each point's distance to the centroid.
+  T max_d2_bounded(const std::vector<double>& r) {
+    const std::int64_t n = n_, d = d_;
+    const double eps = std::numeric_limits<double>::epsilon();
+    const double epsT = static_cast<double>(std::numeric_limits<T>::epsilon());
+    xe_.resize(d);
+    d2all_.resize((n + kPanel - 1) / kPanel * kPanel);
+    T q2 = T(0);
+    std::int64_t a = std::max_element(r.begin(), r.end()) - r.begin();
+    for (int round = 0; round < 2; ++round) {  // the farthest-out point, then the farthest from it
+      for (std::int64_t k = 0; k < d; ++k) xe_[k] = xp_[panel_at(a, k, d)];
+      dist2_all(xp_.data(), n, d, xe_.data(), d2all_.data());
+      const std::int64_t b = std::max_element(d2all_.begin(), d2all_.begin() + n) - d2all_.begin();
+      q2 = std::max(q2, d2all_[b]);
+      a = b;
+    }
+    const double R = *std::max_element(r.begin(), r.end());
+    const double grow = 1.0 + (static_cast<double>(d) + 8.0) * eps, growT = 1.0 + (static_cast<double>(d) + 8.0) * epsT;
+    std::vector<std::int64_t> far;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double u = (r[i] + R) * grow;
+      if (u * u * growT >= static_cast<double>(q2)) far.push_back(i);
+    }
+    // The pairs among `far`: their points in a panel-layout matrix of their own.
+    const std::int64_t m = static_cast<std::int64_t>(far.size());
+    std::vector<T> fp(static_cast<std::size_t>(panel_entries(m, d)), T(0));
+    for (std::int64_t j = 0; j < m; ++j)
+      for (std::int64_t k = 0; k < d; ++k) fp[panel_at(j, k, d)] = xp_[panel_at(far[j], k, d)];
+    ClassSolver sub(std::move(fp), m, d, threads_, 0);
+    std::vector<std::int64_t> all(m);
+    for (std::int64_t j = 0; j < m; ++j) all[j] = j;
+    std::vector<double> sums(m);
+    T mx = T(0);
+    if (m > 0) sub.colsums_of(all.data(), m, sums.data(), &mx);
+    return std::max(q2, mx);
   }
 
   // first_pass from the block pairs (a, b), a <= b, only: d_ie = d_ei bit
@@ -540,33 +741,25 @@ class ClassSolver {
   using Entry = HeapEntry;  // the heap order (ties) is contract.hpp's HeapBelow
   using Below = HeapBelow;
 
-  void lazy(std::int64_t k, const std::vector<double>& colsum, double D, std::int64_t* picks,
-            double* gains) {
+  // Picks 1 .. k - 1 (k > 1).
+  void lazy(std::int64_t k, std::int64_t* picks, double* gains) {
     init_lists();
-    // F({e}) bounds every later gain of e in exact arithmetic; the margin
-    // covers the rounding of both sides (each within ~n*eps*n*D of exact), so
-    // the inflated value bounds every computed gain too.
-    const double nD = static_cast<double>(n_) * D;
-    const double margin = 1e-8 * nD;
-    std::vector<Entry> heap;
-    heap.reserve(n_);
+    // Step 1: after the medoid, the gains of all other candidates, in one
+    // parallel pass (no earlier bound is near them: the lazy greedy would
+    // re-evaluate nearly all anyway).
+    std::vector<std::int64_t> all;
+    all.reserve(n_);
     for (std::int64_t e = 0; e < n_; ++e)
-      if (!selected_[e]) heap.push_back({nD - colsum[e] + margin, e, -1});
-    if (k > 1) {
-      // F({e}) is far above the gains after the medoid, so step 1 would
-      // re-evaluate nearly everything anyway: do it in one parallel pass.
-      std::vector<std::int64_t> all(heap.size());
-      std::vector<double> g(heap.size());
-      for (std::size_t j = 0; j < heap.size(); ++j) all[j] = heap[j].idx;
-      if (symmetric_step1_applies()) {
-        g.resize(n_);
-        symmetric_step1(g.data(), /*lists=*/true);
-        for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[all[j]], all[j], 1};
-      } else {
-        evaluate(all.data(), static_cast<std::int64_t>(all.size()), g.data(),
-                 /*lists=*/d_ >= kStepOneListDims);
-        for (std::size_t j = 0; j < heap.size(); ++j) heap[j] = {g[j], all[j], 1};
-      }
+      if (!selected_[e]) all.push_back(e);
+    std::vector<Entry> heap(all.size());
+    std::vector<double> gain1(n_);
+    if (symmetric_step1_applies()) {
+      symmetric_step1(gain1.data(), /*lists=*/true);
+      for (std::size_t j = 0; j < all.size(); ++j) heap[j] = {gain1[all[j]], all[j], 1};
+    } else {
+      evaluate(all.data(), static_cast<std::int64_t>(all.size()), gain1.data(),
+               /*lists=*/d_ >= kStepOneListDims);
+      for (std::size_t j = 0; j < all.size(); ++j) heap[j] = {gain1[j], all[j], 1};
     }
     std::make_heap(heap.begin(), heap.end(), Below{});
     // A stale entry is re-evaluated alone from its list if it has one, else
@@ -651,6 +844,9 @@ class ClassSolver {
   // From this width on, the row sums a symmetric pass adds per distance cost
   // less than the half of the distances it saves.
   static constexpr std::int64_t kSymmetricDims = 32;
+  // From this class size on, the medoid is found by bounds (bounded_medoid)
+  // rather than from all n column sums.
+  static constexpr std::int64_t kBoundedMedoidPoints = 1024;
   // The same for step 1, whose rows cost more (a compare and a list entry).
   static constexpr std::int64_t kSymmetricGainDims = 64;
   // From this width on, step 1 keeps gain lists for all candidates (saving
@@ -727,6 +923,20 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   if (error) std::rethrow_exception(error);
 }
 
+template <typename T>
+void column_sum_lower_bounds(const T* X, std::int64_t n, std::int64_t d, int threads,
+                             double* lower) {
+  std::vector<T> xp(static_cast<std::size_t>(panel_entries(n, d)), T(0));
+  for (std::int64_t j = 0; j < n; ++j)
+    for (std::int64_t k = 0; k < d; ++k) xp[panel_at(j, k, d)] = X[j * d + k];
+  ClassSolver<T> solver(std::move(xp), n, d, resolve_threads(threads), 0);
+  std::vector<double> r;
+  const std::vector<double> v = solver.colsum_lower_bounds(r);
+  std::copy(v.begin(), v.end(), lower);
+}
+
+template void column_sum_lower_bounds<float>(const float*, std::int64_t, std::int64_t, int, double*);
+template void column_sum_lower_bounds<double>(const double*, std::int64_t, std::int64_t, int, double*);
 template void select_per_class<float>(const float*, std::int64_t, std::int64_t,
                                       const std::int64_t*, std::int64_t, const std::int64_t*,
                                       Method, int, std::int64_t*, std::int64_t*, double*, double*,

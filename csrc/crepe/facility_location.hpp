@@ -50,7 +50,10 @@ enum class Method : int { Naive = 0, Lazy = 1 };
 /// Complexity per class: n^2 d for the first pick and the second (n^2 d / 2
 /// each from d = 32 and d = 64 on: distances are symmetric; from d = 64 the
 /// second reads the first's squared distances, O(n^2), when half the matrix
-/// fits in 3/4 of list_bytes: it is kept only until then), then O(n d)
+/// fits in 3/4 of list_bytes: it is kept only until then). From n = 1,024 and
+/// n >= 8 d, unless the second pick reads them, the first pick's n^2 d falls
+/// to O(n d^2) plus m n d for the m candidates whose lower bounds do not
+/// rule them out (few for noise-like points, up to n), then O(n d)
 /// per lazy re-evaluation, or O(m) for a candidate with a gain list of m points
 /// (O(k n^2 d) for Method::Naive). Memory O(n d) plus at most list_bytes.
 /// Thread safety: reentrant; uses up to `threads` OpenMP threads (0 = the
@@ -63,6 +66,15 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d,
                       std::int64_t* out_idx, std::int64_t* out_weight,
                       double* out_gain, double* out_obj,
                       std::int64_t list_bytes = kListBudget);
+
+/// Lower bounds on the column sums of the distance matrix of one class's
+/// points X (row-major (n, d), n >= 1): lower[e] <= sum_i d(x_i, x_e) as the
+/// engine computes it (canonical order, distances in T). These are the bounds
+/// the medoid search of classes of 1,024 points or more prunes by; exposed
+/// so that tests can hold them to the exact sums. O(n d^2).
+template <typename T>
+void column_sum_lower_bounds(const T* X, std::int64_t n, std::int64_t d, int threads,
+                             double* lower);
 
 /// Threads the engine uses for `threads` (0 = OpenMP default, 1 without OpenMP).
 int resolve_threads(int threads);
