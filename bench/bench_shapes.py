@@ -11,7 +11,9 @@
   exact distance needs a subtraction, a product and a sum per term, unfused,
   so for two passes ratios near 1-2 are the target; from d = 64 the engine
   computes each distance once (half the matrix, kept for the second pass when
-  it fits in the memory budget), so ratios below 1 are possible there. Cells whose
+  it fits in the memory budget), and from n = 1,024 (n >= 8 d) it finds the
+  medoid from bounds instead of a pass where the second does not read the
+  first's distances, so ratios below 1 are possible. Cells whose
   floor exceeds CREPE_BENCH_MAX_FLOOR_S (default 60 s) are skipped.
 - the peers, in the same run: apricot-select and submodlib-py (`pip install
   apricot-select submodlib-py`; skipped when absent) and the original CRAIG

@@ -81,8 +81,10 @@ def test_lists_from_step_one_change_nothing(dtype: type) -> None:
 
 def test_portable_build_matches_simd_at_wide_d() -> None:
     """CREPE_NO_AVX=1 (read at start-up) runs the portable kernels: same bits,
-    through both symmetric passes (n > 256, d >= 64) and the tiled ones."""
+    through both symmetric passes (n > 256, d >= 64), the tiled ones and the
+    medoid from bounds (n >= 1,024)."""
     cases = [
+        (1100, 10, "noisy", "float32", 5, {"fraction": 0.1}),
         (530, 330, "noisy", "float32", 1, {"fraction": 0.3}),
         (600, 64, "grid", "float64", 2, {"fraction": 0.3}),
         (300, 40, "duplicates", "float64", 3, {"fraction": 0.3}),
