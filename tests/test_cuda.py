@@ -161,6 +161,8 @@ def test_bad_gpu_input_rejected() -> None:
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="1 NaN or Inf"):
         crepe.select(bad, k=2)
+    with pytest.raises(ValueError, match="would overflow float32"):
+        crepe.select(X * 1e19, k=2)
     with pytest.raises(ValueError, match="2-D"):
         crepe.select(X[None], k=2)
     with pytest.raises(ValueError, match="k=60 is larger"):

@@ -321,6 +321,9 @@ X_OK = np.random.default_rng(0).normal(size=(10, 3))
     [
         (np.where(np.eye(10, 3) > 0, np.nan, X_OK), None, {"k": 1}, ValueError, "NaN or Inf"),
         (np.where(np.eye(10, 3) > 0, np.inf, X_OK), None, {"k": 1}, ValueError, "NaN or Inf"),
+        ((X_OK * 1e19).astype(np.float32), None, {"k": 1}, ValueError, "would overflow float32"),
+        (X_OK * 1e155, None, {"k": 1}, ValueError, "would overflow float64"),
+        (X_OK * 1e307, None, {"k": 1}, ValueError, "would overflow float64"),
         (X_OK[:, 0], None, {"k": 1}, ValueError, "must be 2-D"),
         (X_OK[None], None, {"k": 1}, ValueError, "must be 2-D"),
         (np.zeros((0, 3)), None, {"k": 1}, ValueError, "empty"),
@@ -372,3 +375,11 @@ def test_binding_rejects_silent_conversion() -> None:
         _core.select_per_class(X, cls, np.array([5]), 1, 1, *out5)
     with pytest.raises(ValueError, match="out_idx has 1 entries, expected 2"):
         _core.select_per_class(X, cls, np.array([2]), 1, 1, *out)
+
+
+def test_far_from_the_origin_but_narrow_is_fine() -> None:
+    """The overflow check is on the spread of X, not its size: points near
+    1e19 in float32 whose differences are small select like any others."""
+    X = (np.float32(1e19) + np.random.default_rng(1).normal(size=(40, 3)) * np.float32(1e13)).astype(np.float32)
+    assert crepe.select(X, k=4) == select_reference(X, k=4)
+    assert np.isfinite(crepe.select(X, k=4).gains).all()

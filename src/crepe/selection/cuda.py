@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from crepe.selection.problem import Problem, as_matrix, is_torch_tensor, make_problem
+from crepe.selection.problem import Problem, as_matrix, check_distances_fit, is_torch_tensor, make_problem
 from crepe.selection.result import Selection
 
 BUILD_HINT = (
@@ -74,6 +74,7 @@ def prepare(X: Any, y: Any, fraction: Any, k: Any) -> Problem:
         bad = int((~torch.isfinite(Xd)).sum().item())
         if bad:
             raise ValueError(f"X contains {bad} NaN or Inf values; all entries must be finite")
+        check_distances_fit(Xd.amin(0).double().cpu().numpy(), Xd.amax(0).double().cpu().numpy(), name)
         # A strided view is copied here, explicitly, on the device.
         Xd = Xd.contiguous()
     else:

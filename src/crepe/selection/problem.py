@@ -81,8 +81,24 @@ def as_matrix(X: Any) -> np.ndarray:
     if not np.isfinite(X).all():
         bad = int(np.count_nonzero(~np.isfinite(X)))
         raise ValueError(f"X contains {bad} NaN or Inf values; all entries must be finite")
+    check_distances_fit(X.min(axis=0), X.max(axis=0), X.dtype.name)
     # A strided view is copied here, explicitly; the engine reads C order only.
     return np.ascontiguousarray(X)
+
+
+def check_distances_fit(lo: np.ndarray, hi: np.ndarray, dtype: str) -> None:
+    """Raises ValueError if squared distances between points whose coordinates
+    lie in [lo, hi] (per dimension) could overflow `dtype`, the precision the
+    engines compute them in: they would turn into inf, and gains into NaN."""
+    with np.errstate(over="ignore"):
+        span = hi.astype(np.float64) - lo.astype(np.float64)
+        worst = float(np.sum(span * span))
+    largest = float(np.finfo(dtype).max)
+    if not worst <= largest / 2:
+        raise ValueError(
+            f"X spans up to {float(span.max()):.3g} in one dimension: squared distances up to "
+            f"{worst:.3g} would overflow {dtype} (largest {largest:.3g}); rescale X, or pass float64"
+        )
 
 
 def as_labels(y: Any, n: int) -> np.ndarray:
