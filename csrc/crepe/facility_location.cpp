@@ -70,6 +70,16 @@ void dist2_all(const T* xp, std::int64_t n, std::int64_t d, const T* xe, T* out)
   }
 }
 
+// Rows rows[0..n) of the row-major (., d) matrix X (rows = nullptr: rows
+// 0..n-1) in the panel layout (tiles.hpp).
+template <typename T>
+std::vector<T> panels_of(const T* X, std::int64_t d, std::int64_t n, const std::int64_t* rows) {
+  std::vector<T> xp(static_cast<std::size_t>(panel_entries(n, d)), T(0));
+  for (std::int64_t j = 0; j < n; ++j)
+    for (std::int64_t k = 0; k < d; ++k) xp[panel_at(j, k, d)] = X[(rows ? rows[j] : j) * d + k];
+  return xp;
+}
+
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
@@ -234,10 +244,8 @@ class ClassSolver {
     const double* V1 = mom.data() + 4;
     const double* V3 = V1 + d;
     const double* M = V3 + d;
-    const double eps = std::numeric_limits<double>::epsilon();
-    const double epsT = static_cast<double>(std::numeric_limits<T>::epsilon());
-    const double err = (8.0 * static_cast<double>(n + d) + 64.0) * eps;
-    const double shrink = 1.0 - (static_cast<double>(d) + 8.0) * epsT - (4.0 * nd + 64.0) * eps;
+    const double err = (8.0 * static_cast<double>(n + d) + 64.0) * kEps;
+    const double shrink = 1.0 - (static_cast<double>(d) + 8.0) * kEpsT - (4.0 * nd + 64.0) * kEps;
     // Distances below sqrt(min normal of T) may underflow: up to that much each.
     const double slack = nd * 2.0 * std::sqrt(static_cast<double>(std::numeric_limits<T>::min()));
     std::vector<double> lower(n);
@@ -327,21 +335,16 @@ class ClassSolver {
   // each point's distance to the centroid.
   T max_d2_bounded(const std::vector<double>& r) {
     const std::int64_t n = n_, d = d_;
-    const double eps = std::numeric_limits<double>::epsilon();
-    const double epsT = static_cast<double>(std::numeric_limits<T>::epsilon());
-    xe_.resize(d);
-    d2all_.resize((n + kPanel - 1) / kPanel * kPanel);
     T q2 = T(0);
     std::int64_t a = std::max_element(r.begin(), r.end()) - r.begin();
     for (int round = 0; round < 2; ++round) {  // the farthest-out point, then the farthest from it
-      for (std::int64_t k = 0; k < d; ++k) xe_[k] = xp_[panel_at(a, k, d)];
-      dist2_all(xp_.data(), n, d, xe_.data(), d2all_.data());
-      const std::int64_t b = std::max_element(d2all_.begin(), d2all_.begin() + n) - d2all_.begin();
-      q2 = std::max(q2, d2all_[b]);
+      const T* d2 = dist2_from(a);
+      const std::int64_t b = std::max_element(d2, d2 + n) - d2;
+      q2 = std::max(q2, d2[b]);
       a = b;
     }
     const double R = *std::max_element(r.begin(), r.end());
-    const double grow = 1.0 + (static_cast<double>(d) + 8.0) * eps, growT = 1.0 + (static_cast<double>(d) + 8.0) * epsT;
+    const double grow = 1.0 + (static_cast<double>(d) + 8.0) * kEps, growT = 1.0 + (static_cast<double>(d) + 8.0) * kEpsT;
     std::vector<std::int64_t> far;
     for (std::int64_t i = 0; i < n; ++i) {
       const double u = (r[i] + R) * grow;
@@ -729,13 +732,19 @@ class ClassSolver {
         move_if_closer(p.i, d2, t);
       }
     } else {
-      xe_.resize(d_);
-      d2all_.resize((n_ + kPanel - 1) / kPanel * kPanel);
-      for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xp_[panel_at(e, k, d_)];
-      dist2_all(xp_.data(), n_, d_, xe_.data(), d2all_.data());
-      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2all_[i], t);
+      const T* d2 = dist2_from(e);
+      for (std::int64_t i = 0; i < n_; ++i) move_if_closer(i, d2[i], t);
     }
     selected_[e] = 1;
+  }
+
+  // The squared distances of every point to point e (dist2_all), in d2all_.
+  const T* dist2_from(std::int64_t e) {
+    xe_.resize(d_);
+    d2all_.resize((n_ + kPanel - 1) / kPanel * kPanel);
+    for (std::int64_t k = 0; k < d_; ++k) xe_[k] = xp_[panel_at(e, k, d_)];
+    dist2_all(xp_.data(), n_, d_, xe_.data(), d2all_.data());
+    return d2all_.data();
   }
 
   using Entry = HeapEntry;  // the heap order (ties) is contract.hpp's HeapBelow
@@ -847,6 +856,9 @@ class ClassSolver {
   // From this class size on, the medoid is found by bounds (bounded_medoid)
   // rather than from all n column sums.
   static constexpr std::int64_t kBoundedMedoidPoints = 1024;
+  // Its margins' units: the relative rounding of double and of T.
+  static constexpr double kEps = std::numeric_limits<double>::epsilon();
+  static constexpr double kEpsT = static_cast<double>(std::numeric_limits<T>::epsilon());
   // The same for step 1, whose rows cost more (a compare and a list entry).
   static constexpr std::int64_t kSymmetricGainDims = 64;
   // From this width on, step 1 keeps gain lists for all candidates (saving
@@ -902,10 +914,7 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
   auto solve = [&](std::int64_t c) {
     const std::int64_t nc = start[c + 1] - start[c];
     const std::int64_t* r = rows.data() + start[c];
-    std::vector<T> xp(static_cast<std::size_t>(panel_entries(nc, d)), T(0));
-    for (std::int64_t j = 0; j < nc; ++j)
-      for (std::int64_t k = 0; k < d; ++k) xp[panel_at(j, k, d)] = X[r[j] * d + k];
-    ClassSolver<T> solver(std::move(xp), nc, d, inner, class_list_bytes);
+    ClassSolver<T> solver(panels_of(X, d, nc, r), nc, d, inner, class_list_bytes);
     const std::int64_t o = out_start[c];
     solver.run(budgets[c], method, out_idx + o, out_weight + o, out_gain + o, out_obj + c);
     for (std::int64_t t = 0; t < budgets[c]; ++t) out_idx[o + t] = r[out_idx[o + t]];
@@ -926,10 +935,8 @@ void select_per_class(const T* X, std::int64_t n, std::int64_t d, const std::int
 template <typename T>
 void column_sum_lower_bounds(const T* X, std::int64_t n, std::int64_t d, int threads,
                              double* lower) {
-  std::vector<T> xp(static_cast<std::size_t>(panel_entries(n, d)), T(0));
-  for (std::int64_t j = 0; j < n; ++j)
-    for (std::int64_t k = 0; k < d; ++k) xp[panel_at(j, k, d)] = X[j * d + k];
-  ClassSolver<T> solver(std::move(xp), n, d, resolve_threads(threads), 0);
+  ClassSolver<T> solver(panels_of(X, d, n, static_cast<const std::int64_t*>(nullptr)), n, d,
+                        resolve_threads(threads), 0);
   std::vector<double> r;
   const std::vector<double> v = solver.colsum_lower_bounds(r);
   std::copy(v.begin(), v.end(), lower);
