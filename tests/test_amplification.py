@@ -130,8 +130,8 @@ def test_a_ledger_without_markers_is_never_amplified() -> None:
     orders = RDPAccountant.DEFAULT_ALPHAS
     curve = np.asarray(analysis.compute_rdp(q=Q_SEED, noise_multiplier=3.0, steps=1, orders=orders), dtype=float)
     expected, _ = analysis.get_privacy_spent(orders=orders, rdp=50 * 23 * curve, delta=DELTA)
-    assert accounting.epsilon(plain, delta=DELTA) == float(expected)
-    assert accounting.epsilon(seed_schedule(3.0), delta=DELTA) < 0.5 * float(expected)
+    assert accounting.epsilon(plain, delta=DELTA, accountant="rdp") == float(expected)
+    assert accounting.epsilon(seed_schedule(3.0), delta=DELTA, accountant="rdp") < 0.5 * float(expected)
 
 
 # ---------------------------------------------------------------- 3. ledgers with markers
@@ -194,11 +194,11 @@ SEED_FIGURES = {1.0: (10.788446, 10.221980), 3.0: (2.192144, 0.568311), 5.0: (1.
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 5.0])
 def test_seed_schedule_against_opacus_by_hand(sigma: float) -> None:
     a, m = by_hand(seed_phases(sigma), delta=DELTA)
-    eps = accounting.epsilon(seed_schedule(sigma), delta=DELTA)
+    eps = accounting.epsilon(seed_schedule(sigma), delta=DELTA, accountant="rdp")
     assert eps == pytest.approx(min(a, m), rel=1e-9)
     assert (a, m) == pytest.approx(SEED_FIGURES[sigma], abs=1e-5)
     assert m < a  # on this schedule the amplified bound wins from sigma = 1 up
-    assert accounting.epsilon(seed_schedule(sigma, marker=False), delta=DELTA) == pytest.approx(a, rel=1e-9)
+    assert accounting.epsilon(seed_schedule(sigma, marker=False), delta=DELTA, accountant="rdp") == pytest.approx(a, rel=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -209,24 +209,7 @@ def test_plain_bound_wins_where_basic_composition_over_phases_costs_more(sigma: 
     phases: list[Phase] = [(P_SEED, True, [(sigma, Q_SEED, e * STEPS_PER_EPOCH)]) for e in epochs]
     a, m = by_hand(phases, delta=DELTA)
     assert a < m
-    assert accounting.epsilon(seed_schedule(sigma, epochs=epochs), delta=DELTA) == pytest.approx(a, rel=1e-9)
-
-
-def test_adaptive_clipping_counts_are_amplified_with_their_steps() -> None:
-    sigma, sigma_b = 3.0, B / 20
-    ledger: list[L.Entry] = []
-    for e in PHASE_EPOCHS:
-        L.record_subset(ledger, inclusion_probability=P_SEED)
-        for _ in range(e * STEPS_PER_EPOCH):
-            L.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=Q_SEED)
-            L.record(ledger, kind="clip-count", noise_multiplier=sigma_b, sample_rate=Q_SEED)
-    steps = [e * STEPS_PER_EPOCH for e in PHASE_EPOCHS]
-    phases: list[Phase] = [(P_SEED, True, [(sigma, Q_SEED, s), (sigma_b, Q_SEED, s)]) for s in steps]
-    a, m = by_hand(phases, delta=DELTA)
-    assert m < a
-    eps = accounting.epsilons(ledger, delta=DELTA)
-    assert eps["total"] == pytest.approx(m, rel=1e-9)
-    assert eps["train"] == eps["total"] and eps["select"] == 0.0
+    assert accounting.epsilon(seed_schedule(sigma, epochs=epochs), delta=DELTA, accountant="rdp") == pytest.approx(a, rel=1e-9)
 
 
 def test_a_release_on_the_full_data_disables_amplification_of_its_phase() -> None:
@@ -242,12 +225,12 @@ def test_a_release_on_the_full_data_disables_amplification_of_its_phase() -> Non
         phases = seed_phases(sigma)
         phases[1] = (P_SEED, False, [(sigma, q_kind, 1), *phases[1][2]])
         a, m = by_hand(phases, delta=DELTA)
-        assert accounting.epsilon(ledger, delta=DELTA) == pytest.approx(min(a, m), rel=1e-9)
+        assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(min(a, m), rel=1e-9)
         amplified_anyway = by_hand([(P_SEED, True, ph[2]) for ph in phases], delta=DELTA)[1]
         assert amplified_anyway < min(a, m)  # the test can tell the difference
         # The train part leaves that release out: its phases hold only steps on the subset.
         train_only = by_hand(seed_phases(sigma), delta=DELTA)
-        train_part = accounting.epsilon(ledger, delta=DELTA, kinds=L.PARTS["train"])
+        train_part = accounting.epsilon(ledger, delta=DELTA, accountant="rdp", kinds=L.PARTS["train"])
         assert train_part == pytest.approx(min(train_only), rel=1e-9)
 
 
@@ -263,23 +246,23 @@ def test_releases_before_the_first_marker_are_not_amplified() -> None:
     ]
     a, m = by_hand(phases, delta=DELTA)
     assert m < a
-    assert accounting.epsilon(ledger, delta=DELTA) == pytest.approx(m, rel=1e-9)
+    assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(m, rel=1e-9)
     # Phases without included releases do not take a share of delta (k counts the others only).
     padded = [ledger[0]]
     L.record_subset(padded, inclusion_probability=P_SEED)
     padded += ledger[1:]
-    assert accounting.epsilon(padded, delta=DELTA) == accounting.epsilon(ledger, delta=DELTA)
+    assert accounting.epsilon(padded, delta=DELTA, accountant="rdp") == accounting.epsilon(ledger, delta=DELTA, accountant="rdp")
 
 
 def test_noise_free_release_is_still_infinite_and_a_tiny_p_is_not_amplified() -> None:
     ledger = seed_schedule(3.0)
     L.record(ledger, kind="train", noise_multiplier=0.0, sample_rate=Q_SEED)
-    assert math.isinf(accounting.epsilon(ledger, delta=DELTA))
+    assert math.isinf(accounting.epsilon(ledger, delta=DELTA, accountant="rdp"))
     # delta_S = delta / (k p) >= 1 says nothing: the phase costs its plain epsilon.
     tiny: list[L.Entry] = []
     L.record_subset(tiny, inclusion_probability=1e-6)
     L.record(tiny, kind="train", noise_multiplier=3.0, sample_rate=0.5, steps=10)
-    assert accounting.epsilon(tiny, delta=DELTA) == accounting.epsilon(tiny[1:], delta=DELTA)
+    assert accounting.epsilon(tiny, delta=DELTA, accountant="rdp") == accounting.epsilon(tiny[1:], delta=DELTA, accountant="rdp")
 
 
 def test_prv_path_composes_each_phase() -> None:

@@ -33,7 +33,7 @@ def test_golden_seed_protocol_50_epochs() -> None:
     for epochs in (20, 20, 10):
         L.record(ledger, kind="select", noise_multiplier=3.0, sample_rate=1.0)
         L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000, steps=epochs * 23)
-    assert accounting.epsilon(ledger, delta=DELTA) == pytest.approx(11.279, abs=5e-4)
+    assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(11.279, abs=5e-4)
 
 
 def test_record_merges_identical_consecutive_releases_only() -> None:
@@ -59,7 +59,7 @@ def test_total_equals_independent_opacus_rdp_composition() -> None:
         q=256 / 6000, noise_multiplier=1.0, steps=3 * 460, orders=orders
     )
     expected, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA)
-    assert accounting.epsilon(seed_schedule(), delta=DELTA) == pytest.approx(float(expected), rel=1e-12)
+    assert accounting.epsilon(seed_schedule(), delta=DELTA, accountant="rdp") == pytest.approx(float(expected), rel=1e-12)
 
 
 def test_selection_part_matches_gaussian_closed_form() -> None:
@@ -71,7 +71,7 @@ def test_selection_part_matches_gaussian_closed_form() -> None:
     k, s = 3, 3.0
     rdp = k * a / (2 * s * s)
     closed = np.min(rdp - (np.log(DELTA) + np.log(a)) / (a - 1) + np.log((a - 1) / a))
-    assert accounting.epsilon(seed_schedule(select_sigma=s, rounds=k), delta=DELTA, kinds=("select",)) == pytest.approx(
+    assert accounting.epsilon(seed_schedule(select_sigma=s, rounds=k), delta=DELTA, accountant="rdp", kinds=("select",)) == pytest.approx(
         closed, rel=1e-12
     )
 
@@ -80,7 +80,7 @@ def test_one_full_epoch_matches_build_notes_figure() -> None:
     # BUILD_NOTES: one full Fashion-MNIST epoch, B = 256, sigma = 1 -> eps = 0.925 at delta 1e-5.
     ledger: list[L.Entry] = []
     L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 60000, steps=234)
-    assert accounting.epsilon(ledger, delta=DELTA) == pytest.approx(0.925, abs=1e-3)
+    assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(0.925, abs=1e-3)
 
 
 def test_prv_composes_mixed_steps_and_is_not_looser_than_rdp() -> None:
@@ -93,14 +93,14 @@ def test_prv_composes_mixed_steps_and_is_not_looser_than_rdp() -> None:
 
 
 def test_composition_costs_more_than_each_part() -> None:
-    eps = accounting.epsilons(seed_schedule(), delta=DELTA)
+    eps = accounting.epsilons(seed_schedule(), delta=DELTA, accountant="rdp")
     assert max(eps["select"], eps["train"]) < eps["total"] <= eps["select"] + eps["train"]
 
 
 def test_noiseless_release_is_infinite_and_json_safe() -> None:
     ledger = seed_schedule()
     L.record(ledger, kind="select", noise_multiplier=0.0, sample_rate=1.0)
-    eps = accounting.epsilons(ledger, delta=DELTA)
+    eps = accounting.epsilons(ledger, delta=DELTA, accountant="rdp")
     assert math.isinf(eps["total"]) and math.isinf(eps["select"]) and math.isfinite(eps["train"])
     j = rundir.eps_json(eps)
     assert j["eps_total"] is None and j["eps_infinite"] is True and j["eps_total_infinite"] is True
@@ -110,7 +110,7 @@ def test_noiseless_release_is_infinite_and_json_safe() -> None:
 
 
 def test_empty_ledger_is_zero() -> None:
-    assert accounting.epsilons([], delta=DELTA) == {"total": 0.0, "select": 0.0, "train": 0.0}
+    assert accounting.epsilons([], delta=DELTA, accountant="rdp") == {"total": 0.0, "select": 0.0, "train": 0.0}
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_bad_ledger_entries(kw: dict, msg: str) -> None:
 
 
 def test_unknown_accountant() -> None:
-    with pytest.raises(ValueError, match="valid: rdp, prv"):
+    with pytest.raises(ValueError, match="valid: pld, rdp, prv"):
         accounting.epsilon(seed_schedule(), delta=DELTA, accountant="gdp")
 
 
@@ -139,6 +139,6 @@ def test_rdp_equals_opacus_rdp_accountant_stepped_one_release_at_a_time() -> Non
     for entry in seed_schedule(select_sigma=2.0):
         for _ in range(entry["steps"]):
             acc.step(noise_multiplier=entry["noise_multiplier"], sample_rate=entry["sample_rate"])
-    assert accounting.epsilon(seed_schedule(select_sigma=2.0), delta=DELTA) == pytest.approx(
+    assert accounting.epsilon(seed_schedule(select_sigma=2.0), delta=DELTA, accountant="rdp") == pytest.approx(
         acc.get_epsilon(delta=DELTA), rel=1e-12
     )

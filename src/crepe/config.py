@@ -267,7 +267,11 @@ class TrainConfig:
         0.5, "adaptive clipping: target share of unclipped examples", kind="float", low=0, high=1, dp_only=True
     )
     clip_lr: float = option(0.2, "adaptive clipping: geometric step size of C", kind="float", low=0, low_open=True, dp_only=True)
-    accountant: str = option("rdp", "privacy accountant", choices=("rdp", "prv"))
+    accountant: str = option(
+        "pld",
+        "privacy accountant: pld (privacy loss distributions, dp-accounting; tightest), rdp (Opacus RDP) or prv (Opacus PRV)",
+        choices=("pld", "rdp", "prv"),
+    )
     delta: float = option(1e-5, "delta of the reported epsilon", kind="float", low=0, low_open=True, high=0.5)
     noise: str = option(
         "secret",

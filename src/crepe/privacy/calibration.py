@@ -21,6 +21,9 @@ from crepe.privacy.accounting import epsilon
 from crepe.privacy.ledger import Entry, record, record_subset
 
 SIGMA_MAX = 200.0  # beyond this the model learns nothing: a target that needs more is "unreachable"
+# Below this no target is solved for: the accountants' domains explode (PRV and PLD grids grow as
+# 1/sigma^2) and such runs are not private in any useful sense; --sigma still runs them.
+SIGMA_MIN = 0.1
 COUNT_NOISE_SHARE = 20.0  # adaptive clipping: the count's noise std is B / 20 (Andrew et al. 2021)
 
 
@@ -101,11 +104,15 @@ def solve_sigma(
             "(fewer epochs or selection rounds, a larger --select-sigma)",
             floor=floor,
         )
-    lo, hi = 1e-2, SIGMA_MAX
-    while eps(lo) <= target:  # a target so loose that tiny noise reaches it
-        if lo < 1e-4:
-            raise UsageError(f"--target-epsilon {target:g} is reached even at sigma < {lo:g}: give --sigma instead")
-        lo /= 2
+    hi = SIGMA_MAX  # bracket downwards: eps(hi) <= target < eps(hi / 2)
+    while eps(hi / 2) <= target:
+        hi /= 2
+        if hi / 2 < SIGMA_MIN:
+            raise UsageError(
+                f"--target-epsilon {target:g} is reached even at sigma = {hi:g}: so little noise is outside what "
+                f"crepe calibrates (sigma >= {SIGMA_MIN:g}); give --sigma instead"
+            )
+    lo = hi / 2
     for _ in range(100):
         mid = (lo * hi) ** 0.5
         e = eps(mid)
