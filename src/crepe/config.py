@@ -271,8 +271,9 @@ class TrainConfig:
     delta: float = option(1e-5, "delta of the reported epsilon", kind="float", low=0, low_open=True, high=0.5)
     noise: str = option(
         "secret",
-        "where DP noise and sampling draw from: secret (an OS-drawn seed, kept only in the checkpoint) or "
-        "reproducible (from --seed; epsilon then holds only if the seed stays secret)",
+        "where DP noise and sampling draw from: secret (an OS-drawn 256-bit key, never written; the generator "
+        "states live only in the checkpoint) or reproducible (from --seed; epsilon then holds "
+        "only if the seed stays secret)",
         choices=("secret", "reproducible"),
     )
     seed: int = option(0, "seed of model initialisation (and, with --noise reproducible, of the noise)", kind="int", low=0, grid=True)

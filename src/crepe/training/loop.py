@@ -12,16 +12,16 @@ Per epoch (epochs and k = select_every scaled under --compute steps):
      checksummed), then the metrics.jsonl line.
 
 Randomness (DESIGN.md section 9): --seed fixes model initialisation. The DP
-noise, Poisson sampling and selection noise draw from generators seeded from
-the OS (noise = "secret"), kept only in the checkpoint; noise = "reproducible"
-derives them from --seed, and every epsilon printed then says it holds only if
-the seed is secret.
+noise, Poisson sampling and selection noise draw from generators whose whole
+MT19937 state is expanded from a 256-bit key (dp/secret_rng.py): drawn from
+the OS (noise = "secret") and never written, or derived from --seed (noise =
+"reproducible"; every epsilon printed then says it holds only if the seed is
+secret). Their states live only in the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import sys
 import time
 import warnings
@@ -38,6 +38,7 @@ from crepe.dp.clipping import make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, PlainOptimizer
 from crepe.dp.optimizers import make_base_optimizer
+from crepe.dp.secret_rng import KEY_BYTES, keyed_generator, new_key
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
 from crepe.privacy.calibration import count_noise, redraws, schedule
@@ -49,12 +50,11 @@ from crepe.training.epoch import set_weights, train_epoch
 from crepe.training.state import GENERATORS, RunState
 
 
-def seeds(cfg: TrainConfig) -> tuple[int, dict[str, int]]:
-    """(model init seed, {generator: seed}) -- the latter secret unless noise is reproducible."""
-    derived = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(len(GENERATORS) + 1)]
-    if cfg.noise == "reproducible":
-        return derived[0], dict(zip(GENERATORS, derived[1:]))
-    return derived[0], {name: secrets.randbits(63) for name in GENERATORS}
+def seeds(cfg: TrainConfig) -> tuple[int, bytes]:
+    """(model init seed, the key of the GENERATORS) -- the key secret unless noise is reproducible."""
+    derived = np.random.SeedSequence(cfg.seed).generate_state(1 + KEY_BYTES // 4)  # uint32 words
+    key = derived[1:].astype("<u4").tobytes() if cfg.noise == "reproducible" else new_key()
+    return int(derived[0]), key
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, noise_gen: torch.Generator, ledger: list) -> tuple[nn.Module, Any]:
@@ -165,10 +165,10 @@ def run(
     if ds.split != "standard":
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
 
-    model_seed, gen_seeds = seeds(cfg)
+    model_seed, key = seeds(cfg)
     torch.manual_seed(model_seed)
     model = build_model(cfg.model, activation=cfg.activation)
-    gens = {k: torch.Generator().manual_seed(s) for k, s in gen_seeds.items()}
+    gens = {name: keyed_generator(key, name) for name in GENERATORS}
     st = RunState()
     net, opt = build_optimizer(cfg, model, gens["noise"], st.ledger)
     config = cfg.to_dict()

@@ -26,7 +26,9 @@ from crepe.privacy.ledger import Entry, check_entries
 from crepe.smallsets.sets import Coreset
 from crepe.training.rundir import atomic_write_bytes
 
-MAGIC = b"crepe-checkpoint-2\n"
+MAGIC = b"crepe-checkpoint-3\n"
+# Format 2 seeded its generators with Generator.manual_seed, which keeps 32 bits of a seed.
+WEAK_SEEDS_MAGIC = b"crepe-checkpoint-2\n"
 GENERATORS = ("sampler", "noise", "select")
 
 
@@ -76,6 +78,12 @@ def save(
 def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
     """The verified payload of `path`; UsageError (nothing changed) if it is damaged or foreign."""
     raw = path.read_bytes()
+    if raw.startswith(WEAK_SEEDS_MAGIC):
+        raise UsageError(
+            f"{path} was written by crepe before checkpoint format 3: its noise, sampling and selection generators "
+            "were seeded with only 32 bits of entropy (torch's manual_seed keeps the low 32 bits of a seed: 2^32 "
+            "guesses replay its noise); it is not resumed: start a new run with another --out"
+        )
     if not raw.startswith(MAGIC):
         raise UsageError(
             f"{path} is not a checkpoint of this crepe version (written by an older crepe, or damaged); "
