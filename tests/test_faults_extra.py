@@ -22,7 +22,8 @@ from crepe.training.state import GENERATORS
 
 def _generator_states(data_root, tmp_path, name: str, noise: str) -> dict:
     cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=50,
-                      batch_size=10, method="craig", epochs=1, seed=4, noise=noise, threads=1).resolve()
+                      batch_size=10, method="craig", epochs=1, seed=4, noise=noise, threads=1,
+                      keep_secrets=True).resolve()  # a finished run's checkpoint keeps its generators only on request
     out = tmp_path / name
     assert rundir.prepare_out(cfg, out, {}) == "new"
     loop.run(cfg, out, log=lambda s: None)

@@ -266,6 +266,10 @@ def test_private_set_resumes_mid_generation_exactly(data_root, tmp_path, capsys,
 
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["ledger"] == sb["ledger"] and sa["test_acc"] == sb["test_acc"]
+    from crepe.training import rundir  # finished: the generation state and generators are gone
+
+    ck = ckpt.load(b / rundir.CHECKPOINT, cfg=rundir.read_config(b), fingerprint="none kept")
+    assert "generators" not in ck and sorted(ck["state"]) == ["epoch", "ledger", "metrics"]
 
 
 @pytest.mark.parametrize(

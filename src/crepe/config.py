@@ -41,7 +41,7 @@ class Spec:
     high: float | None = None  # largest allowed value (inclusive)
     grid: bool = False  # a `crepe sweep` axis (several values, one run each)
     ignored_by: tuple[str, ...] = ()  # methods whose runs do not depend on it
-    machine: bool = False  # where/how fast it runs, not what it computes: may change on resume
+    machine: bool = False  # not what it computes (where/how fast it runs, what it keeps): may change on resume
     flag: str = ""  # set by option(): --name-with-dashes
     no_flag: str = ""  # for booleans: the flag that turns the default off (e.g. --no-dp)
     dp_only: bool = False  # meaningless without DP: --no-dp refuses a non-default value
@@ -275,9 +275,18 @@ class TrainConfig:
     delta: float = option(1e-5, "delta of the reported epsilon", kind="float", low=0, low_open=True, high=0.5)
     noise: str = option(
         "secret",
-        "where DP noise and sampling draw from: secret (an OS-drawn seed, kept only in the checkpoint) or "
-        "reproducible (from --seed; epsilon then holds only if the seed stays secret)",
+        "where DP noise and sampling draw from: secret (an OS-drawn 256-bit key, never written; the generator "
+        "states live only in an unfinished run's checkpoint) or reproducible (from --seed; epsilon then holds "
+        "only if the seed stays secret)",
         choices=("secret", "reproducible"),
+    )
+    keep_secrets: bool = option(
+        False,
+        "keep checkpoint.pt whole when the run finishes (generator states, subset, label fingerprint) instead of "
+        "reducing it to model, optimizer, config and ledger. Dangerous: anyone holding the file can replay all "
+        "the DP noise, past and future, subtract it from the released updates and recover the clean gradients",
+        kind="bool",
+        machine=True,
     )
     seed: int = option(0, "seed of model initialisation (and, with --noise reproducible, of the noise)", kind="int", low=0, grid=True)
     diagnostics: bool = option(

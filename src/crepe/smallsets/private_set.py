@@ -200,7 +200,7 @@ def schedule_of(cfg: Any) -> Schedule:
 @dataclass
 class GenerationState:
     """Where generation stands after `iteration` completed iterations: enough to resume
-    bit-identically. Secret (it holds the noise generator's state, i.e. all future noise):
+    bit-identically. Secret (it holds the noise generator's state, i.e. all past and future noise):
     keep it with the raw data. `to_dict()` holds tensors and primitives only, so
     torch.save(...) / torch.load(..., weights_only=True) round-trips it."""
 

@@ -10,18 +10,21 @@ Per epoch (epochs and k = select_every scaled under --compute steps):
      records each step's releases in the ledger from its step hook;
   3. test accuracy; epsilon total/select/train; checkpoint (atomic,
      checksummed), then the metrics.jsonl line.
+After the last epoch: the summary, the checkpoint reduced to what may be
+published (training/state.py; unless --keep-secrets), then summary.json.
 
 Randomness (DESIGN.md section 9): --seed fixes model initialisation. The DP
-noise, Poisson sampling and selection noise draw from generators seeded from
-the OS (noise = "secret"), kept only in the checkpoint; noise = "reproducible"
-derives them from --seed, and every epsilon printed then says it holds only if
-the seed is secret.
+noise, Poisson sampling and selection noise draw from generators whose whole
+MT19937 state is expanded from a 256-bit key (dp/secret_rng.py): drawn from
+the OS (noise = "secret") and never written, or derived from --seed (noise =
+"reproducible"; every epsilon printed then says it holds only if the seed is
+secret). Their states live only in the checkpoint of an unfinished run, which
+therefore replays all past and future noise.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import sys
 import time
 import warnings
@@ -38,6 +41,7 @@ from crepe.dp.clipping import make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, PlainOptimizer
 from crepe.dp.optimizers import make_base_optimizer
+from crepe.dp.secret_rng import KEY_BYTES, keyed_generator, new_key
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
 from crepe.privacy.calibration import count_noise, redraws, schedule
@@ -49,12 +53,20 @@ from crepe.training.epoch import set_weights, train_epoch
 from crepe.training.state import GENERATORS, RunState
 
 
-def seeds(cfg: TrainConfig) -> tuple[int, dict[str, int]]:
-    """(model init seed, {generator: seed}) -- the latter secret unless noise is reproducible."""
-    derived = [int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(len(GENERATORS) + 1)]
-    if cfg.noise == "reproducible":
-        return derived[0], dict(zip(GENERATORS, derived[1:]))
-    return derived[0], {name: secrets.randbits(63) for name in GENERATORS}
+CHECKPOINT_NOTES = {  # summary.json's checkpoint_note, by --keep-secrets
+    False: "checkpoint.pt holds the final model, optimizer state, config, ledger and metrics only: its generator "
+    "states, subset and label fingerprint were removed when the run finished (while a run is unfinished its "
+    "checkpoint replays all past and future noise: as sensitive as the data)",
+    True: "checkpoint.pt was kept with its secrets (--keep-secrets): its generator states replay all past and future "
+    "noise, and it holds the subset and a label fingerprint: as sensitive as the data, never publish it",
+}
+
+
+def seeds(cfg: TrainConfig) -> tuple[int, bytes]:
+    """(model init seed, the key of the GENERATORS) -- the key secret unless noise is reproducible."""
+    derived = np.random.SeedSequence(cfg.seed).generate_state(1 + KEY_BYTES // 4)  # uint32 words
+    key = derived[1:].astype("<u4").tobytes() if cfg.noise == "reproducible" else new_key()
+    return int(derived[0]), key
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, noise_gen: torch.Generator, ledger: list) -> tuple[nn.Module, Any]:
@@ -165,10 +177,10 @@ def run(
     if ds.split != "standard":
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
 
-    model_seed, gen_seeds = seeds(cfg)
+    model_seed, key = seeds(cfg)
     torch.manual_seed(model_seed)
     model = build_model(cfg.model, activation=cfg.activation)
-    gens = {k: torch.Generator().manual_seed(s) for k, s in gen_seeds.items()}
+    gens = {name: keyed_generator(key, name) for name in GENERATORS}
     st = RunState()
     net, opt = build_optimizer(cfg, model, gens["noise"], st.ledger)
     config = cfg.to_dict()
@@ -176,6 +188,9 @@ def run(
     ckpt_path = run_dir / rundir.CHECKPOINT
     if ckpt_path.is_file():
         ck = ckpt.load(ckpt_path, cfg=cfg, fingerprint=ds.fingerprint)
+        if ck["summary"] is not None:  # finished, but stopped before summary.json was written
+            rundir.atomic_write_json(run_dir / rundir.SUMMARY, ck["summary"])
+            return ck["summary"]
         restored = ckpt.restore_state(ck)
         ckpt.verify_against_metrics(
             restored, rundir.read_metrics(run_dir), delta=cfg.delta, accountant=cfg.accountant, where=run_dir
@@ -336,7 +351,7 @@ def run(
         "labels_public": cfg.labels_public,
         "caveat": rundir.LABELS_CAVEAT if cfg.labels_public else None,
         "noise_caveat": rundir.REPRODUCIBLE_CAVEAT if cfg.noise == "reproducible" else None,
-        "checkpoint_note": "checkpoint.pt holds all future noise, the subset and a label fingerprint: as sensitive as the data",
+        "checkpoint_note": CHECKPOINT_NOTES[cfg.keep_secrets],
         "private_selection": cfg.private_selection,
         "sigma": cfg.sigma,
         "select_sigma": cfg.select_sigma,
@@ -352,5 +367,9 @@ def run(
         "data_source": ds.source,
         "ledger": st.ledger,
     }
+    # The secrets go before summary.json marks the run complete: a run stopped in between is
+    # finished by --resume from the published checkpoint, never left complete with its secrets.
+    if not cfg.keep_secrets:
+        ckpt.save_finished(ckpt_path, config=config, model=model, optimizer=opt, state=st, summary=summary)
     rundir.atomic_write_json(run_dir / rundir.SUMMARY, summary)
     return summary

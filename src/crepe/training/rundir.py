@@ -2,8 +2,10 @@
 
     RUN_DIR/config.json     the resolved TrainConfig (+ provenance)
     RUN_DIR/metrics.jsonl   one line per finished epoch, append-only
-    RUN_DIR/checkpoint.pt   everything needed to continue (checksummed; as sensitive as the data)
+    RUN_DIR/checkpoint.pt   unfinished: everything needed to continue (checksummed; as sensitive as
+                            the data); finished: model, optimizer, config, ledger (unless --keep-secrets)
     RUN_DIR/summary.json    final figures and the whole privacy ledger
+    RUN_DIR/synthetic.npz   private-set: the synthetic images and labels (and synthetic.png)
 
 cli, sweep and report read run folders only through this module.
 """

@@ -1,11 +1,16 @@
 """The checkpointed state of a run, and its checksummed file.
 
-A checkpoint holds the model, the optimizer, the generator states of the DP
-noise, sampling and selection noise (all future noise: as sensitive as the
-data, never publish it), the current small set and the privacy ledger. The
-file is a magic line, the SHA-256 of the payload, and the payload (torch.save):
-a damaged file is refused, never trusted. On resume the ledger is also checked
-against the append-only metrics.jsonl (see `verify_against_metrics`).
+While a run is unfinished its checkpoint (`save`) holds the model, the
+optimizer, the generator states of the DP noise, sampling and selection noise
+(all past and future noise: MT19937's step is invertible, so a state replays
+the draws before it too; as sensitive as the data, never publish it), the
+current small set, a label fingerprint and the privacy ledger. When the run
+finishes, `save_finished` replaces it by what may be published: model,
+optimizer, config, ledger, metrics and the summary (unless --keep-secrets).
+The file is a magic line, the SHA-256 of the payload, and the payload
+(torch.save): a damaged file is refused, never trusted. On resume the ledger
+is also checked against the append-only metrics.jsonl (see
+`verify_against_metrics`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from crepe.privacy.ledger import Entry, check_entries
 from crepe.smallsets.sets import Coreset
 from crepe.training.rundir import atomic_write_bytes
 
-MAGIC = b"crepe-checkpoint-2\n"
+MAGIC = b"crepe-checkpoint-3\n"
+# Format 2 seeded its generators with Generator.manual_seed, which keeps 32 bits of a seed.
+WEAK_SEEDS_MAGIC = b"crepe-checkpoint-2\n"
 GENERATORS = ("sampler", "noise", "select")
 
 
@@ -57,8 +64,9 @@ def save(
     generators: dict[str, torch.Generator],
     state: RunState,
 ) -> None:
+    """The checkpoint of an unfinished run: everything needed to continue it exactly (secret)."""
     c = state.coreset
-    payload = {
+    _write(path, {
         "config": config,
         "fingerprint": fingerprint,
         "model": model.state_dict(),
@@ -66,7 +74,27 @@ def save(
         "generators": {k: g.get_state() for k, g in generators.items()},
         "coreset": None if c is None else {"indices": torch.from_numpy(c.indices), "gamma": torch.from_numpy(c.gamma)},
         "state": {k: v for k, v in vars(state).items() if k != "coreset"},
-    }
+        "summary": None,
+    })
+
+
+def save_finished(
+    path: Path, *, config: dict[str, Any], model: torch.nn.Module, optimizer: Any, state: RunState, summary: dict[str, Any]
+) -> None:
+    """The checkpoint of a finished run, reduced to what may be published: the model and the
+    optimizer state (post-processing of the noisy releases), config, ledger, metrics and summary.
+    No generator state, no subset (indices, gamma), no realised sizes (examples_seen), no
+    generation state, no label fingerprint: nothing to resume from, nothing to replay the noise."""
+    _write(path, {
+        "config": config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": {"epoch": state.epoch, "ledger": state.ledger, "metrics": state.metrics},
+        "summary": summary,
+    })
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
     body = buf.getvalue()
@@ -74,8 +102,15 @@ def save(
 
 
 def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
-    """The verified payload of `path`; UsageError (nothing changed) if it is damaged or foreign."""
+    """The verified payload of `path`; UsageError (nothing changed) if it is damaged or foreign.
+    A finished run's checkpoint has a summary (not None) and none of the secret parts."""
     raw = path.read_bytes()
+    if raw.startswith(WEAK_SEEDS_MAGIC):
+        raise UsageError(
+            f"{path} was written by crepe before checkpoint format 3: its noise, sampling and selection generators "
+            "were seeded with only 32 bits of entropy (torch's manual_seed keeps the low 32 bits of a seed: 2^32 "
+            "guesses replay its noise); it is not resumed: start a new run with another --out"
+        )
     if not raw.startswith(MAGIC):
         raise UsageError(
             f"{path} is not a checkpoint of this crepe version (written by an older crepe, or damaged); "
@@ -88,7 +123,7 @@ def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
         ck = torch.load(io.BytesIO(body), weights_only=True)
     except Exception as e:  # a checksummed payload that torch cannot read: still damaged
         raise UsageError(f"{path} cannot be read ({e}); the folder is left as it was") from None
-    if ck["fingerprint"] != fingerprint:
+    if ck["summary"] is None and ck["fingerprint"] != fingerprint:
         raise UsageError(
             f"{path} was written for different data (fingerprint {ck['fingerprint']}, now {fingerprint}): check --data-dir"
         )
