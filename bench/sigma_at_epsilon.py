@@ -1,6 +1,6 @@
 """The noise each training set must carry to end at the same epsilon (no training; seconds).
 
-    python bench/sigma_at_epsilon.py [--n 20000] [--epochs 15] [--fraction 0.1] [--data-dir ../shared/data]
+    python bench/sigma_at_epsilon.py [--n 20000] [--epochs 15] [--fraction 0.1] [--accountant pld] [--data-dir ../shared/data]
 
 For each target epsilon and configuration: the solved sigma (and sigma_sel) of
 `crepe train --target-epsilon`, and the noise std of one averaged step relative
@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--targets", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    p.add_argument("--accountant", default="pld", choices=("pld", "rdp", "prv"))
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = p.parse_args()
     labels = data.load("fashion-mnist", data_dir=args.data_dir, train_subset=args.n).y_train.numpy()
@@ -50,7 +51,7 @@ def main() -> None:
     for target in args.targets:
         for label, method, batch, every, extra in CONFIGS:
             cfg = TrainConfig(method=method, batch_size=batch, epochs=args.epochs, select_every=every,
-                              fraction=args.fraction, target_epsilon=target,
+                              fraction=args.fraction, target_epsilon=target, accountant=args.accountant,
                               compute="epochs" if method == "full" else "steps", **extra).resolve()
             size = set_size(labels, cfg)
             try:

@@ -32,7 +32,7 @@ def fails(argv: list[str], capsys, match: str) -> str:
         (["--proxy", "full-grad"], "valid: logits, last-layer"),
         (["--weights", "scale"], "valid: clip-then-scale, weight-then-clip, none"),
         (["--optimizer", "lbfgs"], "valid: sgd, adam, adam-bc"),
-        (["--accountant", "gdp"], "valid: rdp, prv"),
+        (["--accountant", "gdp"], "valid: pld, rdp, prv"),
         (["--selection-scope", "class"], "valid: per-class, global"),
         (["--clipping", "auto"], "valid: flat, automatic, adaptive"),
         (["--sigma", "0"], "--sigma must be > 0 with DP on"),
