@@ -3,8 +3,9 @@
 A run's releases are known before it starts (DESIGN.md section 4): per epoch,
 a selection round at epochs 0, k, 2k, ... (craig; a random run redraws its
 Poisson subset there, a marker in the ledger), then int(1/q) DP-SGD steps at
-q = B/|S| with |S| the public size of the set (and, under adaptive clipping,
-one noisy count per step). The planned ledger is that list as a function of
+q = B/|S| with |S| the public size of the set (under adaptive clipping each
+step releases its gradient and its noisy count as one mechanism, at the joint
+multiplier of `joint_noise`). The planned ledger is that list as a function of
 sigma; `solve_sigma` bisects on it so that epsilon_total <= target and
 >= 0.99 target. sigma_sel is tied to sigma (sigma_sel = sigma) unless the user
 fixes --select-sigma, or --select-share gives selection its own share of the
@@ -38,8 +39,22 @@ def steps_per_epoch(sample_rate: float) -> int:
 
 
 def count_noise(batch_size: int) -> float:
-    """Noise multiplier of adaptive clipping's count of unclipped examples (sensitivity 1)."""
+    """Noise std sigma_b of adaptive clipping's count of unclipped examples (sensitivity 1)."""
     return batch_size / COUNT_NOISE_SHARE
+
+
+def joint_noise(sigma: float, count_sigma: float) -> float:
+    """The noise multiplier of one adaptive-clipping step, gradient and count released together.
+
+    Both come from the SAME Poisson batch, so they are one subsampled Gaussian, not two: in noise units
+    the vector (sum / (sigma C), count / sigma_b) moves by at most sqrt(sigma^-2 + sigma_b^-2) when one
+    example is zeroed out (its gradient by <= C, the count by <= 1), i.e. a Gaussian of noise multiplier
+    (sigma^-2 + sigma_b^-2)^(-1/2) at the step's q (docs/privacy.md, "Clip rules"). 0 (epsilon
+    infinite) if either part has no noise.
+    """
+    if sigma == 0 or count_sigma == 0:
+        return 0.0
+    return (sigma**-2 + count_sigma**-2) ** -0.5
 
 
 def sample_rate(batch_size: int, set_size: float) -> float:
@@ -74,6 +89,7 @@ def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
         record(ledger, kind="generate", noise_multiplier=cfg.sigma, sample_rate=q_gen, steps=steps)
         return ledger
     q = sample_rate(cfg.batch_size, set_size)
+    step_noise = joint_noise(cfg.sigma, count_noise(cfg.batch_size)) if cfg.clipping == "adaptive" else cfg.sigma
     epochs, every = schedule(cfg, n=n, set_size=set_size)
     for epoch in range(epochs):
         if redraws(cfg, epoch, every=every):
@@ -82,9 +98,7 @@ def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
             elif cfg.poisson_draw:
                 record_subset(ledger, inclusion_probability=cfg.fraction)
         for _ in range(steps_per_epoch(q)):
-            record(ledger, kind="train", noise_multiplier=cfg.sigma, sample_rate=q)
-            if cfg.clipping == "adaptive":
-                record(ledger, kind="clip-count", noise_multiplier=count_noise(cfg.batch_size), sample_rate=q)
+            record(ledger, kind="train", noise_multiplier=step_noise, sample_rate=q)
     return ledger
 
 
