@@ -14,6 +14,7 @@ target, solved first (docs/privacy.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable
 
@@ -22,6 +23,12 @@ from crepe.privacy.accounting import epsilon
 from crepe.privacy.ledger import Entry, record, record_subset
 
 SIGMA_MAX = 200.0  # beyond this the model learns nothing: a target that needs more is "unreachable"
+# The smallest sigma solve_sigma lets each accountant evaluate. Below it an accountant's domain can
+# explode: Opacus' PRV discretises the privacy loss over a range that grows with epsilon and needs
+# gigabytes (measured: sigma 0.3, q 0.0043, 50k steps: MemoryError at 5 GB; sigma 0.5 stays below
+# 1.3 GB there and at q 0.001, 100k steps). RDP is closed form. Others get the cautious default.
+SIGMA_FLOOR = {"rdp": 1e-2, "prv": 0.5}
+DEFAULT_SIGMA_FLOOR = 0.5
 COUNT_NOISE_SHARE = 20.0  # adaptive clipping: the count's noise std is B / 20 (Andrew et al. 2021)
 
 
@@ -105,8 +112,23 @@ def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
 def solve_sigma(
     ledger_for: Callable[[float], list[Entry]], *, target: float, delta: float, accountant: str
 ) -> float:
-    """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows)."""
-    eps = lambda s: epsilon(ledger_for(s), delta=delta, accountant=accountant)  # noqa: E731
+    """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows).
+
+    First a bracket: sigma halved from SIGMA_MAX until epsilon exceeds the target, never below the
+    accountant's SIGMA_FLOOR; then bisection in log sigma on [1e-2, SIGMA_MAX], where a sigma at or
+    below the bracket's is known to exceed the target (epsilon is monotone) and is not evaluated. So
+    no accountant sees a sigma much below the answer (the bisection is the one crepe always ran: the
+    same sigma for every target it could solve). A sigma at which the accountant fails counts as
+    above every target. A target that needs less noise than the accountant can evaluate is a
+    UsageError naming --sigma.
+    """
+
+    def eps(s: float) -> float:
+        try:
+            return epsilon(ledger_for(s), delta=delta, accountant=accountant)
+        except (MemoryError, OverflowError, ValueError):  # the accountant's domain exploded: far above any target
+            return math.inf
+
     floor = eps(SIGMA_MAX)
     if floor > target:
         raise Unreachable(
@@ -115,21 +137,29 @@ def solve_sigma(
             "(fewer epochs or selection rounds, a larger --select-sigma)",
             floor=floor,
         )
-    lo, hi = 1e-2, SIGMA_MAX
-    while eps(lo) <= target:  # a target so loose that tiny noise reaches it
-        if lo < 1e-4:
-            raise UsageError(f"--target-epsilon {target:g} is reached even at sigma < {lo:g}: give --sigma instead")
-        lo /= 2
+    smallest = SIGMA_FLOOR.get(accountant, DEFAULT_SIGMA_FLOOR)
+    above = SIGMA_MAX / 2  # halved until epsilon exceeds the target there, hence at every smaller sigma
+    while eps(above) <= target:
+        if above <= smallest:  # a target so loose that the least noise evaluated reaches it
+            raise UsageError(
+                f"--target-epsilon {target:g} is reached even at sigma = {smallest:g}, the smallest sigma crepe "
+                f"evaluates with the {accountant} accountant: give --sigma instead"
+            )
+        above = max(above / 2, smallest)
+    lo, hi = min(1e-2, above), SIGMA_MAX
     for _ in range(100):
         mid = (lo * hi) ** 0.5
-        e = eps(mid)
+        e = math.inf if mid <= above else eps(mid)
         if e > target:
             lo = mid
         else:
             hi = mid
             if e >= 0.99 * target:
                 return mid
-    return hi
+    raise UsageError(  # only where the accountant failed below hi: epsilon jumps from < 0.99 target to "unreachable"
+        f"--target-epsilon {target:g} needs a sigma below {hi:.4g}, where the {accountant} accountant cannot "
+        "evaluate this schedule: give --sigma instead"
+    )
 
 
 def calibrate(cfg: TrainConfig, *, n: int, set_size: float) -> TrainConfig:
