@@ -95,6 +95,50 @@ def test_an_empty_poisson_draw_still_takes_its_recorded_noisy_steps(data_root, t
     assert ledger_kinds(s["ledger"]) == [("subset", 0.0001, 1), ("train", 1.0, 1)]
 
 
+def test_a_poisson_random_run_publishes_no_figure_of_its_realised_sizes(data_root, tmp_path, monkeypatch) -> None:
+    """Per-epoch train_acc = correct/seen and train_loss = loss/seen (and the summary's train_acc_batches)
+    are rationals whose denominators give back the realised batches, hence the secret |S|: a Poisson
+    run withholds them. Observed on a real run, its realised sizes traced."""
+    from crepe.training import loop, rundir
+
+    sizes: list[int] = []
+    seen: list[int] = []
+    draw, epoch = loop.poisson_subset, loop.train_epoch
+
+    def traced_draw(*a, **k):  # type: ignore[no-untyped-def]
+        s = draw(*a, **k)
+        sizes.append(len(s.indices))
+        return s
+
+    def traced_epoch(*a, **k):  # type: ignore[no-untyped-def]
+        es = epoch(*a, **k)
+        seen.append(es.seen)
+        return es
+
+    monkeypatch.setattr(loop, "poisson_subset", traced_draw)
+    monkeypatch.setattr(loop, "train_epoch", traced_epoch)
+    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200, batch_size=20,
+                      method="random", fraction=0.5, select_every=1, epochs=2, sigma=1.0, threads=1,
+                      noise="reproducible").resolve()
+    out = tmp_path / "run"
+    assert rundir.prepare_out(cfg, out, {}) == "new"
+    lines: list[str] = []
+    loop.run(cfg, out, log=lines.append)
+    assert [line for line in lines if line.startswith("epoch ")] and all(
+        "train loss - (not covered by epsilon)" in line for line in lines if line.startswith("epoch "))
+    secret = {*sizes, *seen, sum(seen)}
+    assert len(sizes) == 2 and 150 not in secret and all(seen)  # realised sizes differ from the public p n
+    rows, s = rundir.read_metrics(out), summary(out)
+    for r in rows:
+        assert r["train_loss"] is None and r["train_acc"] is None
+        assert r["examples_seen"] is None and r["examples_seen_total"] is None
+        assert r["coreset_size"] == 150  # the public size
+    assert s["train_acc_batches"] is None and s["examples_seen"] is None
+    assert s["train_acc_note"] == rundir.NOT_COVERED  # train_acc: the final model on all n (public) examples
+    published = [v for r in rows for v in r.values()] + [v for k, v in s.items() if k != "ledger"]
+    assert not secret & {v for v in published if isinstance(v, int) and not isinstance(v, bool)}  # no realised size
+
+
 # Calibration's bracket: sigma halved from SIGMA_MAX, never evaluated below the accountant's floor.
 
 def full_run(**kw) -> TrainConfig:
