@@ -190,7 +190,8 @@ def test_train_on_synthetic_fits_the_set(fm: data.LoadedData) -> None:
 def test_bad_input(fm: data.LoadedData) -> None:
     with pytest.raises(ValueError, match=r"spc must be an integer >= 1, got 0"):
         Schedule(spc=0)
-    with pytest.raises(ValueError, match=r"spc must be in 1\.\.\d+ \(the smallest class\), got 500"):
+    with pytest.raises(ValueError, match=r"spc \(--images-per-class\) = 500 exceeds the number of training examples "
+                       r"of some class; allowed: spc <= the size of the smallest class"):
         run(fm, replace(TINY, spc=500))
     with pytest.raises(ValueError, match=r"sigma must be a finite number >= 0, got -1"):
         run(fm, sigma=-1.0)
@@ -286,3 +287,18 @@ def test_private_set_bad_input(data_root, tmp_path, capsys, extra, match) -> Non
     err = capsys.readouterr().err
     assert "error:" in err and match in err, err
     assert not out.exists()
+
+
+def test_a_refused_private_set_run_prints_no_private_class_count(data_root, tmp_path, capsys) -> None:
+    """The method keeps labels private: refusing spc above the smallest class may not say how small it is."""
+    import re
+
+    from crepe import cli
+
+    counts = np.bincount(data.load("fashion-mnist", data_dir=str(data_root), train_subset=500).y_train.numpy())
+    spc = int(counts.min()) + 1  # just above the limit: the closest a message could come to printing it
+    assert cli.main(_ps_run(data_root, tmp_path / "run", "--images-per-class", str(spc))) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert f"= {spc} exceeds the number of training examples of some class" in line
+    assert "allowed: spc <= the size of the smallest class" in line
+    assert re.findall(r"\d+", line.replace(f"= {spc} ", "")) == [], line  # no number but the one given
