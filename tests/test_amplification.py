@@ -212,6 +212,25 @@ def test_plain_bound_wins_where_basic_composition_over_phases_costs_more(sigma: 
     assert accounting.epsilon(seed_schedule(sigma, epochs=epochs), delta=DELTA, accountant="rdp") == pytest.approx(a, rel=1e-9)
 
 
+def test_adaptive_clipping_steps_are_amplified_like_any_step() -> None:
+    """An adaptive step (gradient and count of one batch: one release at the joint multiplier) is
+    computed on the subset only, so its phase is amplified by the draw."""
+    sigma, sigma_b = 3.0, B / 20
+    joint = (sigma**-2 + sigma_b**-2) ** -0.5
+    ledger: list[L.Entry] = []
+    for e in PHASE_EPOCHS:
+        L.record_subset(ledger, inclusion_probability=P_SEED)
+        for _ in range(e * STEPS_PER_EPOCH):
+            L.record(ledger, kind="train", noise_multiplier=joint, sample_rate=Q_SEED)
+    steps = [e * STEPS_PER_EPOCH for e in PHASE_EPOCHS]
+    phases: list[Phase] = [(P_SEED, True, [(joint, Q_SEED, s)]) for s in steps]
+    a, m = by_hand(phases, delta=DELTA)
+    assert m < a
+    eps = accounting.epsilons(ledger, delta=DELTA, accountant="rdp")
+    assert eps["total"] == pytest.approx(m, rel=1e-9)
+    assert eps["train"] == eps["total"] and eps["select"] == 0.0
+
+
 def test_a_release_on_the_full_data_disables_amplification_of_its_phase() -> None:
     """A selection round (or a generation gradient) inside a phase reads the full data, not the subset:
     that phase costs its plain epsilon at delta/k; the other phases are still amplified."""
@@ -323,6 +342,6 @@ def test_record_subset_refuses_a_bad_probability(p: float) -> None:
 
 
 def test_only_record_subset_writes_markers() -> None:
-    with pytest.raises(ValueError, match="valid: select, train, clip-count, generate"):
+    with pytest.raises(ValueError, match="valid: select, train, generate"):
         L.record([], kind="subset", noise_multiplier=0.0, sample_rate=0.1)
     assert L.MARKER not in L.KINDS

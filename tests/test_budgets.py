@@ -93,3 +93,128 @@ def test_an_empty_poisson_draw_still_takes_its_recorded_noisy_steps(data_root, t
                                "--epochs", "1", "--sigma", "1.0", "--select-every", "1")) == 0
     s = summary(out)
     assert ledger_kinds(s["ledger"]) == [("subset", 0.0001, 1), ("train", 1.0, 1)]
+
+
+def test_a_poisson_random_run_publishes_no_figure_of_its_realised_sizes(data_root, tmp_path, monkeypatch) -> None:
+    """Per-epoch train_acc = correct/seen and train_loss = loss/seen (and the summary's train_acc_batches)
+    are rationals whose denominators give back the realised batches, hence the secret |S|: a Poisson
+    run withholds them. Observed on a real run, its realised sizes traced."""
+    from crepe.training import loop, rundir
+
+    sizes: list[int] = []
+    seen: list[int] = []
+    draw, epoch = loop.poisson_subset, loop.train_epoch
+
+    def traced_draw(*a, **k):  # type: ignore[no-untyped-def]
+        s = draw(*a, **k)
+        sizes.append(len(s.indices))
+        return s
+
+    def traced_epoch(*a, **k):  # type: ignore[no-untyped-def]
+        es = epoch(*a, **k)
+        seen.append(es.seen)
+        return es
+
+    monkeypatch.setattr(loop, "poisson_subset", traced_draw)
+    monkeypatch.setattr(loop, "train_epoch", traced_epoch)
+    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200, batch_size=20,
+                      method="random", fraction=0.5, select_every=1, epochs=2, sigma=1.0, threads=1,
+                      noise="reproducible").resolve()
+    out = tmp_path / "run"
+    assert rundir.prepare_out(cfg, out, {}) == "new"
+    lines: list[str] = []
+    loop.run(cfg, out, log=lines.append)
+    assert [line for line in lines if line.startswith("epoch ")] and all(
+        "train loss - (not covered by epsilon)" in line for line in lines if line.startswith("epoch "))
+    secret = {*sizes, *seen, sum(seen)}
+    assert len(sizes) == 2 and 150 not in secret and all(seen)  # realised sizes differ from the public p n
+    rows, s = rundir.read_metrics(out), summary(out)
+    for r in rows:
+        assert r["train_loss"] is None and r["train_acc"] is None
+        assert r["examples_seen"] is None and r["examples_seen_total"] is None
+        assert r["coreset_size"] == 150  # the public size
+    assert s["train_acc_batches"] is None and s["examples_seen"] is None
+    assert s["train_acc_note"] == rundir.NOT_COVERED  # train_acc: the final model on all n (public) examples
+    published = [v for r in rows for v in r.values()] + [v for k, v in s.items() if k != "ledger"]
+    assert not secret & {v for v in published if isinstance(v, int) and not isinstance(v, bool)}  # no realised size
+
+
+# Calibration's bracket: sigma halved from SIGMA_MAX, never evaluated below the accountant's floor.
+
+def full_run(**kw) -> TrainConfig:
+    return TrainConfig(**{**dict(method="full", epochs=1, batch_size=20), **kw}).resolve()
+
+
+def evaluated_sigmas(monkeypatch, fail_below: float = 0.0) -> list[float]:
+    """The sigmas calibration hands the accountant; an accountant that runs out of memory below `fail_below`."""
+    from crepe.privacy import calibration
+
+    seen: list[float] = []
+
+    def traced(ledger, **kw):  # type: ignore[no-untyped-def]
+        sigma = ledger[0]["noise_multiplier"]
+        seen.append(sigma)
+        if sigma < fail_below:
+            raise MemoryError("the accountant's domain exploded")
+        return epsilon(ledger, **kw)
+
+    monkeypatch.setattr(calibration, "epsilon", traced)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("kw", "n", "size", "sigma"),
+    [  # frozen before the bracket existed: the bisection is unchanged
+        (dict(method="full", epochs=2, target_epsilon=4.0, accountant="rdp"), 300, 300, 0.9375737771112915),
+        (dict(method="craig", epochs=3, select_every=1, target_epsilon=3.0, accountant="rdp"), 300, 30, 3.1866463204345763),
+    ],
+)
+def test_calibration_golden_sigmas(kw, n, size, sigma) -> None:
+    assert calibrate(full_run(**kw), n=n, set_size=size).sigma == sigma
+
+
+@pytest.mark.parametrize(("accountant", "target"), [("prv", 3.0), ("prv", 1.0), ("rdp", 3.0), ("rdp", 50.0), ("pld", 3.0), ("pld", 20.0)])
+def test_calibration_reaches_targets_without_evaluating_below_the_floor(monkeypatch, accountant, target) -> None:
+    from crepe.privacy.calibration import SIGMA_FLOOR
+
+    seen = evaluated_sigmas(monkeypatch)
+    cfg = calibrate(full_run(accountant=accountant, target_epsilon=target), n=300, set_size=300)
+    eps = epsilon(planned_ledger(cfg, n=300, set_size=300), delta=1e-5, accountant=accountant)
+    assert 0.99 * target <= eps <= target
+    assert min(seen) >= SIGMA_FLOOR[accountant] and min(seen) >= cfg.sigma / 2  # never far below the answer
+
+
+def test_a_target_below_the_prv_floor_is_a_usage_error(monkeypatch) -> None:
+    from crepe.config import UsageError
+
+    seen = evaluated_sigmas(monkeypatch)
+    with pytest.raises(UsageError, match="reached even at sigma = 0.5, the smallest sigma crepe evaluates with the "
+                                         "prv accountant: give --sigma instead"):
+        calibrate(full_run(accountant="prv", target_epsilon=50.0), n=300, set_size=300)  # would need sigma ~ 0.27
+    assert min(seen) == 0.5
+
+
+def test_an_accountant_that_fails_counts_as_above_the_target(monkeypatch) -> None:
+    from crepe.config import UsageError
+
+    cfg = full_run(target_epsilon=3.0)
+    clean = calibrate(cfg, n=300, set_size=300).sigma  # ~0.98
+    seen = evaluated_sigmas(monkeypatch, fail_below=0.7)
+    assert calibrate(cfg, n=300, set_size=300).sigma == clean  # failures below the answer change nothing
+    seen.clear()
+    with pytest.raises(UsageError, match="needs a sigma below 0.7.*cannot evaluate this schedule: give --sigma instead"):
+        calibrate(full_run(target_epsilon=50.0), n=300, set_size=300)  # sigma ~ 0.27 lies where it fails
+    assert seen
+
+
+@pytest.mark.parametrize(("target", "code"), [("3", 0), ("50", 2)])
+def test_prv_calibration_from_the_cli(data_root, tmp_path, capsys, target, code) -> None:
+    out = tmp_path / "run"
+    assert cli.main(train_args(data_root, out, "--method", "full", "--epochs", "1", "--accountant", "prv",
+                               "--target-epsilon", target)) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "MemoryError" not in err
+    if code == 0:
+        assert 0.99 * 3 <= summary(out)["eps_total"] <= 3
+    else:
+        assert "give --sigma instead" in err and not out.exists()

@@ -116,7 +116,7 @@ def test_empty_ledger_is_zero() -> None:
 @pytest.mark.parametrize(
     ("kw", "msg"),
     [
-        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, train, clip-count, generate"),
+        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, train, generate"),
         ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 0.0}, "sample_rate"),
         ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 1.5}, "sample_rate"),
         ({"kind": "train", "noise_multiplier": -1.0, "sample_rate": 0.5}, "noise_multiplier"),

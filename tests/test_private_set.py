@@ -190,7 +190,8 @@ def test_train_on_synthetic_fits_the_set(fm: data.LoadedData) -> None:
 def test_bad_input(fm: data.LoadedData) -> None:
     with pytest.raises(ValueError, match=r"spc must be an integer >= 1, got 0"):
         Schedule(spc=0)
-    with pytest.raises(ValueError, match=r"spc must be in 1\.\.\d+ \(the smallest class\), got 500"):
+    with pytest.raises(ValueError, match=r"spc \(--images-per-class\) = 500 exceeds the number of training examples "
+                       r"of some class; allowed: spc <= the size of the smallest class"):
         run(fm, replace(TINY, spc=500))
     with pytest.raises(ValueError, match=r"sigma must be a finite number >= 0, got -1"):
         run(fm, sigma=-1.0)
@@ -223,18 +224,18 @@ def _ps_run(data_root, out, *extra: str) -> list[str]:
 def test_private_set_run_accounts_each_noisy_gradient_and_hits_the_target(data_root, tmp_path, capsys) -> None:
     import json
 
-    from opacus.accountants import RDPAccountant
+    from dp_accounting.pld import privacy_loss_distribution as pld
 
     from crepe import cli
+    from crepe.privacy.accounting import PLD_GRID
 
     out = tmp_path / "run"
     assert cli.main(_ps_run(data_root, out, "--target-epsilon", "10")) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["ledger"] == [{"kind": "generate", "noise_multiplier": s["sigma"], "sample_rate": 0.1, "steps": 6}]
-    acc = RDPAccountant()  # 3 iterations x 2 outer loops, q = 50/500, by hand
-    for _ in range(6):
-        acc.step(noise_multiplier=s["sigma"], sample_rate=0.1)
-    assert s["eps_total"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+    by_hand = pld.from_gaussian_mechanism(  # 3 iterations x 2 outer loops, q = 50/500
+        s["sigma"], sampling_prob=0.1, value_discretization_interval=PLD_GRID).self_compose(6)
+    assert s["eps_total"] == pytest.approx(by_hand.get_epsilon_for_delta(1e-5), rel=1e-9)
     assert 9.9 <= s["eps_total"] <= 10 and s["eps_train"] == 0.0  # training on synthetic images is free
     assert s["coreset_size"] == 20 and s["labels_public"] is False
     z = np.load(out / "synthetic.npz")
@@ -290,3 +291,18 @@ def test_private_set_bad_input(data_root, tmp_path, capsys, extra, match) -> Non
     err = capsys.readouterr().err
     assert "error:" in err and match in err, err
     assert not out.exists()
+
+
+def test_a_refused_private_set_run_prints_no_private_class_count(data_root, tmp_path, capsys) -> None:
+    """The method keeps labels private: refusing spc above the smallest class may not say how small it is."""
+    import re
+
+    from crepe import cli
+
+    counts = np.bincount(data.load("fashion-mnist", data_dir=str(data_root), train_subset=500).y_train.numpy())
+    spc = int(counts.min()) + 1  # just above the limit: the closest a message could come to printing it
+    assert cli.main(_ps_run(data_root, tmp_path / "run", "--images-per-class", str(spc))) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert f"= {spc} exceeds the number of training examples of some class" in line
+    assert "allowed: spc <= the size of the smallest class" in line
+    assert re.findall(r"\d+", line.replace(f"= {spc} ", "")) == [], line  # no number but the one given

@@ -98,6 +98,8 @@ def test_report_writes_table_csv_and_plots(sweep_dir: Path, tmp_path: Path) -> N
     assert len(table) == 1 + 8  # header + one row per (method, privacy level)
     assert "| cnn | craig | DP | 1 | 2 | 71.00 ± 1.41 |" in md
     assert "4.00×" in md and "∞" in md
+    assert "| train acc (%, not covered by ε) | ε_total" in table[0]  # a training-set figure beside ε, labelled
+    assert "computed on the private data outside the ledger, it is not covered by ε" in md
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8

@@ -76,6 +76,35 @@ def test_metrics_that_disagree_with_the_checkpoint_are_refused(data_root, tmp_pa
     refused_untouched(out, ["train", "--resume", str(out)], capsys, "does not match the checkpoint")
 
 
+def test_an_old_checkpoint_with_clip_count_releases_is_refused_not_resumed(data_root, tmp_path, capsys) -> None:
+    """Older crepe accounted adaptive clipping's count as a release apart from its step's gradient (an
+    under-reported epsilon). Its checkpoints, checksummed and otherwise valid, must never be resumed."""
+    import hashlib
+    import io
+
+    from crepe.training import state
+
+    out = tmp_path / "run"
+    stopped_after_one_epoch(data_root, out, clipping="adaptive")
+    ck = out / "checkpoint.pt"
+    raw = ck.read_bytes()
+    payload = torch.load(io.BytesIO(raw[len(state.MAGIC) + 65 :]), weights_only=True)
+    [entry] = payload["state"]["ledger"]  # 15 steps of the new joint release
+    old_ledger = []  # what the old optimizer recorded: per step a "train" and a "clip-count" entry
+    for _ in range(entry["steps"]):
+        old_ledger.append({"kind": "train", "noise_multiplier": 1.0, "sample_rate": entry["sample_rate"], "steps": 1})
+        old_ledger.append({"kind": "clip-count", "noise_multiplier": 1.0, "sample_rate": entry["sample_rate"], "steps": 1})
+    payload["state"]["ledger"] = old_ledger
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    ck.write_bytes(state.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)  # a valid checksum
+    refused_untouched(out, ["train", "--resume", str(out)], capsys,
+                      "the privacy ledger holds a 'clip-count' entry, written by an older crepe")
+    assert cli.main(["train", "--resume", str(out)]) == 2
+    assert "so the epsilon recorded for this run was under-reported; this run cannot be resumed" in capsys.readouterr().err
+
+
 def test_dp_noise_is_secret_by_default_and_reproducible_only_on_request(data_root, tmp_path, capsys) -> None:
     runs = {}
     for name, extra in [("s1", []), ("s2", []), ("r1", ["--noise", "reproducible"]), ("r2", ["--noise", "reproducible"])]:

@@ -38,9 +38,11 @@ def base_args(data_root: Path, out: Path, *extra: str, epochs: int = 2) -> list[
 
 def independent_eps(data_root: Path, summary: dict, *, method: str, epochs: int, select_every: int,
                     sigma: float = 1.0, select_sigma: float = 1.0) -> tuple[float, float, float]:
-    """epsilon of the schedule the flags describe, computed from scratch with Opacus' RDP analysis."""
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis import rdp as analysis
+    """epsilon of the schedule the flags describe, computed from scratch with dp-accounting's PLD (the
+    default accountant's library, at its grid), composed by hand."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    from crepe.privacy.accounting import PLD_GRID
 
     y = data.load("fashion-mnist", data_dir=str(data_root), train_subset=N_TRAIN, test_subset=N_TEST).y_train.numpy()
     size = N_TRAIN if method == "full" else sum(class_budget(int((y == c).sum()), 0.1) for c in np.unique(y))
@@ -48,11 +50,12 @@ def independent_eps(data_root: Path, summary: dict, *, method: str, epochs: int,
     q = min(1.0, B / size)
     steps = epochs * max(1, int(1 / q))
     rounds = math.ceil(epochs / select_every) if method == "craig" else 0
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp_sel = rounds * analysis.compute_rdp(q=1.0, noise_multiplier=select_sigma, steps=1, orders=orders)
-    rdp_trn = analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
-    eps = lambda r: float(analysis.get_privacy_spent(orders=orders, rdp=r, delta=1e-5)[0]) if np.any(r) else 0.0  # noqa: E731
-    return eps(rdp_sel + rdp_trn), eps(rdp_sel), eps(rdp_trn)
+    gaussian = lambda s, rate, times: pld.from_gaussian_mechanism(  # noqa: E731
+        s, sampling_prob=rate, value_discretization_interval=PLD_GRID).self_compose(times)
+    sel = gaussian(select_sigma, 1.0, rounds) if rounds else None
+    trn = gaussian(sigma, q, steps)
+    eps = lambda d: 0.0 if d is None else float(d.get_epsilon_for_delta(1e-5))  # noqa: E731
+    return eps(trn if sel is None else sel.compose(trn)), eps(sel), eps(trn)
 
 
 @pytest.mark.parametrize("method", ["craig", "random", "full"])

@@ -4,7 +4,9 @@ A harness wraps the real training loop's pieces and records what actually
 happens -- the noise added at each noisy step (its empirical standard
 deviation over ~26k coordinates), the divisor of each step, the batch sizes,
 the arrays handed to selection -- and checks it release by release against
-the ledger. sigma != sigma_sel and C != C_sel, so a swap is visible.
+the ledger. sigma != sigma_sel and C != C_sel, so a swap is visible. Under
+adaptive clipping it also records each step's count noise, unclipped count and
+the share handed to the clip rule: one joint release per step, two noises.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import torch
 
 from crepe import _core, data  # noqa: F401 (an editable install rebuilds _core on first import)
 from crepe.config import TrainConfig
+from crepe.dp import optimizer as optimizer_mod
+from crepe.dp.clipping import ClipRule
 from crepe.dp.optimizer import DPOptimizer
-from crepe.privacy.calibration import steps_per_epoch
+from crepe.privacy.calibration import planned_ledger, steps_per_epoch
 from crepe.training import epoch as epoch_mod, loop, rundir
 
 SIGMA, SIGMA_SEL, C, C_SEL = 1.7, 2.9, 0.6, 1.3
@@ -31,6 +35,10 @@ class Trace:
     noise_std: list[float] = field(default_factory=list)  # per noisy step: std of (grad - clipped sum)
     divisor: list[float] = field(default_factory=list)  # per noisy step: what the noisy sum was divided by
     batch: list[int] = field(default_factory=list)  # per noisy step: examples in the batch
+    clip: list[float] = field(default_factory=list)  # per noisy step: the C the noise was scaled by
+    count_noise: list[float] = field(default_factory=list)  # per adaptive step: the noise added to the count
+    unclipped: list[float] = field(default_factory=list)  # per adaptive step: the clean count
+    share: list[float] = field(default_factory=list)  # per adaptive step: what the clip rule was handed
     rates: list[tuple[int, float, int]] = field(default_factory=list)  # per epoch: (m, q, steps) of the sampler
     clean: list[torch.Tensor] = field(default_factory=list)  # per selection round: clean proxies
     handed: list[torch.Tensor] = field(default_factory=list)  # per round: what CRAIG received
@@ -41,12 +49,28 @@ def traced_run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path, *, 
                fixed_noisy: torch.Tensor | None = None) -> tuple[dict, Trace]:
     t = Trace()
     add_noise, scale_grad, pre_step = DPOptimizer.add_noise, DPOptimizer.scale_grad, DPOptimizer.pre_step
+    after_noise, count_noise, update = DPOptimizer._after_noise, optimizer_mod._generate_noise, ClipRule.update
 
     def traced_add_noise(self):  # type: ignore[no-untyped-def]
         summed = [p.summed_grad.detach().clone() for p in self.params]
         add_noise(self)
         noise = torch.cat([(p.grad.detach() - s).reshape(-1) for p, s in zip(self.params, summed)])
         t.noise_std.append(float(noise.std()))
+        t.clip.append(self.max_grad_norm)
+
+    def traced_after_noise(self):  # type: ignore[no-untyped-def]
+        if self.clip_rule.adaptive:
+            t.unclipped.append(self._unclipped)
+        return after_noise(self)
+
+    def traced_count_noise(*a, **k):  # type: ignore[no-untyped-def]
+        noise = count_noise(*a, **k)  # crepe's optimizer draws only the count's noise itself
+        t.count_noise.append(float(noise))
+        return noise
+
+    def traced_update(self, share):  # type: ignore[no-untyped-def]
+        t.share.append(share)
+        return update(self, share)
 
     def traced_scale_grad(self):  # type: ignore[no-untyped-def]
         before = torch.cat([p.grad.detach().reshape(-1) for p in self.params])
@@ -62,6 +86,9 @@ def traced_run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path, *, 
     monkeypatch.setattr(DPOptimizer, "add_noise", traced_add_noise)
     monkeypatch.setattr(DPOptimizer, "scale_grad", traced_scale_grad)
     monkeypatch.setattr(DPOptimizer, "pre_step", traced_pre_step)
+    monkeypatch.setattr(DPOptimizer, "_after_noise", traced_after_noise)
+    monkeypatch.setattr(optimizer_mod, "_generate_noise", traced_count_noise)
+    monkeypatch.setattr(ClipRule, "update", traced_update)
 
     batches = epoch_mod.poisson_batches
 
@@ -194,17 +221,34 @@ def test_weight_then_clip_divides_by_q_m(data_root, tmp_path, monkeypatch) -> No
     np.testing.assert_allclose(t.divisor, [10 / 30 * 30] * 3, rtol=1e-5)
 
 
-def test_adaptive_clipping_accounts_its_count_and_matches_opacus_by_hand(data_root, tmp_path, monkeypatch) -> None:
+def test_adaptive_clipping_is_one_joint_release_per_step_with_both_noises_applied(data_root, tmp_path, monkeypatch) -> None:
+    """The count and the gradient sum come from the same Poisson batch: the ledger holds ONE release per
+    step, at the joint multiplier (sigma^-2 + sigma_b^-2)^(-1/2), while the run applies noise sigma C_t
+    to the sum and sigma_b to the count, and divides the count by q m, never by the realised batch."""
     from opacus.accountants import RDPAccountant
 
-    cfg = config(data_root, method="full", clipping="adaptive", accountant="rdp", epochs=1, train_subset=100)
+    cfg = config(data_root, method="full", clipping="adaptive", accountant="rdp", epochs=3, train_subset=300)
     summary, t = traced_run(monkeypatch, cfg, tmp_path / "run")
-    acc = RDPAccountant()  # 10 steps at q = 10/100, each a gradient release and a count release (std B/20)
-    for _ in range(10):
-        acc.step(noise_multiplier=SIGMA, sample_rate=0.1)
-        acc.step(noise_multiplier=10 / 20, sample_rate=0.1)
+    steps, q, sigma_b = 3 * 30, 10 / 300, 10 / 20  # 3 epochs of int(1/q) steps; sigma_b = B/20
+    joint = 1 / math.sqrt((C / (SIGMA * C)) ** 2 + (1 / sigma_b) ** 2)  # sensitivity (C, 1) against noise (sigma C, sigma_b)
+    assert [e["kind"] for e in summary["ledger"]] == ["train"]
+    assert summary["ledger"][0]["noise_multiplier"] == pytest.approx(joint, rel=1e-12)
+    assert summary["ledger"][0]["sample_rate"] == q and summary["ledger"][0]["steps"] == steps
+    assert planned_ledger(cfg, n=300, set_size=300) == summary["ledger"]  # calibration plans what the run records
+    acc = RDPAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=joint, sample_rate=q)
     assert summary["eps_total"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
-    rows = rundir.read_metrics(tmp_path / "run")
-    assert rows[-1]["clip_norm"] != C  # C moved
-    # the noise of each step is sigma times that step's C: here C changes, so std/sigma varies
-    assert len(set(round(s / SIGMA, 6) for s in t.noise_std)) > 1
+
+    # The gradient noise of each step is sigma times that step's C (which moves), not the joint multiplier.
+    assert len(t.noise_std) == len(t.clip) == steps and len(set(t.clip)) > 1
+    np.testing.assert_allclose(t.noise_std, [SIGMA * c for c in t.clip], rtol=0.03)
+    assert rundir.read_metrics(tmp_path / "run")[-1]["clip_norm"] != C
+    # The count noise has std sigma_b (90 draws: 25% is > 3 standard errors).
+    assert len(t.count_noise) == steps
+    assert float(np.std(t.count_noise, ddof=1)) == pytest.approx(sigma_b, rel=0.25)
+    assert abs(float(np.mean(t.count_noise))) < 4 * sigma_b / math.sqrt(steps)
+    # The clip rule gets (count + noise) / (q m) with q m = B = 10, public; the realised batches differ.
+    expected = [(u + z) / (q * 300) for u, z in zip(t.unclipped, t.count_noise)]
+    np.testing.assert_allclose(t.share, expected, rtol=1e-12)
+    assert sum(b != 10 for b in t.batch) >= steps // 2  # so dividing by the realised size would show

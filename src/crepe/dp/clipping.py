@@ -7,8 +7,10 @@ test (tests/test_dp_optimizer.py).
 - automatic (AUTO-S, Bu et al. 2023): C / (|g| + 0.01);
 - adaptive (Andrew et al. 2021): flat, with C moved after each step towards the
   `quantile` of gradient norms: C <- C exp(-lr (b - quantile)), b the noisy share
-  of unclipped examples. The count is a release of its own (ledger kind
-  "clip-count", sensitivity 1, noise std sigma_b = B/20, same q).
+  of unclipped examples (count + N(0, sigma_b^2), sigma_b = B/20, divided by the
+  public expected batch size q m). The count comes from the step's own batch, so
+  it is released WITH the step's gradient: one "train" entry at the joint noise
+  multiplier (sigma^-2 + sigma_b^-2)^(-1/2) (privacy/calibration.py `joint_noise`).
 """
 
 from __future__ import annotations

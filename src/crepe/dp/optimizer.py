@@ -5,8 +5,13 @@ Per step (DESIGN.md sections 3 and 7), for the examples i of a Poisson batch:
   g   = (sum_i f_i g_i + N(0, (sigma C)^2 I)) / normaliser
 with normaliser q * sum_{j in S} w_j (the expected weighted batch size), a
 public quantity. An empty batch is still a noisy step. Every step reports its
-releases through `on_release(kind, noise_multiplier, sample_rate)` from
-Opacus' step hook, so no step can run without entering the ledger.
+release through `on_release(kind, noise_multiplier, sample_rate)` from
+Opacus' step hook, so no step can run without entering the ledger. Under
+adaptive clipping the step also counts its unclipped examples, plus
+N(0, sigma_b^2), divided by the expected batch size q m (public); gradient and
+count share the batch, so the step is ONE release at the joint multiplier
+(privacy/calibration.py `joint_noise`), while the noise applied stays sigma C_t
+on the sum and sigma_b on the count.
 
 `PlainOptimizer` gives non-private training the same interface (weights are
 applied to the loss by the caller; no clipping, no noise; releases recorded
@@ -22,6 +27,7 @@ from opacus.optimizers import DPOptimizer as OpacusDPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
 
 from crepe.dp.clipping import ClipRule
+from crepe.privacy.calibration import joint_noise
 
 OnRelease = Callable[[str, float, float], None]
 
@@ -49,7 +55,7 @@ class DPOptimizer(OpacusDPOptimizer):
         )
         self.clip_rule = clip_rule
         self.on_release = on_release
-        self.count_noise = count_noise  # adaptive clipping: noise multiplier of the unclipped count
+        self.count_noise = count_noise  # adaptive clipping: noise std sigma_b of the unclipped count
         self.sample_weights: torch.Tensor | None = None
         self.sample_rate = 1.0
         self.expected_examples = 1.0
@@ -99,15 +105,22 @@ class DPOptimizer(OpacusDPOptimizer):
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
             _mark_as_processed(p.grad_sample)
 
+    def release_noise(self) -> float:
+        """The noise multiplier the ledger records for one step: sigma, or under adaptive clipping the
+        joint multiplier of the gradient and the count drawn from the same batch."""
+        if self.clip_rule.adaptive:
+            return joint_noise(self.noise_multiplier, self.count_noise)
+        return self.noise_multiplier
+
     def _after_noise(self) -> None:
         """Opacus' step hook: runs once per noisy step, after noise and scaling."""
-        self.on_release("train", self.noise_multiplier, self.sample_rate)
+        self.on_release("train", self.release_noise(), self.sample_rate)
         base = self.original_optimizer
         if hasattr(base, "noise_variance"):  # DP-AdamBC: the noise variance per coordinate
             base.noise_variance = (self.noise_multiplier * self.max_grad_norm / self.expected_batch_size) ** 2
-        if self.clip_rule.adaptive:
+        if self.clip_rule.adaptive:  # the count is part of the release above
             noise = _generate_noise(std=self.count_noise, reference=torch.zeros(()), generator=self.generator)
-            self.on_release("clip-count", self.count_noise, self.sample_rate)
+            # divided by q m, never by the realised batch size (a secret)
             self.clip_rule.update((self._unclipped + float(noise)) / self.expected_examples)
 
     def state_dict(self):  # type: ignore[no-untyped-def]

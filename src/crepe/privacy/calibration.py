@@ -3,8 +3,9 @@
 A run's releases are known before it starts (DESIGN.md section 4): per epoch,
 a selection round at epochs 0, k, 2k, ... (craig; a random run redraws its
 Poisson subset there, a marker in the ledger), then int(1/q) DP-SGD steps at
-q = B/|S| with |S| the public size of the set (and, under adaptive clipping,
-one noisy count per step). The planned ledger is that list as a function of
+q = B/|S| with |S| the public size of the set (under adaptive clipping each
+step releases its gradient and its noisy count as one mechanism, at the joint
+multiplier of `joint_noise`). The planned ledger is that list as a function of
 sigma; `solve_sigma` bisects on it so that epsilon_total <= target and
 >= 0.99 target. sigma_sel is tied to sigma (sigma_sel = sigma) unless the user
 fixes --select-sigma, or --select-share gives selection its own share of the
@@ -13,6 +14,7 @@ target, solved first (docs/privacy.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable
 
@@ -21,9 +23,13 @@ from crepe.privacy.accounting import epsilon
 from crepe.privacy.ledger import Entry, record, record_subset
 
 SIGMA_MAX = 200.0  # beyond this the model learns nothing: a target that needs more is "unreachable"
-# Below this no target is solved for: the accountants' domains explode (PRV and PLD grids grow as
-# 1/sigma^2) and such runs are not private in any useful sense; --sigma still runs them.
-SIGMA_MIN = 0.1
+# The smallest sigma solve_sigma lets each accountant evaluate. Below it an accountant's domain can
+# explode: Opacus' PRV discretises the privacy loss over a range that grows with epsilon and needs
+# gigabytes (measured: sigma 0.3, q 0.0043, 50k steps: MemoryError at 5 GB; sigma 0.5 stays below
+# 1.3 GB there and at q 0.001, 100k steps). RDP is closed form. dp-accounting's PLD grid grows as
+# 1/sigma^2 (0.1: ~1e5 atoms a step, under a second). Others get the cautious default.
+SIGMA_FLOOR = {"rdp": 1e-2, "prv": 0.5, "pld": 0.1}
+DEFAULT_SIGMA_FLOOR = 0.5
 COUNT_NOISE_SHARE = 20.0  # adaptive clipping: the count's noise std is B / 20 (Andrew et al. 2021)
 
 
@@ -41,8 +47,22 @@ def steps_per_epoch(sample_rate: float) -> int:
 
 
 def count_noise(batch_size: int) -> float:
-    """Noise multiplier of adaptive clipping's count of unclipped examples (sensitivity 1)."""
+    """Noise std sigma_b of adaptive clipping's count of unclipped examples (sensitivity 1)."""
     return batch_size / COUNT_NOISE_SHARE
+
+
+def joint_noise(sigma: float, count_sigma: float) -> float:
+    """The noise multiplier of one adaptive-clipping step, gradient and count released together.
+
+    Both come from the SAME Poisson batch, so they are one subsampled Gaussian, not two: in noise units
+    the vector (sum / (sigma C), count / sigma_b) moves by at most sqrt(sigma^-2 + sigma_b^-2) when one
+    example is zeroed out (its gradient by <= C, the count by <= 1), i.e. a Gaussian of noise multiplier
+    (sigma^-2 + sigma_b^-2)^(-1/2) at the step's q (docs/privacy.md, "Clip rules"). 0 (epsilon
+    infinite) if either part has no noise.
+    """
+    if sigma == 0 or count_sigma == 0:
+        return 0.0
+    return (sigma**-2 + count_sigma**-2) ** -0.5
 
 
 def sample_rate(batch_size: int, set_size: float) -> float:
@@ -77,6 +97,7 @@ def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
         record(ledger, kind="generate", noise_multiplier=cfg.sigma, sample_rate=q_gen, steps=steps)
         return ledger
     q = sample_rate(cfg.batch_size, set_size)
+    step_noise = joint_noise(cfg.sigma, count_noise(cfg.batch_size)) if cfg.clipping == "adaptive" else cfg.sigma
     epochs, every = schedule(cfg, n=n, set_size=set_size)
     for epoch in range(epochs):
         if redraws(cfg, epoch, every=every):
@@ -85,17 +106,30 @@ def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
             elif cfg.poisson_draw:
                 record_subset(ledger, inclusion_probability=cfg.fraction)
         for _ in range(steps_per_epoch(q)):
-            record(ledger, kind="train", noise_multiplier=cfg.sigma, sample_rate=q)
-            if cfg.clipping == "adaptive":
-                record(ledger, kind="clip-count", noise_multiplier=count_noise(cfg.batch_size), sample_rate=q)
+            record(ledger, kind="train", noise_multiplier=step_noise, sample_rate=q)
     return ledger
 
 
 def solve_sigma(
     ledger_for: Callable[[float], list[Entry]], *, target: float, delta: float, accountant: str
 ) -> float:
-    """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows)."""
-    eps = lambda s: epsilon(ledger_for(s), delta=delta, accountant=accountant)  # noqa: E731
+    """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows).
+
+    First a bracket: sigma halved from SIGMA_MAX until epsilon exceeds the target, never below the
+    accountant's SIGMA_FLOOR; then bisection in log sigma on [1e-2, SIGMA_MAX], where a sigma at or
+    below the bracket's is known to exceed the target (epsilon is monotone) and is not evaluated. So
+    no accountant sees a sigma much below the answer (the bisection is the one crepe always ran: the
+    same sigma for every target it could solve). A sigma at which the accountant fails counts as
+    above every target. A target that needs less noise than the accountant can evaluate is a
+    UsageError naming --sigma.
+    """
+
+    def eps(s: float) -> float:
+        try:
+            return epsilon(ledger_for(s), delta=delta, accountant=accountant)
+        except (MemoryError, OverflowError, ValueError):  # the accountant's domain exploded: far above any target
+            return math.inf
+
     floor = eps(SIGMA_MAX)
     if floor > target:
         raise Unreachable(
@@ -104,25 +138,29 @@ def solve_sigma(
             "(fewer epochs or selection rounds, a larger --select-sigma)",
             floor=floor,
         )
-    hi = SIGMA_MAX  # bracket downwards: eps(hi) <= target < eps(hi / 2)
-    while eps(hi / 2) <= target:
-        hi /= 2
-        if hi / 2 < SIGMA_MIN:
+    smallest = SIGMA_FLOOR.get(accountant, DEFAULT_SIGMA_FLOOR)
+    above = SIGMA_MAX / 2  # halved until epsilon exceeds the target there, hence at every smaller sigma
+    while eps(above) <= target:
+        if above <= smallest:  # a target so loose that the least noise evaluated reaches it
             raise UsageError(
-                f"--target-epsilon {target:g} is reached even at sigma = {hi:g}: so little noise is outside what "
-                f"crepe calibrates (sigma >= {SIGMA_MIN:g}); give --sigma instead"
+                f"--target-epsilon {target:g} is reached even at sigma = {smallest:g}, the smallest sigma crepe "
+                f"evaluates with the {accountant} accountant: give --sigma instead"
             )
-    lo = hi / 2
+        above = max(above / 2, smallest)
+    lo, hi = min(1e-2, above), SIGMA_MAX
     for _ in range(100):
         mid = (lo * hi) ** 0.5
-        e = eps(mid)
+        e = math.inf if mid <= above else eps(mid)
         if e > target:
             lo = mid
         else:
             hi = mid
             if e >= 0.99 * target:
                 return mid
-    return hi
+    raise UsageError(  # only where the accountant failed below hi: epsilon jumps from < 0.99 target to "unreachable"
+        f"--target-epsilon {target:g} needs a sigma below {hi:.4g}, where the {accountant} accountant cannot "
+        "evaluate this schedule: give --sigma instead"
+    )
 
 
 def calibrate(cfg: TrainConfig, *, n: int, set_size: float) -> TrainConfig:

@@ -4,8 +4,9 @@ An entry is {"kind", "noise_multiplier", "sample_rate", "steps"}:
 - "select": a private selection round, a Gaussian mechanism on all n proxies
   (noise multiplier sigma_sel, sample rate 1);
 - "train": a DP-SGD step, a Poisson-subsampled Gaussian (sigma, q = B/|S|);
-- "clip-count": adaptive clipping's noisy count of unclipped examples in that
-  step's batch (sensitivity 1, noise multiplier sigma_b, the same q);
+  under adaptive clipping the step's noisy count of unclipped examples comes
+  from the same batch and is part of the same release: noise multiplier
+  (sigma^-2 + sigma_b^-2)^(-1/2) (privacy/calibration.py `joint_noise`);
 - "generate": a noisy real gradient of private set generation (sigma, q = B/n).
 A release without noise (noise multiplier 0: non-private selection or --no-dp
 training) is recorded too and makes every epsilon that includes it infinite.
@@ -18,6 +19,12 @@ the n examples independently with probability p), at a sample rate and with a
 normaliser fixed from public quantities, and that S is never released. The
 accountant may then amplify those releases (docs/privacy.md, "Random subsets").
 A marker costs nothing and is never merged with its neighbours.
+
+Older crepe versions wrote another kind, "clip-count": adaptive clipping's
+count as a release of its own, apart from its step's gradient. The two share
+one Poisson batch, so composing them as independent subsampled releases
+under-reported epsilon (RETIRED); a ledger holding one is refused, never
+re-accounted or resumed.
 """
 
 from __future__ import annotations
@@ -27,14 +34,21 @@ from typing import Any
 from crepe.config import check_choice
 
 Entry = dict[str, Any]
-KINDS = ("select", "train", "clip-count", "generate")  # the release kinds
+KINDS = ("select", "train", "generate")  # the release kinds
+# Kinds older versions wrote whose epsilon was wrong: why a ledger holding one cannot be trusted.
+RETIRED = {
+    "clip-count": (
+        "adaptive clipping's count was accounted as a release apart from its step's gradient, but both "
+        "come from the same Poisson batch, so the epsilon recorded for this run was under-reported"
+    ),
+}
 MARKER = "subset"  # the one marker kind: the releases up to the next marker run on a secret Poisson subset
 _FIELDS = frozenset({"kind", "noise_multiplier", "sample_rate", "steps"})
 # The parts of epsilon a run reports: each a set of kinds composed on its own.
 PARTS: dict[str, tuple[str, ...]] = {
     "total": KINDS,
     "select": ("select", "generate"),
-    "train": ("train", "clip-count"),
+    "train": ("train",),
 }
 
 
@@ -75,6 +89,12 @@ def check_entries(ledger: Any) -> list[Entry]:
     for e in ledger:
         if not isinstance(e, dict) or set(e) != _FIELDS:
             raise ValueError(f"malformed ledger entry {e!r}")
+        retired = RETIRED.get(e["kind"]) if isinstance(e["kind"], str) else None
+        if retired is not None:
+            raise ValueError(
+                f"the privacy ledger holds a {e['kind']!r} entry, written by an older crepe: {retired}; "
+                "this run cannot be resumed: start a new run with another --out"
+            )
         if e["kind"] == MARKER:  # a marker carries only its p: noise 0 and one step, exactly
             bad = e["noise_multiplier"] != 0 or e["steps"] != 1
         else:

@@ -28,7 +28,8 @@ public (spc of each class). The real labels enter only through the clipped
 per-example gradients, so they are covered by epsilon too, except for one
 check outside the mechanism: `generate` refuses spc larger than the smallest
 class (a go/no-go on the class counts, which crepe's per-class runs treat as
-public anyway; DESIGN.md section 4).
+public anyway; DESIGN.md section 4). The refusal says only that some class is
+too small, never a count.
 
 Matching is whole-batch, as in the paper's DP code: the real batch holds all
 classes together and the synthetic gradient is that of the mean loss over all
@@ -299,9 +300,11 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, schedule: Schedule, sigma: f
         raise UsageError(f"x must be (n, 1, 28, 28) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if len(y) == 0 or int(y.min()) < 0 or int(y.max()) >= classes:
         raise UsageError(f"labels must lie in 0..{classes - 1} (classes={classes}) and n >= 1")
-    smallest = int(torch.bincount(y.cpu(), minlength=classes).min())
-    if schedule.spc > smallest:
-        raise UsageError(f"spc must be in 1..{smallest} (the smallest class), got {schedule.spc}")
+    if schedule.spc > int(torch.bincount(y.cpu(), minlength=classes).min()):  # the count itself is never printed
+        raise UsageError(
+            f"spc (--images-per-class) = {schedule.spc} exceeds the number of training examples of some class; "
+            "allowed: spc <= the size of the smallest class (the private class counts are not printed)"
+        )
     schedule.releases(len(y))  # batch_size <= n
 
 

@@ -300,10 +300,13 @@ def run(
             st.eval_time_s += eval_time
             st.examples_seen += es.seen
             st.total_time_s += time.perf_counter() - t_epoch
+            # Not covered by epsilon; and a Poisson subset's figures are withheld: correct/seen and
+            # loss/seen are rationals whose denominator gives back the secret realised size.
+            batch_figures = es.seen > 0 and not poisson
             row: dict[str, Any] = {
                 "epoch": st.epoch,
-                "train_loss": es.loss_sum / es.seen if es.seen else None,  # not covered by epsilon
-                "train_acc": es.correct / es.seen if es.seen else None,  # not covered by epsilon
+                "train_loss": es.loss_sum / es.seen if batch_figures else None,
+                "train_acc": es.correct / es.seen if batch_figures else None,
                 "test_acc": test_acc,
                 **rundir.eps_json(eps),
                 "delta": cfg.delta,
@@ -323,8 +326,9 @@ def run(
             st.metrics.append(row)
             save()
             rundir.append_line(run_dir / rundir.METRICS, row)
+            loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
             say(
-                f"epoch {st.epoch}/{epochs}: loss {row['train_loss'] if es.seen else float('nan'):.4f} "
+                f"epoch {st.epoch}/{epochs}: train loss {loss} ({rundir.NOT_COVERED}) "
                 f"test acc {'-' if test_acc is None else f'{test_acc:.4f}'} eps {rundir.fmt_eps(eps['total'])} "
                 f"(select {rundir.fmt_eps(eps['select'])}, train {rundir.fmt_eps(eps['train'])}){caveats} "
                 f"select {select_time:.2f}s train {train_time:.2f}s |S| {row['coreset_size']}"
@@ -341,7 +345,7 @@ def run(
         "epochs": epochs,
         "test_acc": last["test_acc"],
         "train_acc": train_acc,  # the final model on the whole training split
-        "train_acc_batches": last["train_acc"],  # the last epoch's Poisson batches, training mode
+        "train_acc_batches": last["train_acc"],  # the last epoch's Poisson batches, training mode (None: withheld)
         "train_acc_note": rundir.NOT_COVERED,
         **rundir.eps_json(eps),
         "delta": cfg.delta,
