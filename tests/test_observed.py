@@ -4,9 +4,9 @@ An outside fault-injection pass found that nothing checked this outside the DP-S
 step (tests/test_wiring.py observes that step's noise, divisor and sampler). The
 tests here wrap the real pieces of tiny runs -- the secret Poisson subset draw, the
 set each epoch trains on, the Poisson batch sampler, the selection's proxy noise,
-private-set generation's noisy real gradients -- and compare what actually happened
-with the ledger. Each test's docstring names the fault it catches; each fault was
-injected and seen to fail its test.
+private-set generation's noisy real gradients, the checkpoint a resume reads -- and
+compare what actually happened with the ledger. Each test's docstring names the
+fault it catches; each fault was injected and seen to fail its test.
 
 Adaptive clipping is left out (its count release is being reworked).
 """
@@ -14,6 +14,9 @@ Adaptive clipping is left out (its count release is being reworked).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +27,16 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from crepe import _core  # noqa: F401 (an editable install rebuilds _core on first import)
+from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core on first import)
 from crepe.config import TrainConfig
 from crepe.dp.optimizer import DPOptimizer
+from crepe.privacy.accounting import epsilons
 from crepe.privacy.calibration import steps_per_epoch
 from crepe.privacy.ledger import record
 from crepe.selection.problem import class_budget
 from crepe.smallsets import private_set
 from crepe.smallsets.sets import Coreset
-from crepe.training import epoch as epoch_mod, loop, rundir
+from crepe.training import epoch as epoch_mod, loop, rundir, state as ckpt
 
 N, B, P = 300, 20, 0.5  # a Poisson random run: q = B / (p n) = 2/15, 7 steps per epoch
 Q_POISSON = B / (P * N)
@@ -262,6 +266,149 @@ def test_private_set_generation_adds_the_accounted_noise_to_each_real_gradient(d
     assert all(abs(float(z.mean())) < 0.1 * SIGMA * clip for z in noise)
     corr = float((noise[0] * noise[1]).sum() / (noise[0].norm() * noise[1].norm()))
     assert abs(corr) < 0.15  # fresh noise for each release
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A resume refuses a well-formed, re-signed checkpoint whose ledger under-reports.
+
+
+def read_payload(path: Path) -> dict:
+    raw = path.read_bytes()
+    assert raw.startswith(ckpt.MAGIC)
+    return torch.load(io.BytesIO(raw[len(ckpt.MAGIC) + 65 :]), weights_only=True)
+
+
+def sign(path: Path, payload: dict) -> None:
+    """Write `payload` exactly as training/state.py writes a checkpoint: MAGIC, SHA-256, payload."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    path.write_bytes(ckpt.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+def forge(out: Path, cfg: TrainConfig, ledger: list[dict]) -> float:
+    """Put `ledger` into the checkpoint of `out` the way a forger would: the last epoch's epsilons
+    rewritten from it, in the checkpoint and in metrics.jsonl alike, then the file re-signed.
+    Returns the forged epsilon."""
+    path = out / rundir.CHECKPOINT
+    ck = read_payload(path)
+    ck["state"]["ledger"] = ledger
+    eps = epsilons(ledger, delta=cfg.delta, accountant=cfg.accountant)
+    if ck["state"]["metrics"]:
+        ck["state"]["metrics"][-1].update(rundir.eps_json(eps))
+        rundir.write_metrics(out / rundir.METRICS, ck["state"]["metrics"])
+    sign(path, ck)
+    return eps["total"]
+
+
+def refused_untouched(out: Path, capsys) -> str:
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["train", "--resume", str(out)]) == 2, "a forged ledger was resumed"
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+    return capsys.readouterr().err
+
+
+def _drop_steps(led: list[dict]) -> None:
+    [e for e in led if e["kind"] == "train"][-1]["steps"] -= 1
+
+
+def _drop_round(led: list[dict]) -> None:
+    i = max(i for i, e in enumerate(led) if e["kind"] == "select")
+    led[i - 1]["steps"] += led[i + 1]["steps"]
+    del led[i : i + 2]
+
+
+def _raise_sigma(led: list[dict]) -> None:
+    for e in led:
+        e["noise_multiplier"] *= 1.5
+
+
+def _lower_rate(led: list[dict]) -> None:
+    for e in led:
+        if e["kind"] == "train":
+            e["sample_rate"] /= 2
+
+
+def _add_markers(led: list[dict]) -> None:  # claim amplification by a secret draw for a CRAIG set
+    for i in reversed(range(len(led))):
+        led.insert(i, {"kind": "subset", "noise_multiplier": 0.0, "sample_rate": 0.1, "steps": 1})
+
+
+@pytest.fixture(scope="module")
+def stopped_craig(data_root, tmp_path_factory) -> tuple[TrainConfig, Path]:
+    """A CRAIG run stopped after 2 of 3 epochs (a selection round and 7 steps in each), with the
+    default accountant (pld, under which a forged marker lowers epsilon)."""
+    cfg = config(data_root, method="craig", select_every=1, select_sigma=2.0, accountant="pld")
+    out = tmp_path_factory.mktemp("forged") / "stopped"
+    assert rundir.prepare_out(cfg, out, {}) == "new"
+    assert loop.run(cfg, out, stop_after_epochs=2, log=lambda s: None)["status"] == "incomplete"
+    return cfg, out
+
+
+def test_a_re_signed_unchanged_checkpoint_still_resumes(stopped_craig, tmp_path, capsys) -> None:
+    """The control of the forgeries below: re-signing changes nothing a resume can see."""
+    cfg, stopped = stopped_craig
+    out = tmp_path / "run"
+    shutil.copytree(stopped, out)
+    ck = read_payload(out / rundir.CHECKPOINT)
+    assert forge(out, cfg, ck["state"]["ledger"]) == ck["state"]["metrics"][-1]["eps_total"]
+    assert cli.main(["train", "--resume", str(out)]) == 0
+    assert rundir.read_summary(out)["status"] == "complete"
+
+
+@pytest.mark.parametrize("forgery", [_drop_steps, _drop_round, _raise_sigma, _lower_rate, _add_markers])
+def test_resume_refuses_a_re_signed_checkpoint_whose_ledger_under_reports(stopped_craig, tmp_path, capsys, forgery) -> None:
+    """Catches: a resume that accepts a well-formed checkpoint (valid checksum, epsilons in the
+    checkpoint and in metrics.jsonl rewritten to agree) whose ledger under-reports: steps or a
+    selection round removed, sigma raised, q lowered, or a Poisson marker claimed for a CRAIG set.
+    The ledger must be the one the run's configuration writes in the epochs it has done."""
+    cfg, stopped = stopped_craig
+    out = tmp_path / "run"
+    shutil.copytree(stopped, out)
+    true = read_payload(out / rundir.CHECKPOINT)["state"]
+    led = [dict(e) for e in true["ledger"]]
+    forgery(led)
+    assert forge(out, cfg, led) < true["metrics"][-1]["eps_total"]  # an under-report
+    err = refused_untouched(out, capsys)
+    assert "ledger" in err
+
+
+@pytest.mark.parametrize("when", ["mid-generation", "generated"])
+def test_resume_refuses_a_private_set_checkpoint_whose_generation_ledger_under_reports(
+    data_root, tmp_path, monkeypatch, capsys, when
+) -> None:
+    """Catches: a resume of private-set generation that accepts a re-signed checkpoint with its
+    "generate" releases under-reported. Before the first training epoch there is no metrics row
+    whose epsilon a forger would need to match: mid-generation only the release count was
+    checked (sigma raised passes), and once generated nothing was (steps removed pass)."""
+    cfg = config(data_root, method="private-set", train_subset=500, images_per_class=2, gen_iterations=3,
+                 gen_outer_loops=2, gen_width=8, batch_size=50, max_grad_norm=0.1, epochs=1, model="convnet",
+                 lr=0.01, fraction=0.1, select_every=20)
+    out = tmp_path / "run"
+    assert rundir.prepare_out(cfg, out, {}) == "new"
+    if when == "generated":
+        assert loop.run(cfg, out, stop_after_epochs=0, log=lambda s: None)["status"] == "incomplete"
+    else:
+        real_save = ckpt.save
+
+        def save_then_stop(*a: Any, **k: Any) -> None:  # a kill right after generation iteration 1's checkpoint
+            real_save(*a, **k)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ckpt, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(cfg, out, log=lambda s: None)
+        monkeypatch.setattr(ckpt, "save", real_save)
+    true = read_payload(out / rundir.CHECKPOINT)["state"]
+    assert (true["generation"] is None) == (when == "generated") and not true["metrics"]
+    led = [dict(e) for e in true["ledger"]]
+    if when == "generated":
+        led[0]["steps"] //= 2
+    else:
+        led[0]["noise_multiplier"] *= 2
+    assert forge(out, cfg, led) < epsilons(true["ledger"], delta=cfg.delta, accountant=cfg.accountant)["total"]
+    err = refused_untouched(out, capsys)
+    assert "ledger" in err
 
 
 # ---------------------------------------------------------------------------------------------
