@@ -85,21 +85,29 @@ def redraws(cfg: TrainConfig, epoch: int, *, every: int) -> bool:
     return cfg.method in ("craig", "random") and epoch % every == 0
 
 
-def planned_ledger(cfg: TrainConfig, *, n: int, set_size: float) -> list[Entry]:
+def planned_ledger(
+    cfg: TrainConfig, *, n: int, set_size: float, epochs_done: int | None = None, generated: int | None = None
+) -> list[Entry]:
     """The releases `cfg` will make on n training examples, training on a set of public size `set_size`
-    (sigma resolved; for private-set the set is all n: generation samples the whole training set)."""
+    (sigma resolved; for private-set the set is all n: generation samples the whole training set).
+    With `epochs_done` (private-set: `generated`, the generation iterations done; None for all of
+    them), only the releases made by then: what the checkpoint written at that point must hold."""
     assert cfg.sigma is not None and cfg.select_sigma is not None
     ledger: list[Entry] = []
     if cfg.method == "private-set":  # only the noisy real gradients of generation are releases
         from crepe.smallsets.private_set import schedule_of
 
-        steps, q_gen = schedule_of(cfg).releases(n)
-        record(ledger, kind="generate", noise_multiplier=cfg.sigma, sample_rate=q_gen, steps=steps)
+        gen = schedule_of(cfg)
+        steps, q_gen = gen.releases(n)
+        if generated is not None:
+            steps = generated * gen.outer_loops * gen.batch_loops
+        if steps:
+            record(ledger, kind="generate", noise_multiplier=cfg.sigma, sample_rate=q_gen, steps=steps)
         return ledger
     q = sample_rate(cfg.batch_size, set_size)
     step_noise = joint_noise(cfg.sigma, count_noise(cfg.batch_size)) if cfg.clipping == "adaptive" else cfg.sigma
     epochs, every = schedule(cfg, n=n, set_size=set_size)
-    for epoch in range(epochs):
+    for epoch in range(epochs if epochs_done is None else epochs_done):
         if redraws(cfg, epoch, every=every):
             if cfg.method == "craig":
                 record(ledger, kind="select", noise_multiplier=cfg.select_sigma, sample_rate=1.0)

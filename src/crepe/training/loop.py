@@ -44,7 +44,7 @@ from crepe.dp.optimizers import make_base_optimizer
 from crepe.dp.secret_rng import KEY_BYTES, keyed_generator, new_key
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
-from crepe.privacy.calibration import count_noise, redraws, schedule
+from crepe.privacy.calibration import count_noise, planned_ledger, redraws, schedule
 from crepe.privacy.ledger import record, record_subset
 from crepe.smallsets.proxies import compute_proxies, privatise
 from crepe.smallsets.sets import craig_coreset, full_set, poisson_subset, random_coreset, set_size
@@ -195,6 +195,9 @@ def run(
         ckpt.verify_against_metrics(
             restored, rundir.read_metrics(run_dir), delta=cfg.delta, accountant=cfg.accountant, where=run_dir
         )
+        generated = None if restored.generation is None else int(restored.generation["iteration"])
+        expected = planned_ledger(cfg, n=n, set_size=set_size(y_np, cfg), epochs_done=restored.epoch, generated=generated)
+        ckpt.verify_ledger(restored, expected, where=run_dir)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         for k, g in gens.items():

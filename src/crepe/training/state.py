@@ -10,7 +10,8 @@ optimizer, config, ledger, metrics and the summary (unless --keep-secrets).
 The file is a magic line, the SHA-256 of the payload, and the payload
 (torch.save): a damaged file is refused, never trusted. On resume the ledger
 is also checked against the append-only metrics.jsonl (see
-`verify_against_metrics`).
+`verify_against_metrics`) and against the ledger its configuration writes in
+the epochs done (`verify_ledger`): the checksum is not a signature.
 """
 
 from __future__ import annotations
@@ -140,6 +141,20 @@ def restore_state(ck: dict[str, Any]) -> RunState:
     c = ck["coreset"]
     coreset = None if c is None else Coreset(c["indices"].numpy(), c["gamma"].numpy())
     return RunState(coreset=coreset, **ck["state"])
+
+
+def verify_ledger(state: RunState, expected: list[Entry], *, where: Path) -> None:
+    """The checkpoint's ledger must be, entry for entry, the ledger its configuration writes in the
+    epochs (private-set: the generation iterations) it has done (`calibration.planned_ledger`).
+    The checksum only shows the file is intact, not that its ledger is the run's: a ledger edited
+    to under-report (steps or rounds removed, sigma raised, q lowered, markers added) and re-signed,
+    with metrics.jsonl edited to agree (or with no epoch recorded yet), is refused here."""
+    if state.ledger != expected:
+        done = f"{state.epoch} epochs" if state.generation is None else f"{state.generation['iteration']} generation iterations"
+        raise UsageError(
+            f"{where}: the checkpoint's privacy ledger is not the one its configuration writes in {done}: "
+            "the ledger is damaged; the folder is left as it was"
+        )
 
 
 def verify_against_metrics(state: RunState, rows: list[dict[str, Any]], *, delta: float, accountant: str, where: Path) -> None:
