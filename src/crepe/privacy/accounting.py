@@ -214,8 +214,9 @@ def _on_subset(history: History, p: float) -> Any:
         a = below * grid
         up = np.clip(-np.expm1(a - losses) / -np.expm1(-grid), 0.0, 1.0)  # (e^-a - e^-l) / (e^-a - e^-b)
         low = int(below.min())
-        probs = np.bincount(below - low, weights=mass * (1 - up), minlength=int(below.max()) - low + 2)
-        probs[1:] += np.bincount(below - low, weights=mass * up, minlength=len(probs) - 1)[: len(probs) - 1]
+        size = int(below.max()) - low + 2  # the last atom's b included
+        probs = (np.bincount(below - low, weights=mass * (1 - up), minlength=size)
+                 + np.bincount(below - low + 1, weights=mass * up, minlength=size))
         return pld_pmf.DensePLDPmf(grid, low, probs, infinity_mass, pessimistic_estimate=True)
 
     loss = (remove._lower_loss + np.arange(remove.size)) * grid  # (size,) L = log(A/B), under A
