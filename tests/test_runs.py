@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core on first import)
-from crepe.training import rundir
+from crepe.training import plan, rundir
 
 
 def train_args(data_root: Path, out: Path, *extra: str, n: int = 300) -> list[str]:
@@ -154,7 +154,7 @@ def test_resume_never_resolves_sigma_and_works_from_another_folder(data_root, tm
     monkeypatch.chdir(data_root.parent)
     given = dict(dataset="fashion-mnist", data_dir="data", train_subset=300, test_subset=200, batch_size=20,
                  threads=1, method="full", epochs=2, target_epsilon=3.0)
-    cfg = cli.new_run_config(given)  # what `crepe train --data-dir data ...` resolves
+    cfg = plan.new_run_config(given)  # what `crepe train --data-dir data ...` resolves
     assert rundir.prepare_out(cfg, out, {}) == "new"
     loop.run(cfg, out, stop_after_epochs=1, log=lambda s: None)
     assert cfg.data_dir == str(data_root.resolve())  # stored resolved: resume works from anywhere

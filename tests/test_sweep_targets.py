@@ -15,7 +15,7 @@ import pytest
 from test_report import write_run
 
 from crepe import data
-from crepe.cli import new_run_config
+from crepe.training.plan import new_run_config
 from crepe.privacy.calibration import Unreachable
 from crepe.study import report, sweep
 

@@ -355,7 +355,7 @@ def _each_dataset_loaded_once() -> Iterator[None]:
 
 def _floor(given: dict[str, Any]) -> float | None:
     """The smallest reachable epsilon if `crepe train` would refuse this run's target as unreachable, else None."""
-    from crepe.cli import new_run_config
+    from crepe.training.plan import new_run_config
     from crepe.privacy.calibration import Unreachable
 
     try:
@@ -371,7 +371,7 @@ def unreachable(specs: Sequence[RunSpec], *, data_dir: str | None) -> dict[str, 
     """name -> smallest reachable epsilon, for each run whose schedule cannot reach its target epsilon.
 
     Each run with a target is calibrated in-process exactly as `crepe train` would calibrate it
-    (crepe.cli.new_run_config); runs that differ only in their seed share one check (calibration
+    (crepe.training.plan.new_run_config); runs that differ only in their seed share one check (calibration
     does not depend on the seed). Imports torch only when a run has a target.
     """
     floors: dict[tuple[tuple[str, Any], ...], float | None] = {}
