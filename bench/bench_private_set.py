@@ -93,9 +93,11 @@ def real_run(out_dir: Path, *, lr_images: float = 0.1) -> dict:
     import torch
     from opacus.accountants.utils import get_noise_multiplier
 
-    from crepe import data, privacy
-    from crepe.models import build_model
-    from crepe.smallsets.private_set import LEDGER_KIND, ConvNet, Schedule, generate, save_synthetic, train_on_synthetic
+    from crepe import data
+    from crepe.models import ConvNet, build_model
+    from crepe.privacy.accounting import epsilon
+    from crepe.privacy.ledger import Ledger, Release
+    from crepe.smallsets.private_set import Schedule, generate, save_synthetic, train_on_synthetic
 
     torch.set_num_threads(1)
     d = data.load("fashion-mnist", data_dir=str(DATA / "fashion-mnist"))
@@ -103,13 +105,10 @@ def real_run(out_dir: Path, *, lr_images: float = 0.1) -> dict:
     n = len(d.y_train)
     steps, q = sched.releases(n)
     sigma = float(get_noise_multiplier(target_epsilon=10, target_delta=1e-5, sample_rate=q, steps=steps, accountant="rdp"))
-    ledger: list[dict] = []
+    ledger = Ledger()
 
-    def on_release(s: float, r: float) -> None:  # privacy.record does not know the kind yet: the same merge by hand
-        if ledger and (ledger[-1]["noise_multiplier"], ledger[-1]["sample_rate"]) == (s, r):
-            ledger[-1]["steps"] += 1
-        else:
-            ledger.append({"kind": LEDGER_KIND, "noise_multiplier": s, "sample_rate": r, "steps": 1})
+    def on_release(s: float, r: float) -> None:  # generate reports (sigma, q); the ledger merges identical ones
+        ledger.record(Release("generate", s, r))
 
     t0 = time.perf_counter()
     images, labels = generate(
@@ -117,7 +116,7 @@ def real_run(out_dir: Path, *, lr_images: float = 0.1) -> dict:
         on_release=on_release,
     )
     gen_s = time.perf_counter() - t0
-    eps = privacy.epsilon(ledger, delta=1e-5, kinds=(LEDGER_KIND,))
+    eps = epsilon(ledger, delta=1e-5, kinds=("generate",))
     mean, std = data.NORMALISATION["fashion-mnist"]
     save_synthetic(out_dir, images, labels, mean=mean, std=std)
 
@@ -138,7 +137,7 @@ def real_run(out_dir: Path, *, lr_images: float = 0.1) -> dict:
     train_s = time.perf_counter() - t1
     out = {
         "schedule": {k: getattr(sched, k) for k in sched.__dataclass_fields__}, "n": n, "releases": steps, "q": q,
-        "sigma": sigma, "eps_rdp": eps, "delta": 1e-5, "ledger": ledger, "threads": 1,
+        "sigma": sigma, "eps_rdp": eps, "delta": 1e-5, "ledger": ledger.to_list(), "threads": 1,
         "generation_s": gen_s, "classifier_training_s": train_s,
         "test_acc": {k: {"each": v, "mean": float(np.mean(v))} for k, v in accs.items()},
         "classifier_recipe": "300 epochs, SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 after epoch 151, batch 256",

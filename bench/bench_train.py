@@ -66,11 +66,10 @@ def full_epoch(quick: bool, tmp_path_factory: pytest.TempPathFactory) -> dict:
     summary, rows = run(config(quick, method="full", epochs=FULL_EPOCHS), tmp_path_factory.mktemp("full") / "run")
     # Check: the reported epsilon is the composition of int(1/q) steps per epoch at q = B/n.
     from crepe.privacy.accounting import epsilon
-    from crepe.privacy.ledger import record
+    from crepe.privacy.ledger import Ledger, Release
 
     n = summary["n_train"]
-    ledger: list = []
-    record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / n, steps=FULL_EPOCHS * int(n / 256))
+    ledger = Ledger([Release("train", 1.0, 256 / n, steps=FULL_EPOCHS * int(n / 256))])
     assert summary["eps_total"] == pytest.approx(epsilon(ledger, delta=1e-5), rel=1e-12)
     out = {
         "n_train": n,

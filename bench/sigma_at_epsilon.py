@@ -20,8 +20,8 @@ from pathlib import Path
 
 from crepe import data
 from crepe.config import TrainConfig
-from crepe.privacy.calibration import Unreachable, calibrate, planned_ledger
-from crepe.smallsets.sets import set_size
+from crepe.privacy.calibration import Unreachable
+from crepe.training.plan import Plan, class_counts
 
 CONFIGS = [  # (label, method, batch size, select_every, extra settings)
     ("full data", "full", 2048, 5, {}),
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--accountant", default="pld", choices=("pld", "rdp", "prv"))
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = p.parse_args()
-    labels = data.load("fashion-mnist", data_dir=args.data_dir, train_subset=args.n).y_train.numpy()
+    counts = class_counts(data.load("fashion-mnist", data_dir=args.data_dir, train_subset=args.n).y_train)
     print("| target ε | training set (equal steps) | σ | σ_sel | steps T | σ/B | σ/(B√T) |")
     print("|---|---|---|---|---|---|---|")
     for target in args.targets:
@@ -53,14 +53,13 @@ def main() -> None:
             cfg = TrainConfig(method=method, batch_size=batch, epochs=args.epochs, select_every=every,
                               fraction=args.fraction, target_epsilon=target, accountant=args.accountant,
                               compute="epochs" if method == "full" else "steps", **extra).resolve()
-            size = set_size(labels, cfg)
             try:
-                c = calibrate(cfg, n=args.n, set_size=size)
+                plan = Plan.of(cfg, counts=counts)  # the public |S| from the class counts, sigma solved
             except Unreachable as e:
                 print(f"| {target:g} | {label} | unreachable (smallest ε {e.floor:.3g}) | | | | |")
                 continue
-            ledger = planned_ledger(c, n=args.n, set_size=size)
-            steps = sum(e["steps"] for e in ledger if e["kind"] == "train")
+            c = plan.cfg
+            steps = sum(r.steps for r in plan.ledger() if r.kind == "train")
             sel = f"{c.select_sigma:.2f}" if method == "craig" else "—"
             print(f"| {target:g} | {label} | {c.sigma:.2f} | {sel} | {steps} | {c.sigma / batch:.2e} | "
                   f"{c.sigma / (batch * math.sqrt(steps)):.2e} |")

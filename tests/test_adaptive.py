@@ -20,7 +20,7 @@ import pytest
 from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core on first import)
 from crepe.config import TrainConfig
 from crepe.privacy.accounting import epsilon
-from crepe.privacy.calibration import planned_ledger
+from crepe.training.plan import Plan
 
 # The counterexample: full data, n = 2000, B = 20 (q = 0.01, 100 steps, sigma_b = B/20 = 1),
 # --target-epsilon 2. OLD_SIGMA is the sigma the old two-release ledger calibrated (it printed 1.984).
@@ -49,10 +49,10 @@ def test_the_counterexample_at_the_old_sigma_against_dp_accounting() -> None:
     from dp_accounting import dp_event, rdp
     from opacus.accountants import RDPAccountant
 
-    ledger = planned_ledger(adaptive_cfg(OLD_SIGMA), n=N, set_size=N)
-    assert len(ledger) == 1 and ledger[0]["kind"] == "train"
-    assert ledger[0]["noise_multiplier"] == pytest.approx(sigma_eff(OLD_SIGMA), rel=1e-12)
-    assert (ledger[0]["sample_rate"], ledger[0]["steps"]) == (Q, STEPS)
+    ledger = Plan(adaptive_cfg(OLD_SIGMA), N, N).ledger()
+    assert len(ledger) == 1 and ledger[0].kind == "train"
+    assert ledger[0].noise_multiplier == pytest.approx(sigma_eff(OLD_SIGMA), rel=1e-12)
+    assert (ledger[0].sample_rate, ledger[0].steps) == (Q, STEPS)
     tight = pld_epsilon(sigma_eff(OLD_SIGMA))
     assert tight == pytest.approx(3.1007, abs=1e-3)  # the audit's figure
     # crepe's default accountant, PLD, is the tight figure itself (pessimistic, at a 10x coarser grid)
@@ -85,5 +85,5 @@ def test_the_counterexample_run_now_ends_at_its_target(data_root: Path, tmp_path
     sigma = s["sigma"]
     assert sigma > OLD_SIGMA  # the joint release needs more noise for the same target
     assert s["ledger"] == [{"kind": "train", "noise_multiplier": pytest.approx(sigma_eff(sigma), rel=1e-12),
-                            "sample_rate": Q, "steps": STEPS}]
+                            "sample_rate": Q, "steps": STEPS, "unit": "example"}]
     assert pld_epsilon(sigma_eff(sigma)) <= s["eps_total"]  # the tight epsilon of what ran is within the report

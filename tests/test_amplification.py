@@ -142,14 +142,14 @@ STEPS_PER_EPOCH = int(1 / Q_SEED)  # 23
 PHASE_EPOCHS = (20, 20, 10)  # 50 epochs, re-drawn at epochs 0, 20, 40
 
 
-def seed_schedule(sigma: float, *, marker: bool = True, epochs: tuple[int, ...] = PHASE_EPOCHS) -> list[L.Entry]:
+def seed_schedule(sigma: float, *, marker: bool = True, epochs: tuple[int, ...] = PHASE_EPOCHS) -> L.Ledger:
     """DP-SGD on a 10% Poisson subset of Fashion-MNIST, one step per record call."""
-    ledger: list[L.Entry] = []
+    ledger = L.Ledger()
     for e in epochs:
         if marker:
-            L.record_subset(ledger, inclusion_probability=P_SEED)
+            ledger.record(L.subset(P_SEED))
         for _ in range(e * STEPS_PER_EPOCH):
-            L.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=Q_SEED)
+            ledger.record(L.Release("train", sigma, Q_SEED))
     return ledger
 
 
@@ -217,11 +217,11 @@ def test_adaptive_clipping_steps_are_amplified_like_any_step() -> None:
     computed on the subset only, so its phase is amplified by the draw."""
     sigma, sigma_b = 3.0, B / 20
     joint = (sigma**-2 + sigma_b**-2) ** -0.5
-    ledger: list[L.Entry] = []
+    ledger = L.Ledger()
     for e in PHASE_EPOCHS:
-        L.record_subset(ledger, inclusion_probability=P_SEED)
+        ledger.record(L.subset(P_SEED))
         for _ in range(e * STEPS_PER_EPOCH):
-            L.record(ledger, kind="train", noise_multiplier=joint, sample_rate=Q_SEED)
+            ledger.record(L.Release("train", joint, Q_SEED))
     steps = [e * STEPS_PER_EPOCH for e in PHASE_EPOCHS]
     phases: list[Phase] = [(P_SEED, True, [(joint, Q_SEED, s)]) for s in steps]
     a, m = by_hand(phases, delta=DELTA)
@@ -236,11 +236,11 @@ def test_a_release_on_the_full_data_disables_amplification_of_its_phase() -> Non
     that phase costs its plain epsilon at delta/k; the other phases are still amplified."""
     sigma = 3.0
     for kind in ("select", "generate"):
-        ledger = seed_schedule(sigma)
+        ledger = seed_schedule(sigma).to_list()
         second = [i for i, e in enumerate(ledger) if e["kind"] == L.MARKER][1]
         q_kind = 1.0 if kind == "select" else B / N
         ledger.insert(second + 1, {"kind": kind, "noise_multiplier": sigma, "sample_rate": q_kind, "steps": 1})
-        L.check_entries(ledger)
+        L.Ledger.from_list(ledger)
         phases = seed_phases(sigma)
         phases[1] = (P_SEED, False, [(sigma, q_kind, 1), *phases[1][2]])
         a, m = by_hand(phases, delta=DELTA)
@@ -249,16 +249,16 @@ def test_a_release_on_the_full_data_disables_amplification_of_its_phase() -> Non
         assert amplified_anyway < min(a, m)  # the test can tell the difference
         # The train part leaves that release out: its phases hold only steps on the subset.
         train_only = by_hand(seed_phases(sigma), delta=DELTA)
-        train_part = accounting.epsilon(ledger, delta=DELTA, accountant="rdp", kinds=L.PARTS["train"])
+        train_part = accounting.epsilon(ledger, delta=DELTA, accountant="rdp", kinds=L.parts()["train"])
         assert train_part == pytest.approx(min(train_only), rel=1e-9)
 
 
 def test_releases_before_the_first_marker_are_not_amplified() -> None:
     sigma = 3.0
-    ledger: list[L.Entry] = []
-    L.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=Q_SEED, steps=10 * STEPS_PER_EPOCH)
-    L.record_subset(ledger, inclusion_probability=P_SEED)
-    L.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=Q_SEED, steps=40 * STEPS_PER_EPOCH)
+    ledger = L.Ledger()
+    ledger.record(L.Release("train", sigma, Q_SEED, steps=10 * STEPS_PER_EPOCH))
+    ledger.record(L.subset(P_SEED))
+    ledger.record(L.Release("train", sigma, Q_SEED, steps=40 * STEPS_PER_EPOCH))
     phases: list[Phase] = [
         (None, True, [(sigma, Q_SEED, 10 * STEPS_PER_EPOCH)]),
         (P_SEED, True, [(sigma, Q_SEED, 40 * STEPS_PER_EPOCH)]),
@@ -267,21 +267,21 @@ def test_releases_before_the_first_marker_are_not_amplified() -> None:
     assert m < a
     assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(m, rel=1e-9)
     # Phases without included releases do not take a share of delta (k counts the others only).
-    padded = [ledger[0]]
-    L.record_subset(padded, inclusion_probability=P_SEED)
-    padded += ledger[1:]
+    padded = L.Ledger([ledger[0]])
+    padded.record(L.subset(P_SEED))
+    padded.extend(list(ledger)[1:])
     assert accounting.epsilon(padded, delta=DELTA, accountant="rdp") == accounting.epsilon(ledger, delta=DELTA, accountant="rdp")
 
 
 def test_noise_free_release_is_still_infinite_and_a_tiny_p_is_not_amplified() -> None:
     ledger = seed_schedule(3.0)
-    L.record(ledger, kind="train", noise_multiplier=0.0, sample_rate=Q_SEED)
+    ledger.record(L.Release("train", 0.0, Q_SEED))
     assert math.isinf(accounting.epsilon(ledger, delta=DELTA, accountant="rdp"))
     # delta_S = delta / (k p) >= 1 says nothing: the phase costs its plain epsilon.
-    tiny: list[L.Entry] = []
-    L.record_subset(tiny, inclusion_probability=1e-6)
-    L.record(tiny, kind="train", noise_multiplier=3.0, sample_rate=0.5, steps=10)
-    assert accounting.epsilon(tiny, delta=DELTA, accountant="rdp") == accounting.epsilon(tiny[1:], delta=DELTA, accountant="rdp")
+    tiny = L.Ledger()
+    tiny.record(L.subset(1e-6))
+    tiny.record(L.Release("train", 3.0, 0.5, steps=10))
+    assert accounting.epsilon(tiny, delta=DELTA, accountant="rdp") == accounting.epsilon(list(tiny)[1:], delta=DELTA, accountant="rdp")
 
 
 def test_prv_path_composes_each_phase() -> None:
@@ -298,16 +298,16 @@ def test_prv_path_composes_each_phase() -> None:
 
 
 def test_markers_are_recorded_apart_and_survive_a_checkpoint() -> None:
-    ledger: list[L.Entry] = []
-    L.record_subset(ledger, inclusion_probability=0.25)
-    L.record_subset(ledger, inclusion_probability=0.25)
-    assert ledger == [{"kind": "subset", "noise_multiplier": 0.0, "sample_rate": 0.25, "steps": 1}] * 2
-    L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=0.1)
-    L.record_subset(ledger, inclusion_probability=0.25)
-    L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=0.1)
-    assert [e["kind"] for e in ledger] == ["subset", "subset", "train", "subset", "train"]  # not merged across
-    restored = json.loads(json.dumps(seed_schedule(3.0)))
-    assert L.check_entries(restored) == seed_schedule(3.0)
+    ledger = L.Ledger()
+    ledger.record(L.subset(0.25))
+    ledger.record(L.subset(0.25))
+    assert ledger.to_list() == [{"kind": "subset", "noise_multiplier": 0.0, "sample_rate": 0.25, "steps": 1, "unit": "example"}] * 2
+    ledger.record(L.Release("train", 1.0, 0.1))
+    ledger.record(L.subset(0.25))
+    ledger.record(L.Release("train", 1.0, 0.1))
+    assert [e.kind for e in ledger] == ["subset", "subset", "train", "subset", "train"]  # not merged across
+    restored = json.loads(json.dumps(seed_schedule(3.0).to_list()))
+    assert L.Ledger.from_list(restored) == seed_schedule(3.0)
     assert accounting.epsilon(restored, delta=DELTA) == accounting.epsilon(seed_schedule(3.0), delta=DELTA)
 
 
@@ -324,24 +324,30 @@ def test_markers_are_recorded_apart_and_survive_a_checkpoint() -> None:
     ],
 )
 def test_a_damaged_marker_is_refused(change: dict) -> None:
-    ledger = seed_schedule(3.0, epochs=(1, 1))
+    ledger = seed_schedule(3.0, epochs=(1, 1)).to_list()
     bad = copy.deepcopy(ledger)
     bad[0].update(change)
     with pytest.raises(ValueError, match="malformed ledger entry"):
-        L.check_entries(bad)
+        L.Ledger.from_list(bad)
     missing = copy.deepcopy(ledger)
     del missing[0]["steps"]
     with pytest.raises(ValueError, match="malformed ledger entry"):
-        L.check_entries(missing)
+        L.Ledger.from_list(missing)
 
 
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.5, math.nan])
-def test_record_subset_refuses_a_bad_probability(p: float) -> None:
+def test_subset_refuses_a_bad_probability(p: float) -> None:
     with pytest.raises(ValueError, match="inclusion_probability"):
-        L.record_subset([], inclusion_probability=p)
+        L.subset(p)
 
 
-def test_only_record_subset_writes_markers() -> None:
-    with pytest.raises(ValueError, match="valid: select, train, generate"):
-        L.record([], kind="subset", noise_multiplier=0.0, sample_rate=0.1)
+def test_a_marker_is_only_what_subset_writes() -> None:
+    """A marker is no release: it carries only its p (noise 0, one step), exactly what `subset` writes;
+    any other "subset" entry is refused, and the marker kind is not a release kind."""
+    assert L.subset(0.1) == L.Release("subset", 0.0, 0.1, 1)
+    for bad in (dict(noise_multiplier=1.0), dict(steps=2)):
+        with pytest.raises(ValueError, match="a marker carries only its p"):
+            L.Release(**{**dict(kind="subset", noise_multiplier=0.0, sample_rate=0.1, steps=1), **bad})
+    with pytest.raises(ValueError, match="valid: select, generate, train, subset"):
+        L.Release("subsets", 0.0, 0.1)
     assert L.MARKER not in L.KINDS

@@ -11,7 +11,8 @@ import pytest
 from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core on first import)
 from crepe.config import TrainConfig
 from crepe.privacy.accounting import epsilon
-from crepe.privacy.calibration import SIGMA_MAX, Unreachable, calibrate, planned_ledger
+from crepe.privacy.calibration import SIGMA_MAX, Unreachable
+from crepe.training.plan import Plan
 from tests.test_runs import summary, train_args
 
 
@@ -31,7 +32,7 @@ def test_a_poisson_random_run_marks_each_draw_and_keeps_its_realised_size_secret
     assert s["coreset_size"] == 150 and s["examples_seen"] is None
     assert s["labels_public"] is False and s["caveat"] is None  # the draw reads no labels
     cfg = TrainConfig.from_dict({k: v for k, v in json.loads((out / "config.json").read_text()).items() if k != "provenance"})
-    assert planned_ledger(cfg, n=300, set_size=150) == s["ledger"]  # calibration plans what the run does
+    assert Plan(cfg, 300, 150).ledger().to_list() == s["ledger"]  # calibration plans what the run does
 
 
 def test_a_fixed_random_draw_keeps_craigs_budgets_and_gets_no_marker(data_root, tmp_path, capsys) -> None:
@@ -60,10 +61,10 @@ def test_compute_steps_gives_a_small_set_the_steps_and_selection_rounds_of_the_f
 def test_an_unreachable_target_names_the_smallest_reachable_epsilon() -> None:
     cfg = TrainConfig(method="craig", epochs=40, select_every=1, target_epsilon=0.05, batch_size=20).resolve()
     with pytest.raises(Unreachable, match="smallest reachable epsilon") as err:
-        calibrate(cfg, n=300, set_size=30)
+        Plan(cfg, 300, 30).solved()
     from dataclasses import replace
 
-    floor = epsilon(planned_ledger(replace(cfg, sigma=SIGMA_MAX, select_sigma=SIGMA_MAX), n=300, set_size=30), delta=1e-5)
+    floor = epsilon(Plan(replace(cfg, sigma=SIGMA_MAX, select_sigma=SIGMA_MAX), 300, 30).ledger(), delta=1e-5)
     assert err.value.floor == pytest.approx(floor) and floor > 0.05
 
 
@@ -103,7 +104,9 @@ def test_a_poisson_random_run_publishes_no_figure_of_its_realised_sizes(data_roo
 
     sizes: list[int] = []
     seen: list[int] = []
-    draw, epoch = loop.poisson_subset, loop.train_epoch
+    from crepe.smallsets import sets
+
+    draw, epoch = sets.poisson_subset, loop.train_epoch
 
     def traced_draw(*a, **k):  # type: ignore[no-untyped-def]
         s = draw(*a, **k)
@@ -115,7 +118,7 @@ def test_a_poisson_random_run_publishes_no_figure_of_its_realised_sizes(data_roo
         seen.append(es.seen)
         return es
 
-    monkeypatch.setattr(loop, "poisson_subset", traced_draw)
+    monkeypatch.setattr(sets, "poisson_subset", traced_draw)  # the random method draws through it
     monkeypatch.setattr(loop, "train_epoch", traced_epoch)
     cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(data_root), train_subset=300, test_subset=200, batch_size=20,
                       method="random", fraction=0.5, select_every=1, epochs=2, sigma=1.0, threads=1,
@@ -152,7 +155,7 @@ def evaluated_sigmas(monkeypatch, fail_below: float = 0.0) -> list[float]:
     seen: list[float] = []
 
     def traced(ledger, **kw):  # type: ignore[no-untyped-def]
-        sigma = ledger[0]["noise_multiplier"]
+        sigma = ledger[0].noise_multiplier
         seen.append(sigma)
         if sigma < fail_below:
             raise MemoryError("the accountant's domain exploded")
@@ -170,7 +173,7 @@ def evaluated_sigmas(monkeypatch, fail_below: float = 0.0) -> list[float]:
     ],
 )
 def test_calibration_golden_sigmas(kw, n, size, sigma) -> None:
-    assert calibrate(full_run(**kw), n=n, set_size=size).sigma == sigma
+    assert Plan(full_run(**kw), n, size).solved().cfg.sigma == sigma
 
 
 @pytest.mark.parametrize(("accountant", "target"), [("prv", 3.0), ("prv", 1.0), ("rdp", 3.0), ("rdp", 50.0), ("pld", 3.0), ("pld", 20.0)])
@@ -178,8 +181,9 @@ def test_calibration_reaches_targets_without_evaluating_below_the_floor(monkeypa
     from crepe.privacy.calibration import SIGMA_FLOOR
 
     seen = evaluated_sigmas(monkeypatch)
-    cfg = calibrate(full_run(accountant=accountant, target_epsilon=target), n=300, set_size=300)
-    eps = epsilon(planned_ledger(cfg, n=300, set_size=300), delta=1e-5, accountant=accountant)
+    plan = Plan(full_run(accountant=accountant, target_epsilon=target), 300, 300).solved()
+    cfg = plan.cfg
+    eps = epsilon(plan.ledger(), delta=1e-5, accountant=accountant)
     assert 0.99 * target <= eps <= target
     assert min(seen) >= SIGMA_FLOOR[accountant] and min(seen) >= cfg.sigma / 2  # never far below the answer
 
@@ -190,7 +194,7 @@ def test_a_target_below_the_prv_floor_is_a_usage_error(monkeypatch) -> None:
     seen = evaluated_sigmas(monkeypatch)
     with pytest.raises(UsageError, match="reached even at sigma = 0.5, the smallest sigma crepe evaluates with the "
                                          "prv accountant: give --sigma instead"):
-        calibrate(full_run(accountant="prv", target_epsilon=50.0), n=300, set_size=300)  # would need sigma ~ 0.27
+        Plan(full_run(accountant="prv", target_epsilon=50.0), 300, 300).solved()  # would need sigma ~ 0.27
     assert min(seen) == 0.5
 
 
@@ -198,12 +202,12 @@ def test_an_accountant_that_fails_counts_as_above_the_target(monkeypatch) -> Non
     from crepe.config import UsageError
 
     cfg = full_run(target_epsilon=3.0)
-    clean = calibrate(cfg, n=300, set_size=300).sigma  # ~0.98
+    clean = Plan(cfg, 300, 300).solved().cfg.sigma  # ~0.98
     seen = evaluated_sigmas(monkeypatch, fail_below=0.7)
-    assert calibrate(cfg, n=300, set_size=300).sigma == clean  # failures below the answer change nothing
+    assert Plan(cfg, 300, 300).solved().cfg.sigma == clean  # failures below the answer change nothing
     seen.clear()
     with pytest.raises(UsageError, match="needs a sigma below 0.7.*cannot evaluate this schedule: give --sigma instead"):
-        calibrate(full_run(target_epsilon=50.0), n=300, set_size=300)  # sigma ~ 0.27 lies where it fails
+        Plan(full_run(target_epsilon=50.0), 300, 300).solved()  # sigma ~ 0.27 lies where it fails
     assert seen
 
 

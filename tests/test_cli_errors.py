@@ -28,7 +28,7 @@ def fails(argv: list[str], capsys, match: str) -> str:
     [
         (["--dataset", "cifar10"], "unknown dataset 'cifar10'; valid: mnist, fashion-mnist"),
         (["--model", "vgg"], "unknown model 'vgg'; valid: cnn, resnet"),
-        (["--method", "kmeans"], "unknown method 'kmeans'; valid: craig, random, full"),
+        (["--method", "kmeans"], "unknown method 'kmeans'; valid: full, random, craig, private-set"),
         (["--proxy", "full-grad"], "valid: logits, last-layer"),
         (["--weights", "scale"], "valid: clip-then-scale, weight-then-clip, none"),
         (["--optimizer", "lbfgs"], "valid: sgd, adam, adam-bc"),

@@ -19,8 +19,8 @@ from crepe.dp.optimizer import DPOptimizer
 from crepe.dp.optimizers import AdamBC, make_base_optimizer
 from crepe.dp.sampling import poisson_batches
 from crepe.models import build_model
-from crepe.privacy.calibration import steps_per_epoch
-from crepe.privacy.ledger import record
+from crepe.dp.sampling import steps_per_epoch
+from crepe.privacy.ledger import Ledger
 
 C = 1.0
 C_MID = 4.0  # the Opacus comparison's C: among the CNN fixture's per-example norms
@@ -28,13 +28,13 @@ NORMS = np.array([0.0, 0.25, 0.999, 1.0, 1.001, 2.0, 50.0])  # below, at and abo
 
 
 def _opt(params, *, rule: str = "flat", sigma: float = 0.0, gen=None, ledger=None, lr: float = 1.0, base: str = "sgd"):
-    ledger = [] if ledger is None else ledger
+    ledger = Ledger() if ledger is None else ledger
     return DPOptimizer(
         make_base_optimizer(base, params, lr=lr),
         noise_multiplier=sigma,
         clip_rule=make_clip_rule(rule, max_grad_norm=C),
         generator=gen,
-        on_release=lambda k, s, q: record(ledger, kind=k, noise_multiplier=s, sample_rate=q),
+        on_release=ledger.record,
         count_noise=2.0,
     )
 
@@ -129,7 +129,7 @@ def test_one_step_equals_opacus_dpoptimizer_bit_for_bit(seed: int) -> None:
 def test_empty_batch_is_a_noisy_step_with_std_sigma_C_over_normaliser_and_is_recorded() -> None:
     model, _, _ = _cnn_batch(0)
     GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    ledger: list = []
+    ledger = Ledger()
     opt = _opt(list(model.parameters()), sigma=2.0, gen=torch.Generator().manual_seed(0), ledger=ledger, lr=1.0)
     opt.start_set(sample_rate=0.01, normaliser=2.5, expected_examples=3.0)
     before = [p.detach().clone() for p in opt.params]
@@ -138,23 +138,22 @@ def test_empty_batch_is_a_noisy_step_with_std_sigma_C_over_normaliser_and_is_rec
     upd = torch.cat([(b - p.detach()).reshape(-1) for b, p in zip(before, opt.params)])  # lr 1: update = -grad
     assert float(upd.std()) == pytest.approx(2.0 * C / 2.5, rel=0.03)
     assert abs(float(upd.mean())) < 0.05
-    assert ledger == [{"kind": "train", "noise_multiplier": 2.0, "sample_rate": 0.01, "steps": 1}]
+    assert ledger.to_list() == [{"kind": "train", "noise_multiplier": 2.0, "sample_rate": 0.01, "steps": 1, "unit": "example"}]
 
 
 def test_noiseless_step_is_sum_of_factor_times_gradient_over_normaliser() -> None:
     p, g = _with_grad_samples(NORMS)
     opt = _opt([p], lr=1.0)
     w = np.linspace(0.2, 1.0, len(NORMS))
-    opt.sample_weights = torch.from_numpy(w)
     opt.start_set(sample_rate=0.5, normaliser=3.7, expected_examples=3.5)
-    opt.step()
+    opt.step(sample_weights=torch.from_numpy(w))
     f = np.minimum(1.0, C / (NORMS + 1e-6)) * w
     np.testing.assert_allclose(-p.detach().numpy(), (f[:, None] * g).sum(0) / 3.7, rtol=1e-12)
 
 
 def test_adaptive_clip_moves_C_geometrically_by_the_expected_batch_and_records_one_joint_release() -> None:
     p, _ = _with_grad_samples(NORMS)
-    ledger: list = []
+    ledger = Ledger()
     gen = torch.Generator().manual_seed(7)
     opt = _opt([p], rule="adaptive", sigma=1.0, gen=gen, ledger=ledger)
     opt.start_set(sample_rate=0.2, normaliser=12.5, expected_examples=12.5)  # q m = 12.5; this batch drew 7
@@ -169,8 +168,8 @@ def test_adaptive_clip_moves_C_geometrically_by_the_expected_batch_and_records_o
     realised = C * math.exp(-0.2 * ((unclipped + count_noise) / 7.0 - 0.5))
     assert not math.isclose(expected_c, realised, rel_tol=1e-3)  # the check can tell the two apart
     # Gradient (sensitivity C, noise 1 C) and count (sensitivity 1, noise 2) from one batch: one release.
-    assert ledger == [{"kind": "train", "noise_multiplier": pytest.approx((1 + 2**-2) ** -0.5, rel=1e-12),
-                       "sample_rate": 0.2, "steps": 1}]
+    assert ledger.to_list() == [{"kind": "train", "noise_multiplier": pytest.approx((1 + 2**-2) ** -0.5, rel=1e-12),
+                                 "sample_rate": 0.2, "steps": 1, "unit": "example"}]
 
 
 def test_adam_bc_equals_numpy_oracle() -> None:

@@ -3,7 +3,7 @@
 - only the DP-noise generator (or only the sampler / selection-noise generator)
   seeded from --seed in secret mode: test_runs compares train losses, which
   differ as soon as any one generator is secret;
-- the planned ledger of --target-epsilon counting the wrong number of
+- the planned ledger of --target-epsilon (now `Plan.ledger`) counting the wrong number of
   selection rounds when --select-every > 1: every target-epsilon test used
   --select-every 1, where rounds happen every epoch anyway.
 """
@@ -45,13 +45,14 @@ def test_every_noise_generator_is_secret_by_default(data_root, tmp_path) -> None
 
 
 def test_planned_ledger_with_select_every_above_one_is_the_hand_schedule() -> None:
-    from crepe.privacy.calibration import planned_ledger
+    from crepe.training.plan import Plan
 
     cfg = TrainConfig(method="craig", epochs=5, select_every=2, batch_size=10, sigma=1.5, select_sigma=2.5).resolve()
-    sel = {"kind": "select", "noise_multiplier": 2.5, "sample_rate": 1.0, "steps": 1}
-    trn = lambda steps: {"kind": "train", "noise_multiplier": 1.5, "sample_rate": 10 / 30, "steps": steps}  # noqa: E731
+    sel = {"kind": "select", "noise_multiplier": 2.5, "sample_rate": 1.0, "steps": 1, "unit": "example"}
+    trn = lambda steps: {"kind": "train", "noise_multiplier": 1.5, "sample_rate": 10 / 30, "steps": steps,  # noqa: E731
+                         "unit": "example"}
     # rounds at epochs 0, 2, 4 (ceil(5/2) = 3); 3 steps per epoch at q = 1/3
-    assert planned_ledger(cfg, n=300, set_size=30) == [sel, trn(6), sel, trn(6), sel, trn(3)]
+    assert Plan(cfg, 300, 30).ledger().to_list() == [sel, trn(6), sel, trn(6), sel, trn(3)]
 
 
 def test_target_epsilon_with_select_every_above_one_ends_at_the_target(data_root, tmp_path) -> None:

@@ -5,7 +5,7 @@
 - the PLD mixture transform of a phase on a secret Poisson subset (`accounting._on_subset`):
   the connect-the-dots split keeps, in each direction, both distributions' masses exactly (what
   makes it pessimistic), and the infinite-loss mass is p times the inner one (removal);
-- calibration.planned_ledger of a private-set run counts every noisy real gradient of the
+- the planned ledger (`Plan.ledger`) of a private-set run counts every noisy real gradient of the
   generation iterations done: iterations x outer_loops x batch_loops.
 """
 
@@ -85,19 +85,20 @@ def test_the_subset_mixture_keeps_both_masses_and_the_infinite_loss_mass(history
 
 
 def test_a_private_set_planned_ledger_counts_every_batch_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Catches: planned_ledger (the resume check's reference) counting generation releases as
+    """Catches: the planned ledger (the resume check's reference) counting generation releases as
     iterations x outer_loops, without batch_loops (latent: crepe's CLI fixes batch_loops = 1)."""
     from dataclasses import replace as dc_replace
 
     from crepe.config import TrainConfig
-    from crepe.privacy.calibration import planned_ledger
     from crepe.smallsets import private_set
+    from crepe.training.plan import Plan
 
     cfg = TrainConfig(method="private-set", sigma=1.0, select_sigma=1.0, gen_iterations=4, gen_outer_loops=3, batch_size=50)
     real = private_set.schedule_of
     monkeypatch.setattr(private_set, "schedule_of", lambda c: dc_replace(real(c), batch_loops=2))
-    assert planned_ledger(cfg, n=500, set_size=500)[0]["steps"] == 4 * 3 * 2
-    assert planned_ledger(cfg, n=500, set_size=500, generated=1)[0]["steps"] == 3 * 2
+    plan = Plan.of(cfg, counts=[50] * 10)  # n = 500
+    assert plan.ledger()[0].steps == 4 * 3 * 2
+    assert plan.ledger(0, progress={"iteration": 1})[0].steps == 3 * 2
 
 
 def _opacus_rdp(history, delta: float) -> float:  # type: ignore[no-untyped-def]
@@ -112,6 +113,8 @@ def test_bound_m_splits_delta_evenly_over_the_phases() -> None:
     """Catches: bound M (rdp/prv with "subset" markers) costing each phase at the full delta
     instead of delta / k, which composes k phases at delta each (k delta in all): an under-report.
     Oracle: Opacus' RDP accountant per phase, by hand."""
+    from crepe.privacy import ledger as L
+
     delta = 1e-5
     ledger = [
         {"kind": "select", "noise_multiplier": 3.0, "sample_rate": 1.0, "steps": 1},
@@ -125,7 +128,7 @@ def test_bound_m_splits_delta_evenly_over_the_phases() -> None:
     k = 3
     amplified = math.log1p(0.9 * math.expm1(_opacus_rdp(second, delta / (k * 0.9))))
     by_hand = _opacus_rdp(first, delta / k) + min(_opacus_rdp(second, delta / k), amplified) + _opacus_rdp(third, delta / k)
-    phases = accounting._phases(ledger, ("select", "train", "generate"))
+    phases = accounting._phases(L.Ledger.from_list(ledger), ("select", "train", "generate"))
     assert accounting._phased(phases, delta, accountant="rdp") == pytest.approx(by_hand, rel=1e-9)
 
 
@@ -136,13 +139,13 @@ def test_a_noise_free_release_is_infinite_under_every_accountant(accountant: str
     (the default) to fail on a Gaussian of standard deviation 0 instead of reporting infinity."""
     from crepe.privacy import ledger as L
 
-    led: list[L.Entry] = []
+    led = L.Ledger()
     if marked:
-        L.record_subset(led, inclusion_probability=0.5)
-    L.record(led, kind="train", noise_multiplier=1.0, sample_rate=0.1, steps=5)
-    L.record(led, kind="train", noise_multiplier=0.0, sample_rate=0.1)
+        led.record(L.subset(0.5))
+    led.record(L.Release("train", 1.0, 0.1, steps=5))
+    led.record(L.Release("train", 0.0, 0.1))
     assert accounting.epsilon(led, delta=1e-5, accountant=accountant) == math.inf
-    assert math.isfinite(accounting.epsilon(led[:-1], delta=1e-5, accountant=accountant))
+    assert math.isfinite(accounting.epsilon(list(led)[:-1], delta=1e-5, accountant=accountant))
 
 
 def test_a_checkpoint_whose_last_epoch_printed_another_epsilon_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -153,8 +156,7 @@ def test_a_checkpoint_whose_last_epoch_printed_another_epsilon_is_refused(tmp_pa
     from crepe.privacy import ledger as L
     from crepe.training import state as ckpt
 
-    led: list[L.Entry] = []
-    L.record(led, kind="train", noise_multiplier=1.0, sample_rate=0.1, steps=10)
+    led = L.Ledger([L.Release("train", 1.0, 0.1, steps=10)])
     eps = accounting.epsilon(led, delta=1e-5, accountant="rdp")
     honest = [{"epoch": 1, "eps_total": eps}]
     ckpt.verify_against_metrics(ckpt.RunState(epoch=1, ledger=led, metrics=honest), honest, delta=1e-5,

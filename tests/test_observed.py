@@ -31,10 +31,10 @@ from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core o
 from crepe.config import TrainConfig
 from crepe.dp.optimizer import DPOptimizer
 from crepe.privacy.accounting import epsilons
-from crepe.privacy.calibration import steps_per_epoch
-from crepe.privacy.ledger import record
+from crepe.dp.sampling import steps_per_epoch
+from crepe.privacy.ledger import Ledger, Release
 from crepe.selection.problem import class_budget
-from crepe.smallsets import private_set
+from crepe.smallsets import private_set, proxies as proxies_mod, sets
 from crepe.smallsets.sets import Coreset
 from crepe.training import epoch as epoch_mod, loop, rundir, state as ckpt
 
@@ -73,7 +73,7 @@ def observe(mp: pytest.MonkeyPatch, *, pin: np.ndarray | None = None, labels: np
     """Wrap the run's pieces. `pin`: after the real draw is recorded, train on this set instead
     (so two runs sample batches over the same m). `labels`: replace the training labels."""
     seen = Seen()
-    draw, train_epoch, batches, privatise = loop.poisson_subset, loop.train_epoch, epoch_mod.poisson_batches, loop.privatise
+    draw, train_epoch, batches, privatise = sets.poisson_subset, loop.train_epoch, epoch_mod.poisson_batches, proxies_mod.privatise
     add_noise, load = DPOptimizer.add_noise, loop.data_mod.load
 
     def traced_draw(*a: Any, **k: Any) -> Coreset:
@@ -107,10 +107,10 @@ def observe(mp: pytest.MonkeyPatch, *, pin: np.ndarray | None = None, labels: np
         ds = load(*a, **k)
         return dataclasses.replace(ds, y_train=torch.from_numpy(labels)) if labels is not None else ds
 
-    mp.setattr(loop, "poisson_subset", traced_draw)
+    mp.setattr(sets, "poisson_subset", traced_draw)  # the methods import it from there when they choose
     mp.setattr(loop, "train_epoch", traced_train_epoch)
     mp.setattr(epoch_mod, "poisson_batches", traced_batches)
-    mp.setattr(loop, "privatise", traced_privatise)
+    mp.setattr(proxies_mod, "privatise", traced_privatise)
     mp.setattr(DPOptimizer, "add_noise", traced_add_noise)
     mp.setattr(loop.data_mod, "load", relabelled)
     return seen
@@ -329,7 +329,7 @@ def _lower_rate(led: list[dict]) -> None:
 
 def _add_markers(led: list[dict]) -> None:  # claim amplification by a secret draw for a CRAIG set
     for i in reversed(range(len(led))):
-        led.insert(i, {"kind": "subset", "noise_multiplier": 0.0, "sample_rate": 0.1, "steps": 1})
+        led.insert(i, {"kind": "subset", "noise_multiplier": 0.0, "sample_rate": 0.1, "steps": 1, "unit": "example"})
 
 
 @pytest.fixture(scope="module")
@@ -378,27 +378,29 @@ def test_resume_refuses_a_private_set_checkpoint_whose_generation_ledger_under_r
     """Catches: a resume of private-set generation that accepts a re-signed checkpoint with its
     "generate" releases under-reported. Before the first training epoch there is no metrics row
     whose epsilon a forger would need to match: mid-generation only the release count was
-    checked (sigma raised passes), and once generated nothing was (steps removed pass)."""
+    checked (sigma raised passes), and once generated nothing was (steps removed pass).
+    "generated" is the checkpoint of the last generation iteration (generation is the first
+    epoch's selection round: its state is kept until the first epoch's checkpoint)."""
     cfg = config(data_root, method="private-set", train_subset=500, images_per_class=2, gen_iterations=3,
                  gen_outer_loops=2, gen_width=8, batch_size=50, max_grad_norm=0.1, epochs=1, model="convnet",
                  lr=0.01, fraction=0.1, select_every=20)
     out = tmp_path / "run"
     assert rundir.prepare_out(cfg, out, {}) == "new"
-    if when == "generated":
-        assert loop.run(cfg, out, stop_after_epochs=0, log=lambda s: None)["status"] == "incomplete"
-    else:
-        real_save = ckpt.save
+    real_save, stop_at = ckpt.save, cfg.gen_iterations if when == "generated" else 1
+    saves = [0]
 
-        def save_then_stop(*a: Any, **k: Any) -> None:  # a kill right after generation iteration 1's checkpoint
-            real_save(*a, **k)
+    def save_then_stop(*a: Any, **k: Any) -> None:  # a kill right after generation iteration `stop_at`'s checkpoint
+        real_save(*a, **k)
+        saves[0] += 1
+        if saves[0] == stop_at:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(ckpt, "save", save_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            loop.run(cfg, out, log=lambda s: None)
-        monkeypatch.setattr(ckpt, "save", real_save)
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg, out, log=lambda s: None)
+    monkeypatch.setattr(ckpt, "save", real_save)
     true = read_payload(out / rundir.CHECKPOINT)["state"]
-    assert (true["generation"] is None) == (when == "generated") and not true["metrics"]
+    assert true["generation"]["iteration"] == stop_at and true["epoch"] == 0 and not true["metrics"]
     led = [dict(e) for e in true["ledger"]]
     if when == "generated":
         led[0]["steps"] //= 2
@@ -414,15 +416,15 @@ def test_resume_refuses_a_private_set_checkpoint_whose_generation_ledger_under_r
 
 
 def test_consecutive_releases_merge_only_when_identical() -> None:
-    """Catches: `record` merging consecutive releases that differ in sample rate (or in noise
+    """Catches: `Ledger.record` merging consecutive releases that differ in sample rate (or in noise
     multiplier, or kind) into one entry, which accounts all of them at the first one's (sigma, q)."""
-    led: list[dict] = []
-    record(led, kind="train", noise_multiplier=1.0, sample_rate=0.1)
-    record(led, kind="train", noise_multiplier=1.0, sample_rate=0.1)
-    record(led, kind="train", noise_multiplier=1.0, sample_rate=0.2)
-    record(led, kind="train", noise_multiplier=2.0, sample_rate=0.2, steps=3)
-    record(led, kind="generate", noise_multiplier=2.0, sample_rate=0.2)
-    assert [(e["kind"], e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in led] == [
+    led = Ledger()
+    led.record(Release("train", 1.0, 0.1))
+    led.record(Release("train", 1.0, 0.1))
+    led.record(Release("train", 1.0, 0.2))
+    led.record(Release("train", 2.0, 0.2, steps=3))
+    led.record(Release("generate", 2.0, 0.2))
+    assert [(e.kind, e.noise_multiplier, e.sample_rate, e.steps) for e in led] == [
         ("train", 1.0, 0.1, 2), ("train", 1.0, 0.2, 1), ("train", 2.0, 0.2, 3), ("generate", 2.0, 0.2, 1)
     ]
 
@@ -437,11 +439,11 @@ def test_the_ledger_is_exactly_the_draws_rates_and_steps_the_run_applied(poisson
     expected: list[dict] = []
     for ev in seen.events:
         if ev[0] == "subset":
-            expected.append({"kind": "subset", "noise_multiplier": 0.0, "sample_rate": ev[1], "steps": 1})
+            expected.append({"kind": "subset", "noise_multiplier": 0.0, "sample_rate": ev[1], "steps": 1, "unit": "example"})
         elif expected and expected[-1]["kind"] == "train" and expected[-1]["sample_rate"] == ev[1]:
             expected[-1]["steps"] += ev[2]
         else:
-            expected.append({"kind": "train", "noise_multiplier": SIGMA, "sample_rate": ev[1], "steps": ev[2]})
+            expected.append({"kind": "train", "noise_multiplier": SIGMA, "sample_rate": ev[1], "steps": ev[2], "unit": "example"})
     assert summary["ledger"] == expected
     assert seen.noisy_steps == [steps for _, _, steps in seen.sampler]  # one noisy step per batch drawn
     assert [m for m, _, _ in seen.sampler] == [len(s) for s in seen.sets]  # batches over the set trained on

@@ -15,31 +15,31 @@ from crepe.training import rundir
 DELTA = 1e-5
 
 
-def seed_schedule(*, select_sigma: float = 3.0, rounds: int = 3) -> list[L.Entry]:
+def seed_schedule(*, select_sigma: float = 3.0, rounds: int = 3) -> L.Ledger:
     """A 60-epoch fixture (NOT the seed protocol): `rounds` selections, each followed by 20 epochs
     of 23 steps at q = 256/6000 (Fashion-MNIST, 10% coreset)."""
-    ledger: list[L.Entry] = []
+    ledger = L.Ledger()
     for _ in range(rounds):
-        L.record(ledger, kind="select", noise_multiplier=select_sigma, sample_rate=1.0)
+        ledger.record(L.Release(kind="select", noise_multiplier=select_sigma, sample_rate=1.0))
         for _ in range(20 * 23):
-            L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000)
+            ledger.record(L.Release(kind="train", noise_multiplier=1.0, sample_rate=256 / 6000))
     return ledger
 
 
 def test_golden_seed_protocol_50_epochs() -> None:
     """The seed protocol: 50 epochs, selections at epochs 0, 20, 40 (20 + 20 + 10 epochs of 23 steps),
     sigma = 1, sigma_sel = 3, delta 1e-5 -> 11.279 (Opacus 1.6 RDP, default orders)."""
-    ledger: list[L.Entry] = []
+    ledger = L.Ledger()
     for epochs in (20, 20, 10):
-        L.record(ledger, kind="select", noise_multiplier=3.0, sample_rate=1.0)
-        L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 6000, steps=epochs * 23)
+        ledger.record(L.Release(kind="select", noise_multiplier=3.0, sample_rate=1.0))
+        ledger.record(L.Release(kind="train", noise_multiplier=1.0, sample_rate=256 / 6000, steps=epochs * 23))
     assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(11.279, abs=5e-4)
 
 
 def test_record_merges_identical_consecutive_releases_only() -> None:
     ledger = seed_schedule()
-    assert [e["kind"] for e in ledger] == ["select", "train"] * 3
-    assert [e["steps"] for e in ledger] == [1, 460] * 3
+    assert [e.kind for e in ledger] == ["select", "train"] * 3
+    assert [e.steps for e in ledger] == [1, 460] * 3
 
 
 def test_golden_60_epoch_fixture_rdp() -> None:
@@ -78,8 +78,8 @@ def test_selection_part_matches_gaussian_closed_form() -> None:
 
 def test_one_full_epoch_matches_build_notes_figure() -> None:
     # BUILD_NOTES: one full Fashion-MNIST epoch, B = 256, sigma = 1 -> eps = 0.925 at delta 1e-5.
-    ledger: list[L.Entry] = []
-    L.record(ledger, kind="train", noise_multiplier=1.0, sample_rate=256 / 60000, steps=234)
+    ledger = L.Ledger()
+    ledger.record(L.Release(kind="train", noise_multiplier=1.0, sample_rate=256 / 60000, steps=234))
     assert accounting.epsilon(ledger, delta=DELTA, accountant="rdp") == pytest.approx(0.925, abs=1e-3)
 
 
@@ -99,7 +99,7 @@ def test_composition_costs_more_than_each_part() -> None:
 
 def test_noiseless_release_is_infinite_and_json_safe() -> None:
     ledger = seed_schedule()
-    L.record(ledger, kind="select", noise_multiplier=0.0, sample_rate=1.0)
+    ledger.record(L.Release(kind="select", noise_multiplier=0.0, sample_rate=1.0))
     eps = accounting.epsilons(ledger, delta=DELTA, accountant="rdp")
     assert math.isinf(eps["total"]) and math.isinf(eps["select"]) and math.isfinite(eps["train"])
     j = rundir.eps_json(eps)
@@ -116,7 +116,7 @@ def test_empty_ledger_is_zero() -> None:
 @pytest.mark.parametrize(
     ("kw", "msg"),
     [
-        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, train, generate"),
+        ({"kind": "eval", "noise_multiplier": 1.0, "sample_rate": 0.1}, "valid: select, generate, train, subset"),
         ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 0.0}, "sample_rate"),
         ({"kind": "train", "noise_multiplier": 1.0, "sample_rate": 1.5}, "sample_rate"),
         ({"kind": "train", "noise_multiplier": -1.0, "sample_rate": 0.5}, "noise_multiplier"),
@@ -124,7 +124,7 @@ def test_empty_ledger_is_zero() -> None:
 )
 def test_bad_ledger_entries(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
-        L.record([], **kw)
+        L.Ledger().record(L.Release(**kw))
 
 
 def test_unknown_accountant() -> None:
@@ -137,8 +137,8 @@ def test_rdp_equals_opacus_rdp_accountant_stepped_one_release_at_a_time() -> Non
 
     acc = RDPAccountant()
     for entry in seed_schedule(select_sigma=2.0):
-        for _ in range(entry["steps"]):
-            acc.step(noise_multiplier=entry["noise_multiplier"], sample_rate=entry["sample_rate"])
+        for _ in range(entry.steps):
+            acc.step(noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate)
     assert accounting.epsilon(seed_schedule(select_sigma=2.0), delta=DELTA, accountant="rdp") == pytest.approx(
         acc.get_epsilon(delta=DELTA), rel=1e-12
     )

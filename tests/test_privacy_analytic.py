@@ -34,10 +34,10 @@ def gaussian_epsilon(delta: float, sigma: float, rounds: int) -> float:
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 5.0])
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_selection_epsilon_bounds_the_exact_gaussian_epsilon(sigma: float, rounds: int) -> None:
-    ledger: list[L.Entry] = []
+    ledger = L.Ledger()
     for _ in range(rounds):
-        L.record(ledger, kind="select", noise_multiplier=sigma, sample_rate=1.0)
-        L.record(ledger, kind="train", noise_multiplier=sigma, sample_rate=0.1, steps=10)
+        ledger.record(L.Release(kind="select", noise_multiplier=sigma, sample_rate=1.0))
+        ledger.record(L.Release(kind="train", noise_multiplier=sigma, sample_rate=0.1, steps=10))
     exact = gaussian_epsilon(DELTA, sigma, rounds)
     prv = accounting.epsilons(ledger, delta=DELTA, accountant="prv")["select"]
     rdp = accounting.epsilons(ledger, delta=DELTA, accountant="rdp")["select"]

@@ -232,7 +232,8 @@ def test_private_set_run_accounts_each_noisy_gradient_and_hits_the_target(data_r
     out = tmp_path / "run"
     assert cli.main(_ps_run(data_root, out, "--target-epsilon", "10")) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["ledger"] == [{"kind": "generate", "noise_multiplier": s["sigma"], "sample_rate": 0.1, "steps": 6}]
+    assert s["ledger"] == [{"kind": "generate", "noise_multiplier": s["sigma"], "sample_rate": 0.1, "steps": 6,
+                            "unit": "example"}]
     by_hand = pld.from_gaussian_mechanism(  # 3 iterations x 2 outer loops, q = 50/500
         s["sigma"], sampling_prob=0.1, value_discretization_interval=PLD_GRID).self_compose(6)
     assert s["eps_total"] == pytest.approx(by_hand.get_epsilon_for_delta(1e-5), rel=1e-9)

@@ -154,7 +154,10 @@ def test_resume_never_resolves_sigma_and_works_from_another_folder(data_root, tm
     monkeypatch.chdir(data_root.parent)
     given = dict(dataset="fashion-mnist", data_dir="data", train_subset=300, test_subset=200, batch_size=20,
                  threads=1, method="full", epochs=2, target_epsilon=3.0)
-    cfg = plan.new_run_config(given)  # what `crepe train --data-dir data ...` resolves
+    cfg = plan.new_run_config(given)  # what `crepe train --data-dir data ...` resolves: sigma solved by its plan
+    assert cfg.sigma is None
+    ds = loop.load_data(cfg, lambda s: None)
+    cfg = plan.Plan.of(cfg, counts=plan.class_counts(ds.y_train)).cfg
     assert rundir.prepare_out(cfg, out, {}) == "new"
     loop.run(cfg, out, stop_after_epochs=1, log=lambda s: None)
     assert cfg.data_dir == str(data_root.resolve())  # stored resolved: resume works from anywhere
@@ -258,11 +261,11 @@ def test_metrics_without_a_checkpoint_are_refused_not_restarted(data_root, tmp_p
 def test_a_target_reached_without_noise_is_refused_not_overshot() -> None:
     from crepe.config import UsageError
     from crepe.privacy.calibration import solve_sigma
-    from crepe.privacy.ledger import record
+    from crepe.privacy.ledger import Ledger, Release
 
-    def ledger(s: float) -> list:
-        out: list = []
-        record(out, kind="select", noise_multiplier=s, sample_rate=1.0)
+    def ledger(s: float) -> Ledger:
+        out = Ledger()
+        out.record(Release("select", s, 1.0))
         return out
 
     with pytest.raises(UsageError, match="give --sigma instead"):

@@ -128,7 +128,7 @@ def test_new_axes_and_fixed_settings() -> None:
     assert "--diagnostics" in args
     nodp = next(r for r in plan.runs if r.name == "mnist_cnn_full_nodp_seed0").train_args()
     assert "--no-dp" in nodp and not {"--sigma", "--target-epsilon", "--clipping", "--diagnostics"} & set(nodp)
-    # a method's ignored options (Spec.ignored_by) make no extra runs: random ignores the weighting
+    # a method's ignored options (methods.ignores) make no extra runs: random ignores the weighting
     plan = sweep.make_plan(grid={"method": ["random", "craig"], "weights": ["none", "weight-then-clip"]})
     assert [r.name for r in plan.runs] == ["mnist_cnn_random_sigma1_seed0", "mnist_cnn_craig_sigma1_weightsnone_seed0",
                                            "mnist_cnn_craig_sigma1_weightsweight-then-clip_seed0"]
@@ -148,7 +148,7 @@ def test_help_describes_presets_and_first_n(capsys: pytest.CaptureFixture[str]) 
     [
         (["--lambda", "1"], "unknown option(s) --lambda 1 (see crepe sweep --help)"),
         (["--seed", "0"], "(did you mean --seeds?)"),  # no abbreviations: the grid key is --seeds
-        (["--method", "craig", "coreset"], "unknown method 'coreset'; valid: craig, random, full"),
+        (["--method", "craig", "coreset"], "unknown method 'coreset'; valid: full, random, craig, private-set"),
         (["--model", "vit"], "valid: cnn, resnet"),
         (["--sigma", "0"], "--sigma must be > 0 with DP on, got 0"),
         (["--sigma", "one"], "--sigma must be a number, got 'one'"),

@@ -15,7 +15,7 @@ import pytest
 from test_report import write_run
 
 from crepe import data
-from crepe.training.plan import new_run_config
+from crepe.training.plan import Plan, class_counts, new_run_config
 from crepe.privacy.calibration import Unreachable
 from crepe.study import report, sweep
 
@@ -75,9 +75,11 @@ def test_unreachable_cells_are_recorded_never_launched_and_reported(
     assert set(manifest["unreachable"]) == unreachable
     for name in unreachable:
         method = name.split("_")[2]
-        with pytest.raises(Unreachable) as e:  # what `crepe train` itself would say
-            new_run_config({"dataset": "fashion-mnist", "method": method, "target_epsilon": 0.01, "epochs": 1,
-                            "train_subset": 300, "test_subset": 200, "data_dir": str(data_root)})
+        cfg = new_run_config({"dataset": "fashion-mnist", "method": method, "target_epsilon": 0.01, "epochs": 1,
+                              "train_subset": 300, "test_subset": 200, "data_dir": str(data_root)})
+        labels = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=300, test_subset=200).y_train
+        with pytest.raises(Unreachable) as e:  # what `crepe train` itself would say: its plan cannot be solved
+            Plan.of(cfg, counts=class_counts(labels))
         assert e.value.floor > 0.01
         assert manifest["unreachable"][name] == {"target_epsilon": 0.01, "smallest_epsilon": e.value.floor}
         assert manifest["runs"][name]["status"] == "unreachable" and not (out / name).exists()

@@ -4,9 +4,12 @@ A harness wraps the real training loop's pieces and records what actually
 happens -- the noise added at each noisy step (its empirical standard
 deviation over ~26k coordinates), the divisor of each step, the batch sizes,
 the arrays handed to selection -- and checks it release by release against
-the ledger. sigma != sigma_sel and C != C_sel, so a swap is visible. Under
-adaptive clipping it also records each step's count noise, unclipped count and
-the share handed to the clip rule: one joint release per step, two noises.
+the ledger the run published and, epoch by epoch, against its plan
+(`Plan.epoch_releases`). sigma != sigma_sel and C != C_sel, so a swap is
+visible. Under adaptive clipping it also records each step's count noise,
+unclipped count and the share handed to the clip rule: one joint release per
+step, two noises. That the releases a run records are its plan's is checked by
+the loop itself after every epoch (`Plan.check`), so it is not repeated here.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from crepe.config import TrainConfig
 from crepe.dp import optimizer as optimizer_mod
 from crepe.dp.clipping import ClipRule
 from crepe.dp.optimizer import DPOptimizer
-from crepe.privacy.calibration import planned_ledger, steps_per_epoch
+from crepe.dp.sampling import steps_per_epoch
+from crepe.smallsets import proxies as proxies_mod, sets as sets_mod
 from crepe.training import epoch as epoch_mod, loop, rundir
+from crepe.training.plan import Plan, class_counts
 
 SIGMA, SIGMA_SEL, C, C_SEL = 1.7, 2.9, 0.6, 1.3
 
@@ -97,7 +102,7 @@ def traced_run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path, *, 
         return batches(m, sample_rate=sample_rate, steps=steps, generator=generator)
 
     monkeypatch.setattr(epoch_mod, "poisson_batches", traced_batches)
-    proxies, privatise, craig = loop.compute_proxies, loop.privatise, loop.craig_coreset
+    proxies, privatise, craig = proxies_mod.compute_proxies, proxies_mod.privatise, sets_mod.craig_coreset
 
     def traced_proxies(*a, **k):  # type: ignore[no-untyped-def]
         clean = proxies(*a, **k)
@@ -115,9 +120,9 @@ def traced_run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path, *, 
         t.sets.append(s)
         return s
 
-    monkeypatch.setattr(loop, "compute_proxies", traced_proxies)
-    monkeypatch.setattr(loop, "privatise", traced_privatise)
-    monkeypatch.setattr(loop, "craig_coreset", traced_craig)
+    monkeypatch.setattr(proxies_mod, "compute_proxies", traced_proxies)  # craig's choose imports them at call time
+    monkeypatch.setattr(proxies_mod, "privatise", traced_privatise)
+    monkeypatch.setattr(sets_mod, "craig_coreset", traced_craig)
     assert rundir.prepare_out(cfg, out, {}) == "new"
     summary = loop.run(cfg, out, log=lambda s: None)
     return summary, t
@@ -133,32 +138,51 @@ def config(data_root: Path, **kw) -> TrainConfig:
     return TrainConfig(**base).resolve()
 
 
+def plan_of(cfg: TrainConfig) -> Plan:
+    """The run's plan, from the class counts of its training split (as the loop makes it)."""
+    ds = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+    return Plan.of(cfg, counts=class_counts(ds.y_train))
+
+
+def planned(plan: Plan, kind: str) -> list[list]:
+    """Per epoch: the releases of `kind` the plan makes in it, one per mechanism (steps unrolled)."""
+    return [[r for r in plan.epoch_releases(e) if r.kind == kind for _ in range(r.steps)] for e in range(plan.epochs)]
+
+
 @pytest.fixture(scope="module")
 def craig_run(data_root, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
-        yield traced_run(mp, config(data_root), tmp_path_factory.mktemp("wiring") / "run")
+        cfg = config(data_root)
+        summary, t = traced_run(mp, cfg, tmp_path_factory.mktemp("wiring") / "run")
+        yield summary, t, plan_of(cfg)
     finally:
         mp.undo()
 
 
 def test_every_noisy_step_applies_the_accounted_sigma_C(craig_run) -> None:
-    summary, t = craig_run
+    summary, t, plan = craig_run
     train = [e for e in summary["ledger"] if e["kind"] == "train"]
     assert sum(e["steps"] for e in train) == len(t.noise_std) == 3 * steps_per_epoch(10 / 30)
     expected = [e["noise_multiplier"] * C for e in train for _ in range(e["steps"])]
     np.testing.assert_allclose(t.noise_std, expected, rtol=0.03)  # ~26k coordinates: 3% is > 5 standard errors
+    # epoch by epoch: the steps the sampler ran in each epoch applied that epoch's planned noise
+    per_epoch = planned(plan, "train")
+    assert [steps for _, _, steps in t.rates] == [len(rs) for rs in per_epoch]
+    np.testing.assert_allclose(t.noise_std, [r.noise_multiplier * C for rs in per_epoch for r in rs], rtol=0.03)
 
 
 def test_the_sampler_uses_the_accounted_rate_and_step_count(craig_run) -> None:
-    summary, t = craig_run
+    summary, t, plan = craig_run
     train = [e for e in summary["ledger"] if e["kind"] == "train"]
     assert {e["sample_rate"] for e in train} == {10 / 30}
     assert t.rates == [(30, 10 / 30, 3)] * 3  # m = |S|, q = B/m, int(1/q) steps, every epoch
+    assert [(q, steps) for _, q, steps in t.rates] == [
+        (r.sample_rate, r.steps) for e in range(plan.epochs) for r in plan.epoch_releases(e) if r.kind == "train"]
 
 
 def test_clip_then_scale_divides_by_q_sum_w(craig_run) -> None:
-    summary, t = craig_run
+    summary, t, _ = craig_run
     q = 10 / 30
     # The set of each epoch: epochs 0 and 1 use round 1's set, epoch 2 round 2's.
     per_epoch = [t.sets[0], t.sets[0], t.sets[1]]
@@ -168,10 +192,13 @@ def test_clip_then_scale_divides_by_q_sum_w(craig_run) -> None:
 
 
 def test_selection_receives_clipped_proxies_plus_accounted_noise(craig_run) -> None:
-    summary, t = craig_run
+    summary, t, plan = craig_run
     sel = [e for e in summary["ledger"] if e["kind"] == "select"]
     assert sum(e["steps"] for e in sel) == len(t.handed) == 2  # rounds at epochs 0 and 2
     assert all(e["sample_rate"] == 1.0 for e in sel)
+    rounds = planned(plan, "select")  # the plan's rounds: at epochs 0 and 2, one each, as observed
+    assert [len(rs) for rs in rounds] == [1, 0, 1]
+    assert [(r.noise_multiplier, r.sample_rate) for rs in rounds for r in rs] == [(SIGMA_SEL, 1.0)] * len(t.handed)
     for clean, noisy, e in zip(t.clean, t.handed, [e for e in sel for _ in range(e["steps"])]):
         norms = clean.norm(dim=1, keepdim=True)
         clipped = clean * (C_SEL / norms.clamp(min=1e-12)).clamp(max=1.0)
@@ -184,7 +211,7 @@ def test_selection_receives_clipped_proxies_plus_accounted_noise(craig_run) -> N
 def test_epsilon_equals_an_independent_prv_computation_of_the_schedule(craig_run) -> None:
     from opacus.accountants import PRVAccountant
 
-    summary, _ = craig_run
+    summary, _, _ = craig_run
     acc = PRVAccountant()  # written from the flags alone: 2 rounds at q = 1, 3 epochs x 3 steps at q = 1/3
     acc.history = [(SIGMA_SEL, 1.0, 2), (SIGMA, 10 / 30, 9)]
     with np.errstate(divide="ignore"):
@@ -208,6 +235,7 @@ def test_empty_poisson_batches_still_take_a_recorded_noisy_step(data_root, tmp_p
     summary, t = traced_run(monkeypatch, cfg, tmp_path / "run")
     train = [e for e in summary["ledger"] if e["kind"] == "train"]
     assert sum(e["steps"] for e in train) == len(t.noise_std) == len(t.batch) == 30
+    assert [r.noise_multiplier for rs in planned(plan_of(cfg), "train") for r in rs] == [SIGMA] * 30
     empties = [i for i, b in enumerate(t.batch) if b == 0]
     assert len(empties) >= 3
     for i in empties:
@@ -234,7 +262,6 @@ def test_adaptive_clipping_is_one_joint_release_per_step_with_both_noises_applie
     assert [e["kind"] for e in summary["ledger"]] == ["train"]
     assert summary["ledger"][0]["noise_multiplier"] == pytest.approx(joint, rel=1e-12)
     assert summary["ledger"][0]["sample_rate"] == q and summary["ledger"][0]["steps"] == steps
-    assert planned_ledger(cfg, n=300, set_size=300) == summary["ledger"]  # calibration plans what the run records
     acc = RDPAccountant()
     for _ in range(steps):
         acc.step(noise_multiplier=joint, sample_rate=q)
@@ -243,6 +270,10 @@ def test_adaptive_clipping_is_one_joint_release_per_step_with_both_noises_applie
     # The gradient noise of each step is sigma times that step's C (which moves), not the joint multiplier.
     assert len(t.noise_std) == len(t.clip) == steps and len(set(t.clip)) > 1
     np.testing.assert_allclose(t.noise_std, [SIGMA * c for c in t.clip], rtol=0.03)
+    # the plan releases each epoch's steps at the joint multiplier, while they applied sigma C_t (and sigma_b)
+    per_epoch = planned(plan_of(cfg), "train")
+    assert [steps for _, _, steps in t.rates] == [len(rs) for rs in per_epoch] == [30] * 3
+    assert all(r.noise_multiplier == pytest.approx(joint, rel=1e-12) for rs in per_epoch for r in rs)
     assert rundir.read_metrics(tmp_path / "run")[-1]["clip_norm"] != C
     # The count noise has std sigma_b (90 draws: 25% is > 3 standard errors).
     assert len(t.count_noise) == steps

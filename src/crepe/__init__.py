@@ -6,7 +6,8 @@ commands that use them.
 
 from __future__ import annotations
 
-from crepe.selection import METHODS, Selection, select
+from crepe import select  # a module that is also the function: crepe.select(X, y, fraction=0.1)
+from crepe.selection import METHODS, Selection
 
 __all__ = ["METHODS", "Selection", "select", "__version__"]
 __version__ = "0.1.0"

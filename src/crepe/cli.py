@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import signal
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any
 
 from crepe import __version__
 from crepe.config import TrainConfig, UsageError, default, options
+from crepe.smallsets import methods
 from crepe.training.plan import new_run_config, resolved_threads
+
 
 DELEGATED = {"sweep": "crepe.study.sweep", "report": "crepe.study.report"}
 
@@ -69,7 +72,7 @@ def train_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="new run folder (must be empty, absent, or hold this same run)")
     where.add_argument("--resume", type=Path, help="continue the run in this folder")
-    for name, s in options().items():
+    for name, s in methods.declared().items():
         add_option(p, name, s)
     return p
 
@@ -118,7 +121,6 @@ def cmd_train(argv: list[str]) -> int:
         cfg = rundir.read_config(run_dir)
         if "data_dir" in given:
             given["data_dir"] = str(Path(given["data_dir"]).resolve())
-        from dataclasses import replace
 
         cfg = replace(cfg, **given)
         if rundir.is_complete(run_dir):
@@ -130,10 +132,15 @@ def cmd_train(argv: list[str]) -> int:
                 f"the data folder {cfg.data_dir} recorded in {run_dir / rundir.CONFIG} does not exist here; "
                 "pass --data-dir to say where the data is now"
             )
-        created = False  # changed machine flags reach config.json only after the checkpoint is verified (loop.run)
+        created, data = False, None  # changed machine flags reach config.json only after the checkpoint is verified (loop.run)
     else:
         run_dir = Path(ns.out)
-        cfg = resolved_threads(new_run_config(given))
+        cfg = new_run_config(given)  # every flag checked before torch loads
+        from crepe.training.loop import load_data
+        from crepe.training.plan import Plan, class_counts
+
+        data = load_data(cfg)  # once per run: the plan counts its labels, the loop trains on it
+        cfg = resolved_threads(Plan.of(cfg, counts=class_counts(data.y_train)).cfg)  # sigma solved under a target
         state = rundir.prepare_out(cfg, run_dir, provenance())
         if state == "complete":
             print(f"crepe train: {run_dir} already holds this run, complete", file=sys.stderr)
@@ -143,7 +150,7 @@ def cmd_train(argv: list[str]) -> int:
     from crepe.training.loop import run
 
     try:
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, data=data)
     except BaseException:
         if created and not (run_dir / rundir.CHECKPOINT).exists():
             _remove_new_run(run_dir)  # nothing was saved: the interrupt message must not offer a resume

@@ -1,7 +1,9 @@
 """Every `crepe train` option, declared once, and the frozen configuration of a run.
 
 Each field of `TrainConfig` carries its declaration (`Spec`: kind, choices,
-bounds, help, whether it is a sweep grid axis, which methods ignore it). From
+bounds, help, whether it is a sweep grid axis). Which options a small-set
+method reads is declared by the method (crepe.smallsets.methods: the
+registry, which also holds the valid --method names). From
 these declarations come `crepe train`'s parser (crepe.cli), the axes and fixed
 settings of `crepe sweep` and the columns of `crepe report`. Adding an option
 means adding one field here (plus its implementation and tests).
@@ -16,7 +18,6 @@ import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-METHODS = ("craig", "random", "full", "private-set")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adam-bc": 1e-3}
 
 
@@ -40,12 +41,12 @@ class Spec:
     low_open: bool = False  # True: low itself is not allowed
     high: float | None = None  # largest allowed value (inclusive)
     grid: bool = False  # a `crepe sweep` axis (several values, one run each)
-    ignored_by: tuple[str, ...] = ()  # methods whose runs do not depend on it
     machine: bool = False  # not what it computes (where/how fast it runs, what it keeps): may change on resume
     flag: str = ""  # set by option(): --name-with-dashes
     no_flag: str = ""  # for booleans: the flag that turns the default off (e.g. --no-dp)
     dp_only: bool = False  # meaningless without DP: --no-dp refuses a non-default value
     solves: str = ""  # the option this one solves for (given together: refused)
+    registry: bool = False  # its values are the names of a registry above config (the small-set methods)
 
     def describe_bounds(self) -> str:
         if self.choices:
@@ -114,9 +115,6 @@ def options() -> dict[str, Spec]:
     return {f.name: spec(f) for f in fields(TrainConfig)}
 
 
-_NOT_PS = ("craig", "random", "full")  # methods that ignore the private-set options
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Written to RUN_DIR/config.json.
@@ -147,32 +145,29 @@ class TrainConfig:
         "craig",
         "training set: a CRAIG coreset, a uniform random subset, all data, or synthetic images learned by DP "
         "gradient matching (private-set)",
-        choices=METHODS,
         grid=True,
+        registry=True,
     )
     fraction: float = option(
-        0.1, "coreset share of each class", kind="float", low=0, low_open=True, high=1, grid=True, ignored_by=("full", "private-set")
+        0.1, "coreset share of each class", kind="float", low=0, low_open=True, high=1, grid=True
     )
     proxy: str = option(
         "logits",
         "per-example gradient proxy for selection (last-layer: d = 330 for the CNN, slower selection)",
         choices=("logits", "last-layer"),
         grid=True,
-        ignored_by=("full", "random", "private-set"),
     )
     weights: str = option(
         "clip-then-scale",
         "coreset weighting in DP-SGD",
         choices=("clip-then-scale", "weight-then-clip", "none"),
         grid=True,
-        ignored_by=("full", "random", "private-set"),
     )
     selection_scope: str = option(
         "per-class",
         "per-class selection treats labels as public; global keeps them private",
         choices=("per-class", "global"),
         grid=True,
-        ignored_by=("full", "private-set"),
     )
     random_draw: str = option(
         "poisson",
@@ -181,11 +176,9 @@ class TrainConfig:
         "q = B/|S|, no amplification)",
         choices=("poisson", "fixed"),
         grid=True,
-        ignored_by=("craig", "full", "private-set"),
     )
     select_every: int = option(
         20, "re-select the coreset (or redraw the random subset) every N epochs", kind="int", low=1, grid=True,
-        ignored_by=("full", "private-set"),
     )
     compute: str = option(
         "epochs",
@@ -193,17 +186,15 @@ class TrainConfig:
         "--epochs passes over all the data at the same batch size; --select-every scales with it)",
         choices=("epochs", "steps"),
         grid=True,
-        ignored_by=("full", "private-set"),
     )
     select_clip: float = option(
-        1.0, "L2 clip of each proxy before noise (C_sel)", kind="float", low=0, low_open=True, ignored_by=("full", "random", "private-set")
+        1.0, "L2 clip of each proxy before noise (C_sel)", kind="float", low=0, low_open=True
     )
     select_sigma: float | None = option(
         None,
         "proxy noise multiplier sigma_sel (default: the training sigma; 0 = non-private selection, epsilon infinite)",
         kind="float",
         low=0,
-        ignored_by=("full", "random", "private-set"),
     )
     select_share: float | None = option(
         None,
@@ -214,17 +205,16 @@ class TrainConfig:
         low_open=True,
         high=0.99,
         grid=True,
-        ignored_by=("full", "random", "private-set"),
         dp_only=True,
         solves="select_sigma",
     )
     images_per_class: int = option(
-        10, "private-set: synthetic images per class (spc)", kind="int", low=1, grid=True, ignored_by=_NOT_PS
+        10, "private-set: synthetic images per class (spc)", kind="int", low=1, grid=True
     )
-    gen_iterations: int = option(30, "private-set: generation iterations (a fresh ConvNet each)", kind="int", low=1, ignored_by=_NOT_PS)
-    gen_outer_loops: int = option(10, "private-set: noisy real gradients per iteration", kind="int", low=1, ignored_by=_NOT_PS)
-    gen_lr_images: float = option(1.0, "private-set: SGD step size of the synthetic images", kind="float", low=0, low_open=True, ignored_by=_NOT_PS)
-    gen_width: int = option(32, "private-set: channels of the matching ConvNet", kind="int", low=1, ignored_by=_NOT_PS)
+    gen_iterations: int = option(30, "private-set: generation iterations (a fresh ConvNet each)", kind="int", low=1)
+    gen_outer_loops: int = option(10, "private-set: noisy real gradients per iteration", kind="int", low=1)
+    gen_lr_images: float = option(1.0, "private-set: SGD step size of the synthetic images", kind="float", low=0, low_open=True)
+    gen_width: int = option(32, "private-set: channels of the matching ConvNet", kind="int", low=1)
     # schedule and optimiser
     epochs: int = option(50, "training epochs", kind="int", low=1)
     batch_size: int = option(256, "expected (Poisson) batch size B; q = B/|S|", kind="int", low=1)
@@ -309,9 +299,6 @@ class TrainConfig:
                 s.check(name, value)
         if self.dp and self.sigma == 0:
             raise UsageError("--sigma must be > 0 with DP on, got 0 (use --no-dp for non-private training)")
-        if self.method == "private-set" and (self.clipping != "flat" or self.diagnostics):
-            raise UsageError("--method private-set clips flat in generation and trains on synthetic data: "
-                             "--clipping and --diagnostics do not apply")
         if self.select_share is not None and self.target_epsilon is None:
             raise UsageError("--select-share is a share of --target-epsilon: give both")
         adaptive_only = ("clip_quantile", "clip_lr")
@@ -338,22 +325,6 @@ class TrainConfig:
         lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         return replace(self, sigma=sigma, select_sigma=sel, lr=float(lr))
 
-    @property
-    def private_selection(self) -> bool:
-        """True when selection is a Gaussian mechanism or needs none (random, full)."""
-        return self.method != "craig" or bool(self.select_sigma and self.select_sigma > 0)
-
-    @property
-    def labels_public(self) -> bool:
-        """Per-class selection reads the true labels and class sizes without noise (a Poisson draw reads nothing)."""
-        reads_labels = self.method == "craig" or (self.method == "random" and not self.poisson_draw)
-        return self.dp and reads_labels and self.selection_scope == "per-class"
-
-    @property
-    def poisson_draw(self) -> bool:
-        """A random subset drawn by secret Poisson selection (trained at q = B/(fraction n), amplified)."""
-        return self.method == "random" and self.random_draw == "poisson"
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -375,10 +346,6 @@ class TrainConfig:
         for name, s in options().items():
             if s.solves and given.get(name) is not None and given.get(s.solves) is not None:
                 raise UsageError(f"{s.flag} solves --{s.solves.replace('_', '-')}: give one of them, not both")
-        method = given.get("method", default("method"))
-        for name, s in options().items():
-            if name in given and method in s.ignored_by:
-                raise UsageError(f"{s.flag} does not apply to --method {method}; drop it")
         name = given.get("preset")
         base = dict(preset_values(name, given.get("dataset", default("dataset")))) if name else {}
         if not given.get("dp", True):  # a non-private run keeps none of the preset's DP settings

@@ -7,10 +7,12 @@ gradient proxies (crepe.proxies) have a closed form.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from crepe.config import check_choice, options
+from crepe.config import UsageError, check_choice, options
 
 MODELS = options()["model"].choices
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -82,10 +84,58 @@ class ResNet(nn.Module):
         return self.head(self.features(x))
 
 
+class ConvNet(nn.Module):
+    """The paper's ConvNet: depth x [conv 3x3 -> instance norm -> ReLU -> avgpool 2] -> linear.
+
+    Instance norm is GroupNorm with one group per channel (affine), which is
+    per-example and so DP-compatible. For 1-channel 28x28 input the first conv
+    pads by 3 (28 -> 32) so that three poolings divide evenly, as the paper's
+    code does: depth 3 gives (n, width, 4, 4) features. `width` is narrow by
+    default for CPU (the paper: 128). With `generator`, every parameter is
+    drawn from it (PyTorch's default initialisation), else from the global RNG.
+    """
+
+    def __init__(
+        self, width: int = 32, depth: int = 3, classes: int = 10, *, channels: int = 1, size: int = 28,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("width", width), ("depth", depth), ("classes", classes), ("channels", channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"ConvNet {name} must be an integer >= 1, got {v!r}")
+        layers: list[nn.Module] = []
+        c, s = channels, size
+        for d in range(depth):
+            pad = 3 if d == 0 and channels == 1 and size == 28 else 1
+            s = (s + 2 * pad - 2) // 2
+            if s < 1:
+                raise UsageError(f"ConvNet depth {depth} is too deep for {size}x{size} input; allowed: 1..{d}")
+            layers += [nn.Conv2d(c, width, 3, padding=pad), nn.GroupNorm(width, width, affine=True), nn.ReLU(), nn.AvgPool2d(2)]
+            c = width
+        self.features = nn.Sequential(*layers, nn.Flatten())  # h: (n, width * s * s)
+        self.head = nn.Linear(width * s * s, classes)
+        if generator is not None:
+            self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """PyTorch's default initialisation, drawn from `generator` in module order."""
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                    if m.bias is not None:
+                        bound = 1.0 / math.sqrt(m.weight[0].numel())  # 1 / sqrt(fan_in)
+                        m.bias.uniform_(-bound, bound, generator=generator)
+                elif isinstance(m, nn.GroupNorm):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def _convnet(classes: int, act: type[nn.Module]) -> nn.Module:
     """The private-set paper's ConvNet (instance norm, ReLU; `act` does not apply), width 32, depth 3."""
-    from crepe.smallsets.private_set import ConvNet
-
     return ConvNet(32, 3, classes)
 
 

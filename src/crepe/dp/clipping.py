@@ -10,17 +10,21 @@ test (tests/test_dp_optimizer.py).
   of unclipped examples (count + N(0, sigma_b^2), sigma_b = B/20, divided by the
   public expected batch size q m). The count comes from the step's own batch, so
   it is released WITH the step's gradient: one "train" entry at the joint noise
-  multiplier (sigma^-2 + sigma_b^-2)^(-1/2) (privacy/calibration.py `joint_noise`).
+  multiplier (sigma^-2 + sigma_b^-2)^(-1/2) (`joint_noise`).
+Torch-free at import (the run plan reads `step_noise`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 AUTO_STABILITY = 0.01  # gamma of AUTO-S
+COUNT_NOISE_SHARE = 20.0  # adaptive clipping: the count's noise std is B / 20 (Andrew et al. 2021)
 
 
 @dataclass
@@ -56,3 +60,28 @@ def make_clip_rule(name: str, *, max_grad_norm: float, quantile: float = 0.5, lr
     if name not in CLIP_RULES:
         raise ValueError(f"unknown clip rule {name!r}; valid: {', '.join(CLIP_RULES)}")
     return ClipRule(name, float(max_grad_norm), float(quantile), float(lr))
+
+
+def count_noise(batch_size: int) -> float:
+    """Noise std sigma_b of adaptive clipping's count of unclipped examples (sensitivity 1)."""
+    return batch_size / COUNT_NOISE_SHARE
+
+
+def joint_noise(sigma: float, count_sigma: float) -> float:
+    """The noise multiplier of one adaptive-clipping step, gradient and count released together.
+
+    Both come from the SAME Poisson batch, so they are one subsampled Gaussian, not two: in noise units
+    the vector (sum / (sigma C), count / sigma_b) moves by at most sqrt(sigma^-2 + sigma_b^-2) when one
+    example is zeroed out (its gradient by <= C, the count by <= 1), i.e. a Gaussian of noise multiplier
+    (sigma^-2 + sigma_b^-2)^(-1/2) at the step's q (docs/privacy.md, "Clip rules"). 0 (epsilon
+    infinite) if either part has no noise.
+    """
+    if sigma == 0 or count_sigma == 0:
+        return 0.0
+    return (sigma**-2 + count_sigma**-2) ** -0.5
+
+
+def step_noise(sigma: float, *, clipping: str, batch_size: int) -> float:
+    """The noise multiplier one DP-SGD step releases at: sigma, or under adaptive clipping the joint
+    multiplier of its gradient and its count (sigma_b = count_noise(B))."""
+    return joint_noise(sigma, count_noise(batch_size)) if clipping == "adaptive" else sigma

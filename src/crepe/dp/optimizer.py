@@ -5,31 +5,45 @@ Per step (DESIGN.md sections 3 and 7), for the examples i of a Poisson batch:
   g   = (sum_i f_i g_i + N(0, (sigma C)^2 I)) / normaliser
 with normaliser q * sum_{j in S} w_j (the expected weighted batch size), a
 public quantity. An empty batch is still a noisy step. Every step reports its
-release through `on_release(kind, noise_multiplier, sample_rate)` from
-Opacus' step hook, so no step can run without entering the ledger. Under
+release (a typed `Release`) through `on_release` from Opacus' step hook, so
+no step can run without entering the ledger. Under
 adaptive clipping the step also counts its unclipped examples, plus
 N(0, sigma_b^2), divided by the expected batch size q m (public); gradient and
 count share the batch, so the step is ONE release at the joint multiplier
-(privacy/calibration.py `joint_noise`), while the noise applied stays sigma C_t
+(dp/clipping.py `joint_noise`), while the noise applied stays sigma C_t
 on the sum and sigma_b on the count.
 
-`PlainOptimizer` gives non-private training the same interface (weights are
-applied to the loss by the caller; no clipping, no noise; releases recorded
-with noise 0, which makes epsilon infinite).
+`PlainOptimizer` gives non-private training the same interface (`Optimizer`:
+weights are applied to the loss by the caller; no clipping, no noise;
+releases recorded with noise 0, which makes epsilon infinite). Coreset
+weights reach a step as `step(sample_weights=w)`, (b,) in [0, 1].
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from opacus.optimizers import DPOptimizer as OpacusDPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
 
-from crepe.dp.clipping import ClipRule
-from crepe.privacy.calibration import joint_noise
+from crepe.dp.clipping import ClipRule, joint_noise
+from crepe.privacy.ledger import Release
 
-OnRelease = Callable[[str, float, float], None]
+OnRelease = Callable[[Release], None]
+
+
+class Optimizer(Protocol):
+    """What one epoch (training/epoch.py) needs of an optimizer, DP or not."""
+
+    clip_rule: ClipRule | None
+
+    def start_set(self, *, sample_rate: float, normaliser: float, expected_examples: float) -> None: ...
+    def empty_batch(self) -> None: ...
+    def step(self, sample_weights: torch.Tensor | None = None) -> Any: ...
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class DPOptimizer(OpacusDPOptimizer):
@@ -72,7 +86,14 @@ class DPOptimizer(OpacusDPOptimizer):
         """Prepare a step for a batch that drew no example: pure noise, still a release."""
         for p in self.params:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-        self.sample_weights = None
+
+    def step(self, sample_weights: torch.Tensor | None = None, closure: Callable[[], float] | None = None) -> Any:
+        """One noisy step; `sample_weights` (b,) in [0, 1] multiply the batch's clip factors."""
+        self.sample_weights = sample_weights
+        try:
+            return super().step(closure)
+        finally:
+            self.sample_weights = None
 
     def per_example_norms(self) -> torch.Tensor:
         grads = self.grad_samples
@@ -114,7 +135,7 @@ class DPOptimizer(OpacusDPOptimizer):
 
     def _after_noise(self) -> None:
         """Opacus' step hook: runs once per noisy step, after noise and scaling."""
-        self.on_release("train", self.release_noise(), self.sample_rate)
+        self.on_release(Release("train", self.release_noise(), self.sample_rate))
         base = self.original_optimizer
         if hasattr(base, "noise_variance"):  # DP-AdamBC: the noise variance per coordinate
             base.noise_variance = (self.noise_multiplier * self.max_grad_norm / self.expected_batch_size) ** 2
@@ -138,7 +159,7 @@ class PlainOptimizer:
     def __init__(self, base: torch.optim.Optimizer, *, on_release: OnRelease) -> None:
         self.original_optimizer = base
         self.on_release = on_release
-        self.sample_weights: torch.Tensor | None = None  # unused: weights go into the loss
+        self.clip_rule = None
         self.sample_rate = 1.0
         self.normaliser = 1.0
 
@@ -148,13 +169,16 @@ class PlainOptimizer:
     def empty_batch(self) -> None:
         pass  # no gradient: the base optimizer skips every parameter
 
-    def step(self) -> None:
+    def step(self, sample_weights: torch.Tensor | None = None) -> None:
+        """Weights were applied to the loss: `sample_weights` must be None here."""
+        if sample_weights is not None:
+            raise ValueError("non-private training weights the loss; the step takes no sample_weights")
         for group in self.original_optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad /= self.normaliser
         self.original_optimizer.step()
-        self.on_release("train", 0.0, self.sample_rate)
+        self.on_release(Release("train", 0.0, self.sample_rate))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.original_optimizer.zero_grad(set_to_none=set_to_none)

@@ -1,6 +1,6 @@
 """Accounting: epsilon of any part of a ledger, all releases composed in ONE accountant.
 
-Accountants (`ACCOUNTANTS`, a registry of composition functions):
+Accountants (`ACCOUNTANTS`, a registry: each composes releases and phases):
 - "pld" (default): privacy loss distributions of Google's dp-accounting, pessimistic
   estimates (connect-the-dots discretisation, tails rounded up): an upper bound on the
   tight epsilon of the composition;
@@ -18,25 +18,24 @@ import functools
 import math
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from crepe.config import check_choice, options
-from crepe.privacy.ledger import KINDS, MARKER, PARTS, Entry
+from crepe.privacy.ledger import KINDS, Ledger, Release, as_ledger, parts
 
 History = tuple[tuple[float, float, int], ...]  # ((sigma, q, steps), ...), one term per (sigma, q), sorted
-# The release kinds a phase after a "subset" marker may hold and still be amplified by the secret
-# draw: those computed on the subset only (the DP-SGD steps, adaptive clipping's count included).
-# A selection round or a generation gradient reads the full data.
-AMPLIFIED = ("train",)
 # dp-accounting's grid of privacy losses. Connect-the-dots keeps the error from growing with the
 # number of compositions: at 1e-3 epsilon moves by < 0.1% against 1e-4 on the study's schedules
 # (tests/test_pld.py) at a tenth of the cost.
 PLD_GRID = 1e-3
 
 
-def epsilon(ledger: list[Entry], *, delta: float, accountant: str = "pld", kinds: tuple[str, ...] = KINDS) -> float:
+def epsilon(
+    ledger: Ledger | list[Any], *, delta: float, accountant: str = "pld", kinds: tuple[str, ...] | None = None
+) -> float:
     """epsilon at `delta` of the releases of the given kinds, composed in one accountant.
 
     0.0 for an empty ledger; math.inf if any included release had no noise.
@@ -45,44 +44,49 @@ def epsilon(ledger: list[Entry], *, delta: float, accountant: str = "pld", kinds
     a subset drawn by secret Poisson selection are amplified by that draw (docs/privacy.md §9).
     """
     check_choice("accountant", accountant, tuple(ACCOUNTANTS))
-    entries = [e for e in ledger if e["kind"] in kinds and e["kind"] != MARKER]
+    ledger = as_ledger(ledger)
+    kinds = tuple(KINDS) if kinds is None else kinds
+    entries = [r for r in ledger if r.kind in kinds]
     if not entries:
         return 0.0
-    if any(e["noise_multiplier"] == 0 for e in entries):
+    if any(r.noise_multiplier == 0 for r in entries):
         return math.inf
-    plain = ACCOUNTANTS[accountant](_history(entries), delta)
-    if not any(e["kind"] == MARKER for e in ledger):
+    acc = ACCOUNTANTS[accountant]
+    plain = acc.compose(_history(entries), delta)
+    if not any(r.marker for r in ledger):
         return plain
-    phased = _pld_phased if accountant == "pld" else functools.partial(_phased, accountant=accountant)
-    return min(plain, phased(_phases(ledger, kinds), delta))
+    return min(plain, acc.phased(_phases(ledger, kinds), delta))
 
 
-def epsilons(ledger: list[Entry], *, delta: float, accountant: str = "pld") -> dict[str, float]:
-    """{"total", "select", "train"} epsilons (math.inf where not finite); see ledger.PARTS."""
-    return {part: epsilon(ledger, delta=delta, accountant=accountant, kinds=kinds) for part, kinds in PARTS.items()}
+def epsilons(ledger: Ledger | list[Any], *, delta: float, accountant: str = "pld") -> dict[str, float]:
+    """{"total", "select", "train"} epsilons (math.inf where not finite); see ledger.parts."""
+    ledger = as_ledger(ledger)
+    return {part: epsilon(ledger, delta=delta, accountant=accountant, kinds=kinds) for part, kinds in parts().items()}
 
 
-def _history(entries: list[Entry]) -> History:
+def _history(releases: list[Release]) -> History:
     """One term per (sigma, q), sorted: composition does not depend on order."""
     totals: Counter[tuple[float, float]] = Counter()
-    for e in entries:
-        totals[(float(e["noise_multiplier"]), float(e["sample_rate"]))] += int(e["steps"])
+    for r in releases:
+        totals[(float(r.noise_multiplier), float(r.sample_rate))] += int(r.steps)
     return tuple(sorted((sigma, q, steps) for (sigma, q), steps in totals.items()))
 
 
 Phase = tuple["float | None", History, bool]  # (p of the marker that opens it, releases, all computed on the subset)
 
 
-def _phases(ledger: list[Entry], kinds: tuple[str, ...]) -> list[Phase]:
+def _phases(ledger: Ledger, kinds: tuple[str, ...]) -> list[Phase]:
     """The included releases split at the markers; releases before the first marker form a phase
-    without a draw (p None); phases without included releases are dropped."""
-    split: list[tuple[float | None, list[Entry]]] = [(None, [])]
-    for e in ledger:
-        if e["kind"] == MARKER:
-            split.append((e["sample_rate"], []))
-        elif e["kind"] in kinds:
-            split[-1][1].append(e)
-    return [(p, _history(rel), all(e["kind"] in AMPLIFIED for e in rel)) for p, rel in split if rel]
+    without a draw (p None); phases without included releases are dropped. A phase may be
+    amplified by its draw only if every release in it is of an amplified kind (computed on the
+    subset only: a selection round or a generation gradient reads the full data)."""
+    split: list[tuple[float | None, list[Release]]] = [(None, [])]
+    for r in ledger:
+        if r.marker:
+            split.append((r.sample_rate, []))
+        elif r.kind in kinds:
+            split[-1][1].append(r)
+    return [(p, _history(rel), all(KINDS[r.kind].amplified for r in rel)) for p, rel in split if rel]
 
 
 # ---- bound M (rdp, prv): each phase amplified in (eps, delta), phases by basic composition
@@ -93,7 +97,7 @@ def _phased(phases: list[Phase], delta: float, *, accountant: str) -> float:
     only releases on the subset costs at most log(1 + p (e^eps_S - 1)), eps_S its releases at
     delta_S = delta/(k p) (Balle, Barthe & Gaboardi 2018: (eps_S, delta_S) on S gives
     (that, p delta_S = delta/k) on the full data); it costs the smaller."""
-    compose = ACCOUNTANTS[accountant]
+    compose = ACCOUNTANTS[accountant].compose
     k = len(phases)
     total = 0.0
     for p, history, on_subset in phases:
@@ -241,5 +245,17 @@ def _on_subset(history: History, p: float) -> Any:
     return PrivacyLossDistribution(removal, addition)
 
 
-ACCOUNTANTS: dict[str, Callable[[History, float], float]] = {"pld": _pld, "rdp": _rdp, "prv": _prv}
+@dataclass(frozen=True)
+class Accountant:
+    """How one accountant composes releases (bound A) and phases on secret Poisson subsets."""
+
+    compose: Callable[[History, float], float]  # (history, delta) -> epsilon
+    phased: Callable[[list[Phase], float], float]  # (phases, delta) -> epsilon
+
+
+ACCOUNTANTS: dict[str, Accountant] = {
+    "pld": Accountant(_pld, _pld_phased),  # bound P
+    "rdp": Accountant(_rdp, functools.partial(_phased, accountant="rdp")),  # bound M
+    "prv": Accountant(_prv, functools.partial(_phased, accountant="prv")),  # bound M
+}
 assert tuple(ACCOUNTANTS) == options()["accountant"].choices, "config.py declares the accountants by these names"

@@ -1,16 +1,11 @@
-"""Small training sets: indices into the training data and CRAIG weights gamma.
-
-- full: every example, weight 1;
-- random: drawn from a secret generator, independently of the data: by default
-  Poisson selection (each example with probability --fraction; reads nothing,
-  not even the labels), or a fixed-size draw with CRAIG's per-class (or global)
-  budgets (reads the labels);
-- craig: CRAIG on privatised proxies only (nothing computed from clean proxies
-  reaches the choice or the weights).
+"""Small training sets as indices into the training data and CRAIG weights gamma, and the
+draws that make them: all n, a uniform subset with CRAIG's budgets, a Poisson subset, and CRAIG
+on privatised proxies (the methods in smallsets/methods/ call these).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,17 +27,13 @@ def full_set(n: int) -> Coreset:
     return Coreset(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64))
 
 
-def set_size(labels: np.ndarray, cfg: TrainConfig) -> float:
-    """The public size |S| of the set, known before any selection runs, that the sample rate q = B/|S|
-    comes from: CRAIG's budgets (class sizes are public under per-class scope), all n, or for a Poisson
-    subset its expected size fraction * n (never the realised one: docs/privacy.md)."""
-    if cfg.method in ("full", "private-set"):  # private-set: generation samples all n
-        return len(labels)
-    if cfg.poisson_draw:
-        return cfg.fraction * len(labels)
+def budget_size(cfg: TrainConfig, counts: Sequence[int]) -> int:
+    """The size of a set with CRAIG's budgets, from the class counts alone (public under per-class
+    scope; global scope needs only n): round(fraction * count) per class, at least 1, or one budget
+    over all n."""
     if cfg.selection_scope == "global":
-        return class_budget(len(labels), cfg.fraction)
-    return sum(class_budget(int(c), cfg.fraction) for c in np.unique(labels, return_counts=True)[1])
+        return class_budget(int(sum(counts)), cfg.fraction)
+    return sum(class_budget(int(c), cfg.fraction) for c in counts)
 
 
 def craig_coreset(

@@ -5,7 +5,8 @@
   `privacy` axis (dp and/or nodp);
 - fixed settings: every other option that is not a machine setting (one value
   for a whole sweep; must agree across the runs of a report);
-- unused settings: a method ignores the options whose `ignored_by` names it, and
+- unused settings: a method ignores the options of other methods' groups
+  (crepe.smallsets.methods: each method declares the options it reads), and
   a non-private run ignores the DP-only ones (NODP_UNUSED).
 
 Nothing here names an ordinary option: adding one to TrainConfig adds it to the
@@ -20,6 +21,7 @@ from typing import Any
 
 from crepe import config
 from crepe.config import Spec, UsageError
+from crepe.smallsets import methods
 
 REPLICATE = "seed"  # the grid option a report averages over (spelled --seeds in a sweep)
 PRIVACY = "privacy"  # the sweep's axis in place of the boolean `dp`: dp and/or nodp
@@ -65,12 +67,12 @@ def _setting(name: str, s: Spec) -> Setting:
 
 def axes() -> dict[str, Setting]:
     """The sweep's grid axes, key -> Setting, in declaration order."""
-    return {st.key: st for st in (_setting(n, s) for n, s in config.options().items() if s.grid)}
+    return {st.key: st for st in (_setting(n, s) for n, s in methods.declared().items() if s.grid)}
 
 
 def fixed() -> dict[str, Setting]:
     """The sweep's fixed settings (non-grid, non-machine options), key -> Setting."""
-    return {st.key: st for st in (_setting(n, s) for n, s in config.options().items() if not s.grid and not s.machine)}
+    return {st.key: st for st in (_setting(n, s) for n, s in methods.declared().items() if not s.grid and not s.machine)}
 
 
 def report_axes() -> tuple[str, ...]:
@@ -84,8 +86,8 @@ def machine() -> tuple[str, ...]:
 
 def unused(name: str, *, method: Any, dp: Any) -> bool:
     """True when a run of this method and privacy does not depend on option `name`."""
-    s = config.options().get(name)
-    return (s is not None and method in s.ignored_by) or (not dp and name in NODP_UNUSED)
+    ignored = method in methods.names() and name in config.options() and methods.ignores(method, name)
+    return ignored or (not dp and name in NODP_UNUSED)
 
 
 default = config.default

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crepe.dp.sampling import poisson_batches
-from crepe.privacy.calibration import sample_rate, steps_per_epoch
+from crepe.dp.optimizer import Optimizer
+from crepe.dp.sampling import poisson_batches, sample_rate, steps_per_epoch
 from crepe.smallsets.sets import Coreset
 
 
@@ -63,7 +63,7 @@ class EpochStats:
 
 def train_epoch(
     net: nn.Module,
-    opt,  # crepe.dp.optimizer.DPOptimizer or PlainOptimizer
+    opt: Optimizer,
     x: torch.Tensor,  # (n, 1, 28, 28) the whole training split
     y: torch.Tensor,  # (n,)
     s: Coreset,
@@ -77,6 +77,7 @@ def train_epoch(
     opt.start_set(sample_rate=sw.sample_rate, normaliser=sw.normaliser, expected_examples=sw.expected_examples)
     st = EpochStats()
     for i, pos in enumerate(poisson_batches(len(S), sample_rate=sw.sample_rate, steps=steps, generator=generator), 1):
+        weights = None
         if len(pos) == 0:
             opt.empty_batch()  # still a (noisy) step: skipping it would change the mechanism
         else:
@@ -85,11 +86,11 @@ def train_epoch(
             losses = nn.functional.cross_entropy(out, y[idx], reduction="none")  # (b,)
             weighted = losses if sw.loss_weights is None else losses * sw.loss_weights[pos]
             weighted.sum().backward()
-            opt.sample_weights = None if sw.factor_weights is None else sw.factor_weights[pos]
+            weights = None if sw.factor_weights is None else sw.factor_weights[pos]  # (b,) scale the clip factors
             st.loss_sum += float(losses.detach().sum())
             st.correct += int((out.detach().argmax(1) == y[idx]).sum())
             st.seen += len(idx)
-        opt.step()
+        opt.step(sample_weights=weights)
         opt.zero_grad(set_to_none=True)
         st.steps += 1
         progress(i, steps)

@@ -172,5 +172,6 @@ def final_line(summary: dict[str, Any]) -> str:
     return (
         f"crepe train: test accuracy {summary['test_acc']:.4f} | epsilon {fmt_eps(summary['eps_total'])} "
         f"(select {fmt_eps(summary['eps_select'])}, train {fmt_eps(summary['eps_train'])}) "
+        f"per {summary.get('unit', 'example')} "  # summaries before the unit existed protect one example
         f"at delta {summary['delta']:g}, zero-out adjacency{tail}"
     )

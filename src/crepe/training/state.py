@@ -28,7 +28,7 @@ import torch
 
 from crepe.config import TrainConfig, UsageError
 from crepe.privacy.accounting import epsilon
-from crepe.privacy.ledger import Entry, check_entries
+from crepe.privacy.ledger import Ledger
 from crepe.smallsets.sets import Coreset
 from crepe.training.rundir import atomic_write_bytes
 
@@ -44,15 +44,22 @@ class RunState:
 
     epoch: int = 0
     coreset: Coreset | None = None
-    ledger: list[Entry] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     select_time_s: float = 0.0
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
     total_time_s: float = 0.0
     examples_seen: int = 0
-    generation: dict[str, Any] | None = None  # private-set: GenerationState.to_dict() while generating
+    progress: dict[str, Any] | None = None  # a selection round saved part way (private-set: its generation state)
     synthetic: dict[str, Any] | None = None  # private-set: {"images", "labels"} once generated
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives and tensors for the checkpoint (the coreset is saved apart)."""
+        d = {k: v for k, v in vars(self).items() if k != "coreset"}
+        d["ledger"] = self.ledger.to_list()
+        d["generation"] = d.pop("progress")  # the key checkpoint format 3 has always used
+        return d
 
 
 def save(
@@ -74,7 +81,7 @@ def save(
         "optimizer": optimizer.state_dict(),
         "generators": {k: g.get_state() for k, g in generators.items()},
         "coreset": None if c is None else {"indices": torch.from_numpy(c.indices), "gamma": torch.from_numpy(c.gamma)},
-        "state": {k: v for k, v in vars(state).items() if k != "coreset"},
+        "state": state.to_dict(),
         "summary": None,
     })
 
@@ -90,7 +97,7 @@ def save_finished(
         "config": config,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "state": {"epoch": state.epoch, "ledger": state.ledger, "metrics": state.metrics},
+        "state": {"epoch": state.epoch, "ledger": state.ledger.to_list(), "metrics": state.metrics},
         "summary": summary,
     })
 
@@ -131,7 +138,7 @@ def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
     if TrainConfig.from_dict(ck["config"]).identity() != cfg.identity():
         raise UsageError(f"{path} belongs to a different configuration than the run folder's config.json")
     try:
-        check_entries(ck["state"]["ledger"])
+        Ledger.from_list(ck["state"]["ledger"])
     except (ValueError, KeyError) as e:
         raise UsageError(f"{path}: {e}; the folder is left as it was") from None
     return ck
@@ -140,17 +147,20 @@ def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
 def restore_state(ck: dict[str, Any]) -> RunState:
     c = ck["coreset"]
     coreset = None if c is None else Coreset(c["indices"].numpy(), c["gamma"].numpy())
-    return RunState(coreset=coreset, **ck["state"])
+    state = dict(ck["state"])
+    state["ledger"] = Ledger.from_list(state["ledger"])
+    state["progress"] = state.pop("generation", None)
+    return RunState(coreset=coreset, **state)
 
 
-def verify_ledger(state: RunState, expected: list[Entry], *, where: Path) -> None:
-    """The checkpoint's ledger must be, entry for entry, the ledger its configuration writes in the
-    epochs (private-set: the generation iterations) it has done (`calibration.planned_ledger`).
+def verify_ledger(state: RunState, expected: Ledger, *, where: Path) -> None:
+    """The checkpoint's ledger must be, entry for entry, the ledger its plan writes in the epochs
+    it has done, or in the part of a selection round it saved (`Plan.ledger`).
     The checksum only shows the file is intact, not that its ledger is the run's: a ledger edited
     to under-report (steps or rounds removed, sigma raised, q lowered, markers added) and re-signed,
     with metrics.jsonl edited to agree (or with no epoch recorded yet), is refused here."""
     if state.ledger != expected:
-        done = f"{state.epoch} epochs" if state.generation is None else f"{state.generation['iteration']} generation iterations"
+        done = f"{state.epoch} epochs" if state.progress is None else "the selection round it saved part way"
         raise UsageError(
             f"{where}: the checkpoint's privacy ledger is not the one its configuration writes in {done}: "
             "the ledger is damaged; the folder is left as it was"
