@@ -1,6 +1,8 @@
-// The only translation unit that knows Python. Python (crepe.select) validates
-// and normalises inputs and allocates the outputs; this layer checks shapes
-// again, takes raw pointers while holding the GIL, and releases it to compute.
+// Python side of the CPU engine (module crepe._core); with bindings_cuda.cpp
+// the only code that knows Python. Python (crepe.select, through
+// src/crepe/selection/problem.py) validates and normalises inputs and
+// allocates the outputs; this layer checks shapes again (binding_checks.hpp),
+// takes raw pointers while holding the GIL, and releases it to compute.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -15,7 +17,7 @@ namespace py = pybind11;
 
 namespace {
 
-using crepe_py::check_len;
+using crepe_py::check_select_arrays;
 using crepe_py::F64;
 using crepe_py::I64;
 
@@ -26,14 +28,8 @@ void select_per_class(py::array_t<T, py::array::c_style> X, I64 cls, I64 budgets
   if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D, got ndim=" + std::to_string(X.ndim()));
   if (method != 0 && method != 1) throw std::invalid_argument("method must be 0 (naive) or 1 (lazy)");
   const std::int64_t n = X.shape(0), d = X.shape(1), c = budgets.size();
-  check_len("cls", cls.size(), n);
-  std::int64_t total = 0;
+  check_select_arrays(n, cls, budgets, out_idx, out_weight, out_gain, out_obj);
   const std::int64_t* b = budgets.data();
-  for (std::int64_t j = 0; j < c; ++j) total += b[j];
-  check_len("out_idx", out_idx.size(), total);
-  check_len("out_weight", out_weight.size(), total);
-  check_len("out_gain", out_gain.size(), total);
-  check_len("out_obj", out_obj.size(), c);
   const T* x = X.data();
   const std::int64_t* cl = cls.data();
   std::int64_t* oi = out_idx.mutable_data();

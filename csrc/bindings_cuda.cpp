@@ -1,8 +1,9 @@
 // Python side of the CUDA engine (module crepe._cuda). Compiled by the host
 // compiler: it sees only the plain C++ header, never CUDA or torch headers.
 // The matrix crosses as a device pointer plus a stream handle taken from torch
-// in Python (crepe/_gpu.py); small host arrays cross as NumPy arrays, checked
-// like csrc/bindings.cpp does, and the GIL is released while the device works.
+// in Python (src/crepe/selection/cuda.py); small host arrays cross as NumPy
+// arrays, checked as csrc/bindings.cpp checks them (binding_checks.hpp), and
+// the GIL is released while the device works.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -18,6 +19,7 @@ namespace py = pybind11;
 namespace {
 
 using crepe_py::check_len;
+using crepe_py::check_select_arrays;
 using crepe_py::F64;
 using crepe_py::I64;
 
@@ -27,15 +29,9 @@ void select_per_class(std::uintptr_t X, bool f64, std::int64_t n, std::int64_t d
                       F64 out_obj, I64 out_stats) {
   if (X == 0) throw std::invalid_argument("X is a null device pointer");
   const std::int64_t c = budgets.size();
-  check_len("cls", cls.size(), n);
-  std::int64_t total = 0;
-  const std::int64_t* b = budgets.data();
-  for (std::int64_t j = 0; j < c; ++j) total += b[j];
-  check_len("out_idx", out_idx.size(), total);
-  check_len("out_weight", out_weight.size(), total);
-  check_len("out_gain", out_gain.size(), total);
-  check_len("out_obj", out_obj.size(), c);
+  check_select_arrays(n, cls, budgets, out_idx, out_weight, out_gain, out_obj);
   check_len("out_stats", out_stats.size(), 2);
+  const std::int64_t* b = budgets.data();
   const std::int64_t* cl = cls.data();
   std::int64_t* oi = out_idx.mutable_data();
   std::int64_t* ow = out_weight.mutable_data();

@@ -244,3 +244,42 @@ def test_cuda_extension_builds(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - t0
     assert list(tmp_path.glob("_cuda*.so")), "crepe._cuda was not built"
     print(f"configure + build of crepe._cuda: {elapsed:.1f} s")
+
+
+@pytest.mark.skipif(_cuda_module() is None, reason="needs crepe._cuda built")
+def test_both_bindings_check_host_arrays_alike() -> None:
+    """One check (csrc/binding_checks.hpp) serves both modules: the same
+    wrong length gets the same message, before any device work."""
+    from crepe import _core
+
+    _cuda = _cuda_module()
+    X, cls = np.zeros((4, 2)), np.zeros(4, np.int64)
+    for budgets, out, message in [
+        (np.array([2]), [np.empty(1, np.int64), np.empty(2, np.int64), np.empty(2), np.empty(1)],
+         "out_idx has 1 entries, expected 2"),
+        (np.array([1]), [np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1), np.empty(2)],
+         "out_obj has 2 entries, expected 1"),
+        (np.array([1]), [np.empty(1, np.int64), np.empty(1, np.int64), np.empty(3), np.empty(1)],
+         "out_gain has 3 entries, expected 1"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            _core.select_per_class(X, cls, budgets, 1, 1, *out)
+        with pytest.raises(ValueError, match=message):
+            _cuda.select_per_class(1 << 20, True, 4, 2, cls, budgets, 1, 256, 0, 0, *out, np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="cls has 3 entries, expected 4"):
+        _core.select_per_class(X, cls[:3], np.array([1]), 1, 1, *out)
+    with pytest.raises(ValueError, match="cls has 3 entries, expected 4"):
+        _cuda.select_per_class(1 << 20, True, 4, 2, cls[:3], np.array([1]), 1, 256, 0, 0, *out, np.zeros(2, np.int64))
+
+
+def test_nvcc_never_sees_python_headers() -> None:
+    """The layout the CUDA build relies on: csrc/cuda and the pure C++ core
+    (csrc/crepe) include no pybind11 or Python header, and the bindings' shared
+    checks (which include pybind11) are included only by the two bindings."""
+    csrc = REPO / "csrc"
+    for f in sorted([*(csrc / "cuda").iterdir(), *(csrc / "crepe").iterdir()]):
+        text = f.read_text()
+        for banned in ("pybind11", "Python.h", "binding_checks.hpp"):
+            assert f"#include <{banned}" not in text and f'#include "{banned}' not in text, (f, banned)
+    users = sorted(f.name for f in csrc.rglob("*") if f.is_file() and '#include "binding_checks.hpp"' in f.read_text())
+    assert users == ["bindings.cpp", "bindings_cuda.cpp"]

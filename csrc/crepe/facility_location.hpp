@@ -11,7 +11,8 @@
 // with their distances and re-evaluates it from that list alone (cur only
 // shrinks, so nothing outside it can gain again); a budget caps their memory.
 //
-// Determinism contract (shared with crepe/_reference.py, the NumPy oracle):
+// Determinism contract (shared with src/crepe/selection/reference.py, the
+// NumPy oracle):
 //   * distances in the input's precision T (float or double): d_ij^2 = sum
 //     over dims in order k = 0..d-1 of (x_ik - x_jk)^2, then sqrt, all in T;
 //     everything after (gains, sums, objective) in double; no FMA contraction
