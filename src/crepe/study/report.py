@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crepe.cli import Parser
+from crepe.parser import Parser
 from crepe.config import UsageError
 from crepe.study import command
 from crepe.study import grid as opts

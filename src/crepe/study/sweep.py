@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crepe.cli import Parser
+from crepe.parser import Parser
 from crepe.config import Spec, UsageError, check_choice, options
 from crepe.study import command
 from crepe.study import grid as opts
