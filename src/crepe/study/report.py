@@ -744,9 +744,9 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
 def unreachable_section(sweep_dir: Path) -> list[str]:
     """Markdown lines listing the cells `crepe sweep` never ran because their target epsilon is
     unreachable (from SWEEP_DIR/sweep.json; none without one). A cell: its runs but the seed."""
-    from crepe.study import sweep
+    from crepe.study.plan import load_manifest
 
-    manifest = sweep.load_manifest(sweep_dir)
+    manifest = load_manifest(sweep_dir)
     records = [r for r in (manifest or {}).get("runs", {}).values() if r.get("status") == "unreachable"]
     if manifest is None or not records:
         return []
