@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from crepe.study import report, sweep
+from crepe.study import plots, report, results, sweep
 from crepe.study.plan import make_plan
 from crepe.study.runner import run_state
 
@@ -85,7 +85,7 @@ def test_every_option_is_a_sweep_flag_and_every_grid_option_a_report_axis() -> N
         key = {"dp": "privacy", "preset": "train-preset"}.get(name, name.replace("_", "-"))
         assert f"{kind}:{key}" in flags, name
         if spec.grid and name != "seed":
-            assert name in report.axes()
+            assert name in results.axes()
     assert flags["grid:seed"] == "--seeds" and flags["fixed:train-preset"] == "--train-preset"
     assert set(grid.axes()) | set(grid.fixed()) == {s.key for s in [*grid.axes().values(), *grid.fixed().values()]}
 
@@ -111,8 +111,8 @@ def test_a_new_grid_option_needs_no_edit_in_sweep_or_report(monkeypatch: pytest.
 
     for m in (0.0, 0.9):
         write_run(tmp_path, f"m{m}", method="craig", momentum=m, seed=0, test_acc=0.5 + m / 10)
-    rows = report.aggregate(report.find_runs(tmp_path)[0])
-    assert [r.k["momentum"] for r in rows] == [0.0, 0.9] and "momentum" in report.varying_axes(rows)
+    rows = results.aggregate(results.find_runs(tmp_path)[0])
+    assert [r.k["momentum"] for r in rows] == [0.0, 0.9] and "momentum" in results.varying_axes(rows)
 
 
 def test_new_axes_and_fixed_settings() -> None:
@@ -286,7 +286,7 @@ def test_report_on_the_tiny_sweep(tiny_sweep: tuple[Path, list[str], float], tmp
         assert 0 <= float(r["test_acc_mean"]) <= 1 and float(r["eps_total_mean"]) > 0
         assert (float(r["eps_select_mean"]) > 0) == (r["method"] == "craig")  # full data selects nothing
         assert float(r["speedup_vs_full"]) > 0
-    for name in report.PLOTS:
+    for name in plots.PLOTS:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -311,7 +311,7 @@ def test_a_failing_configuration_does_not_stop_the_others(tmp_path: Path, data_r
     assert manifest["runs"]["mnist_cnn_random_sigma1_seed0"].get("attempts") == 1
     assert json.loads((out / "sweep.json").read_text())["runs"]["mnist_cnn_random_sigma1_seed0"]["attempts"] == 2
     # the report covers what finished
-    rows = report.aggregate(report.find_runs(out)[0])
+    rows = results.aggregate(results.find_runs(out)[0])
     assert [(r.k["dataset"], r.k["method"]) for r in rows] == [("fashion-mnist", "random")]
 
 

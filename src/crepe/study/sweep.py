@@ -26,7 +26,8 @@ from crepe.parser import Parser
 from crepe.study import command
 from crepe.study import grid as opts
 from crepe.study.grid import Setting, fmt
-from crepe.study.plan import DEFAULT_GRID, MANIFEST, PRESETS, Plan, diff, load_manifest, make_plan, merge_plans, plan_from_manifest
+from crepe.study.plan import (DEFAULT_GRID, MANIFEST, PRESETS, Plan, diff, load_manifest, make_plan, merge_plans,
+                               plan_from_manifest)
 from crepe.study.runner import LOGS, Runner, check_runs, default_threads, execute, unreachable_text
 
 
