@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crepe.study import report
+from crepe.study import plots, report, results, tables
 from crepe.config import TrainConfig
 
 
@@ -69,9 +69,9 @@ def sweep_dir(tmp_path: Path) -> Path:
 
 
 def test_rows_mean_std_and_speedup(sweep_dir: Path) -> None:
-    runs, skipped = report.find_runs(sweep_dir)
+    runs, skipped = results.find_runs(sweep_dir)
     assert len(runs) == 16 and not skipped
-    rows = report.aggregate(runs)
+    rows = results.aggregate(runs)
     labels = [(r.k["method"], r.k["dp"], r.k["sigma"]) for r in rows]
     assert labels == [
         ("full", True, 1.0), ("random", True, 1.0), ("craig", True, 1.0),
@@ -107,7 +107,7 @@ def test_report_writes_table_csv_and_plots(sweep_dir: Path, tmp_path: Path) -> N
     craig = next(r for r in rows if r["method"] == "craig" and r["sigma"] == "3.0")
     assert float(craig["test_acc_mean"]) == pytest.approx(0.71) and float(craig["speedup_vs_full"]) == pytest.approx(4.0)
     assert craig["seeds"] == "0 1"
-    for name in report.PLOTS:
+    for name in plots.PLOTS:
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -131,7 +131,7 @@ def test_empty_sweep_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
 def test_only_incomplete_runs_is_a_clear_error(tmp_path: Path) -> None:
     write_run(tmp_path / "s", "a", method="craig", seed=0, test_acc=0.5, complete=False)
     with pytest.raises(ValueError, match="no complete runs"):
-        report.find_runs(tmp_path / "s")
+        results.find_runs(tmp_path / "s")
 
 
 def test_mismatched_protocol_is_a_clear_error(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,12 +145,12 @@ def test_mismatched_dataset_within_a_row_is_an_error_or_a_column(tmp_path: Path)
     root = tmp_path / "s"
     write_run(root, "a", method="craig", seed=0, test_acc=0.7, dataset="mnist")
     write_run(root, "b", method="craig", seed=1, test_acc=0.7, dataset="fashion-mnist")
-    rows = report.aggregate(report.find_runs(root)[0])
+    rows = results.aggregate(results.find_runs(root)[0])
     # different datasets never share a row: each is its own row, with a dataset column
-    assert len(rows) == 2 and "dataset" in report.varying_axes(rows)
+    assert len(rows) == 2 and "dataset" in results.varying_axes(rows)
     write_run(root, "c", method="craig", seed=1, test_acc=0.7, dataset="mnist", select_sigma=2.0)
     with pytest.raises(ValueError, match="select_sigma"):
-        report.aggregate(report.find_runs(root)[0])
+        results.aggregate(results.find_runs(root)[0])
 
 
 def test_duplicate_seed_is_an_error(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_duplicate_seed_is_an_error(tmp_path: Path) -> None:
     write_run(root, "a", method="craig", seed=0, test_acc=0.7)
     write_run(root, "b", method="craig", seed=0, test_acc=0.7)
     with pytest.raises(ValueError, match="same seed"):
-        report.aggregate(report.find_runs(root)[0])
+        results.aggregate(results.find_runs(root)[0])
 
 
 def test_import_report_stays_light() -> None:
@@ -188,11 +188,11 @@ def test_one_panel_figures_keep_their_titles(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     write_run(tmp_path / "s", "a", method="craig", sigma=1.0, seed=0, test_acc=0.52, epochs=1, dataset="fashion-mnist")
-    figs = report.figures(report.aggregate(report.find_runs(tmp_path / "s")[0]))
+    figs = report.figures(results.aggregate(results.find_runs(tmp_path / "s")[0]))
     try:
         for name, fig in figs.items():
             w, h = fig.get_size_inches()
-            assert (w, h) >= report.MIN_SIZE and w >= report.MIN_SIZE[0] and h >= report.MIN_SIZE[1], name
+            assert (w, h) >= plots.MIN_SIZE and w >= plots.MIN_SIZE[0] and h >= plots.MIN_SIZE[1], name
             titles = [ax.title for ax in fig.axes] + ([fig._suptitle] if fig._suptitle else [])
             assert all(_inside(fig, t) for t in titles if t.get_text()), name
             assert all(_inside(fig, leg) for leg in fig.legends), name
@@ -209,7 +209,7 @@ def test_a_log_axis_under_a_decade_has_plain_labelled_ticks() -> None:
 
     fig, ax = plt.subplots()
     ax.plot([2.9, 4.5], [80, 80.3])
-    report.log_axis(ax.xaxis, [2.9, 4.5])
+    plots.log_axis(ax.xaxis, [2.9, 4.5])
     _drawn(fig)
     lo, hi = ax.get_xlim()
     labels = [t.get_text() for t, x in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= x <= hi and t.get_text()]
@@ -218,26 +218,26 @@ def test_a_log_axis_under_a_decade_has_plain_labelled_ticks() -> None:
 
 
 def test_accuracy_range_never_magnifies_seed_noise() -> None:
-    a, b = report.accuracy_limits([80.0, 80.3], [1.0, 1.0])  # a 0.3-point gap with 1-point seed noise
-    assert b - a >= 4 * 1.0 and b - a >= report.MIN_SPAN and a <= 80.0 and b >= 80.3
-    a, b = report.accuracy_limits([97.0, 99.5], [0.1])
-    assert b == 100.0 and b - a >= report.MIN_SPAN  # kept inside 0-100
-    a, b = report.accuracy_limits([20.0, 90.0], [0.5])
+    a, b = plots.accuracy_limits([80.0, 80.3], [1.0, 1.0])  # a 0.3-point gap with 1-point seed noise
+    assert b - a >= 4 * 1.0 and b - a >= plots.MIN_SPAN and a <= 80.0 and b >= 80.3
+    a, b = plots.accuracy_limits([97.0, 99.5], [0.1])
+    assert b == 100.0 and b - a >= plots.MIN_SPAN  # kept inside 0-100
+    a, b = plots.accuracy_limits([20.0, 90.0], [0.5])
     assert a <= 20.0 and b >= 90.0
 
 
 def test_report_plots_use_the_readable_ranges(sweep_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
-    figs = report.figures(report.aggregate(report.find_runs(sweep_dir)[0]))
+    figs = report.figures(results.aggregate(results.find_runs(sweep_dir)[0]))
     try:
         eps_ax = figs["acc_vs_eps.png"].axes[0]
         _drawn(figs["acc_vs_eps.png"])
         lo, hi = eps_ax.get_ylim()
-        assert hi - lo >= report.MIN_SPAN
+        assert hi - lo >= plots.MIN_SPAN
         legend = figs["acc_vs_eps.png"].legends[0]  # outside the panel: covers no data
         assert not legend.get_window_extent().overlaps(eps_ax.get_window_extent())
-        assert report.DIAGNOSTICS_PLOT not in figs  # no run has diagnostics
+        assert plots.DIAGNOSTICS_PLOT not in figs  # no run has diagnostics
     finally:
         for fig in figs.values():
             plt.close(fig)
@@ -256,7 +256,7 @@ def test_diagnostics_plot_one_panel_per_metric(tmp_path: Path) -> None:
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths = report.report(root, tmp_path / "out")
     assert paths["diagnostics"].read_bytes()[:4] == b"\x89PNG"
-    fig = report.figures(report.aggregate(report.find_runs(root)[0]))[report.DIAGNOSTICS_PLOT]
+    fig = report.figures(results.aggregate(results.find_runs(root)[0]))[plots.DIAGNOSTICS_PLOT]
     try:
         panels = [ax for ax in fig.axes if ax.get_visible()]
         assert [ax.get_title() for ax in panels] == ["frac_clipped", "clip_bias", "clip_cos", "snr", "grad_norm_q50", "clip_norm"]
@@ -275,9 +275,9 @@ def test_runs_at_different_target_epsilons_are_never_averaged(tmp_path: Path) ->
                               seed=seed, test_acc=0.7)
                 cfg = json.loads((d / "config.json").read_text())
                 (d / "config.json").write_text(json.dumps({**cfg, "target_epsilon": target}))
-    rows = report.aggregate(report.find_runs(root)[0])
+    rows = results.aggregate(results.find_runs(root)[0])
     assert [(r.k["target_epsilon"], r.k["method"], len(r.runs)) for r in rows] == [
         (1.0, "full", 2), (1.0, "craig", 2), (3.0, "full", 2), (3.0, "craig", 2)]
     assert all(r.speedup is not None for r in rows)  # compared with the full-data run at the same target, whatever its sigma
-    md = report.markdown(rows, report.find_runs(root)[0], [])
+    md = tables.markdown(rows, results.find_runs(root)[0], [])
     assert "target ε" in md and "5.1 (solved)" in md

@@ -21,7 +21,7 @@ from crepe import _core, cli, data  # noqa: F401 (an editable install rebuilds _
 from crepe.config import TrainConfig
 from crepe.dp.optimizer import DPOptimizer
 from crepe.dp.secret_rng import STATE_BYTES
-from crepe.study import sweep
+from crepe.study.runner import run_state
 from crepe.training import loop, rundir, state as ckpt
 from crepe.training.state import GENERATORS
 
@@ -129,7 +129,7 @@ def test_a_finished_run_folder_holds_no_secret(data_root, tmp_path, monkeypatch,
         assert summary["examples_seen"] is None and all(r["examples_seen"] is None for r in ck["state"]["metrics"])
     # Still a complete run for --resume, the same --out, the sweep and the report.
     assert cli.main(["train", "--resume", str(out)]) == 0
-    assert rundir.prepare_out(cfg, out, {}) == "complete" and sweep.run_state(out) == "complete"
+    assert rundir.prepare_out(cfg, out, {}) == "complete" and run_state(out) == "complete"
     assert cli.main(["report", str(out.parent), "--out", str(tmp_path / "report")]) == 0
 
 
@@ -167,7 +167,7 @@ def test_a_run_stopped_between_its_last_two_writes_is_finished_by_resume(data_ro
     out = tmp_path / "run"
     summary, _ = train(monkeypatch, cfg, out)
     (out / rundir.SUMMARY).unlink()
-    assert sweep.run_state(out) == "interrupted"
+    assert run_state(out) == "interrupted"
     assert cli.main(["train", "--resume", str(out)]) == 0
     assert rundir.read_summary(out) == json.loads(json.dumps(summary))
 

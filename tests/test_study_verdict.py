@@ -18,7 +18,7 @@ from scipy import stats
 from test_report import write_run
 
 from crepe.config import UsageError
-from crepe.study import report, verdict
+from crepe.study import report, results, verdict
 
 # (target epsilon, method, compute budget or None for full data) -> (test accuracy per seed, total time in s)
 STUDY: dict[tuple[float, str, str | None], tuple[tuple[float, ...], float]] = {
@@ -61,11 +61,11 @@ def study(tmp_path: Path) -> Path:
     return write_study(tmp_path / "study")
 
 
-def _rows(root: Path) -> list[report.Row]:
-    return report.aggregate(report.find_runs(root)[0])
+def _rows(root: Path) -> list[results.Row]:
+    return results.aggregate(results.find_runs(root)[0])
 
 
-def _id(r: report.Row) -> tuple[float, str, str | None]:
+def _id(r: results.Row) -> tuple[float, str, str | None]:
     return r.k["target_epsilon"], r.k["method"], r.k["compute"]
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from crepe.study import report, sweep
+from crepe.study import plots, report, results, sweep
+from crepe.study.plan import make_plan
+from crepe.study.runner import run_state
 
 TINY = ["--epochs", "1", "--train-subset", "300", "--test-subset", "200"]
 
@@ -33,7 +35,7 @@ def env() -> dict[str, str]:
 
 
 def test_plan_names_flags_and_nodp_dedup() -> None:
-    plan = sweep.make_plan(
+    plan = make_plan(
         grid={"method": ["full", "craig"], "sigma": ["1", "3"], "privacy": ["dp", "nodp"], "seed": ["0", "1"]},
         fixed={"epochs": "2"},
     )
@@ -45,12 +47,12 @@ def test_plan_names_flags_and_nodp_dedup() -> None:
     nodp = next(r for r in plan.runs if r.name == "mnist_cnn_full_nodp_seed0")
     assert "--no-dp" in nodp.train_args() and "--sigma" not in nodp.train_args()
     # the same request always gives the same runs in the same order
-    assert [r.name for r in sweep.make_plan(grid={"method": ["full", "craig"], "sigma": [1, 3], "privacy": ["dp", "nodp"],
+    assert [r.name for r in make_plan(grid={"method": ["full", "craig"], "sigma": [1, 3], "privacy": ["dp", "nodp"],
                                                   "seed": [0, 1]}, fixed={"epochs": 2}).runs] == names
 
 
 def test_extra_axes_name_only_the_runs_they_change() -> None:
-    plan = sweep.make_plan(grid={"method": ["full", "craig"], "fraction": ["0.1", "0.2"]})
+    plan = make_plan(grid={"method": ["full", "craig"], "fraction": ["0.1", "0.2"]})
     assert [r.name for r in plan.runs] == [
         "mnist_cnn_full_sigma1_seed0",  # full selects nothing: one run, not two
         "mnist_cnn_craig_sigma1_fraction0.1_seed0",
@@ -59,14 +61,14 @@ def test_extra_axes_name_only_the_runs_they_change() -> None:
 
 
 def test_presets() -> None:
-    paper = sweep.make_plan(grid={}, preset="paper")
+    paper = make_plan(grid={}, preset="paper")
     assert len(paper.runs) == 1 * 2 * 3 * (3 + 1) * 3  # dataset x model x method x (sigmas + nodp) x seeds
     args = next(r for r in paper.runs if "_craig_" in r.name).train_args()  # a full run drops --fraction etc.
     for flag, value in (("--dataset", "mnist"), ("--epochs", "50"), ("--select-every", "20"), ("--fraction", "0.1"),
                         ("--max-grad-norm", "1"), ("--delta", "1e-05")):
         assert args[args.index(flag) + 1] == value
     assert {r.name.split("_")[1] for r in paper.runs} == {"cnn", "resnet"}
-    quick = sweep.make_plan(grid={"sigma": ["2"]}, preset="quick")  # options override the preset
+    quick = make_plan(grid={"sigma": ["2"]}, preset="quick")  # options override the preset
     assert {dict(r.settings).get("sigma") for r in quick.runs} == {2.0, None}
     assert all(dict(r.settings)["dataset"] == "fashion-mnist" for r in quick.runs)
 
@@ -83,7 +85,7 @@ def test_every_option_is_a_sweep_flag_and_every_grid_option_a_report_axis() -> N
         key = {"dp": "privacy", "preset": "train-preset"}.get(name, name.replace("_", "-"))
         assert f"{kind}:{key}" in flags, name
         if spec.grid and name != "seed":
-            assert name in report.axes()
+            assert name in results.axes()
     assert flags["grid:seed"] == "--seeds" and flags["fixed:train-preset"] == "--train-preset"
     assert set(grid.axes()) | set(grid.fixed()) == {s.key for s in [*grid.axes().values(), *grid.fixed().values()]}
 
@@ -100,7 +102,7 @@ def test_a_new_grid_option_needs_no_edit_in_sweep_or_report(monkeypatch: pytest.
         return {n: dataclasses.replace(s, grid=True) if n == "momentum" else s for n, s in real().items()}
 
     monkeypatch.setattr(config, "options", declared)
-    plan = sweep.make_plan(grid={"method": ["craig"], "momentum": ["0", "0.9"]})
+    plan = make_plan(grid={"method": ["craig"], "momentum": ["0", "0.9"]})
     assert [r.name for r in plan.runs] == ["mnist_cnn_craig_sigma1_momentum0_seed0", "mnist_cnn_craig_sigma1_momentum0.9_seed0"]
     args = plan.runs[1].train_args()
     assert args[args.index("--momentum") + 1] == "0.9"
@@ -109,12 +111,12 @@ def test_a_new_grid_option_needs_no_edit_in_sweep_or_report(monkeypatch: pytest.
 
     for m in (0.0, 0.9):
         write_run(tmp_path, f"m{m}", method="craig", momentum=m, seed=0, test_acc=0.5 + m / 10)
-    rows = report.aggregate(report.find_runs(tmp_path)[0])
-    assert [r.k["momentum"] for r in rows] == [0.0, 0.9] and "momentum" in report.varying_axes(rows)
+    rows = results.aggregate(results.find_runs(tmp_path)[0])
+    assert [r.k["momentum"] for r in rows] == [0.0, 0.9] and "momentum" in results.varying_axes(rows)
 
 
 def test_new_axes_and_fixed_settings() -> None:
-    plan = sweep.make_plan(grid={"method": ["full", "craig"], "privacy": ["dp", "nodp"], "target-epsilon": ["1", "3"],
+    plan = make_plan(grid={"method": ["full", "craig"], "privacy": ["dp", "nodp"], "target-epsilon": ["1", "3"],
                                  "clipping": ["flat", "automatic"], "activation": ["tanh"]},
                            fixed={"diagnostics": True, "train-preset": "dp-recipe", "momentum": "0.5", "noise": "reproducible"})
     names = [r.name for r in plan.runs]
@@ -129,11 +131,11 @@ def test_new_axes_and_fixed_settings() -> None:
     nodp = next(r for r in plan.runs if r.name == "mnist_cnn_full_nodp_seed0").train_args()
     assert "--no-dp" in nodp and not {"--sigma", "--target-epsilon", "--clipping", "--diagnostics"} & set(nodp)
     # a method's ignored options (methods.ignores) make no extra runs: random ignores the weighting
-    plan = sweep.make_plan(grid={"method": ["random", "craig"], "weights": ["none", "weight-then-clip"]})
+    plan = make_plan(grid={"method": ["random", "craig"], "weights": ["none", "weight-then-clip"]})
     assert [r.name for r in plan.runs] == ["mnist_cnn_random_sigma1_seed0", "mnist_cnn_craig_sigma1_weightsnone_seed0",
                                            "mnist_cnn_craig_sigma1_weightsweight-then-clip_seed0"]
     # floats are passed exactly
-    assert sweep.make_plan(grid={"method": ["full"], "sigma": ["0.123456789"]}).runs[0].train_args()[-3] == "0.123456789"
+    assert make_plan(grid={"method": ["full"], "sigma": ["0.123456789"]}).runs[0].train_args()[-3] == "0.123456789"
 
 
 def test_help_describes_presets_and_first_n(capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,7 +286,7 @@ def test_report_on_the_tiny_sweep(tiny_sweep: tuple[Path, list[str], float], tmp
         assert 0 <= float(r["test_acc_mean"]) <= 1 and float(r["eps_total_mean"]) > 0
         assert (float(r["eps_select_mean"]) > 0) == (r["method"] == "craig")  # full data selects nothing
         assert float(r["speedup_vs_full"]) > 0
-    for name in report.PLOTS:
+    for name in plots.PLOTS:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -309,7 +311,7 @@ def test_a_failing_configuration_does_not_stop_the_others(tmp_path: Path, data_r
     assert manifest["runs"]["mnist_cnn_random_sigma1_seed0"].get("attempts") == 1
     assert json.loads((out / "sweep.json").read_text())["runs"]["mnist_cnn_random_sigma1_seed0"]["attempts"] == 2
     # the report covers what finished
-    rows = report.aggregate(report.find_runs(out)[0])
+    rows = results.aggregate(results.find_runs(out)[0])
     assert [(r.k["dataset"], r.k["method"]) for r in rows] == [("fashion-mnist", "random")]
 
 
@@ -368,7 +370,7 @@ def test_sigterm_stops_the_sweep_with_one_line_and_status_143(tmp_path: Path, da
     # the run outlived its SIGTERM while importing torch, complete)
     manifest = json.loads((out / "sweep.json").read_text())
     name = "fashion-mnist_cnn_full_sigma1_seed0"
-    assert manifest["runs"][name]["status"] == sweep.run_state(out / name)
+    assert manifest["runs"][name]["status"] == run_state(out / name)
 
 
 def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:

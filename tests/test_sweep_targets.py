@@ -18,6 +18,7 @@ from crepe import data
 from crepe.training.plan import Plan, class_counts, new_run_config
 from crepe.privacy.calibration import Unreachable
 from crepe.study import report, sweep
+from crepe.study.plan import make_plan, plan_from_manifest
 
 TINY = ["--epochs", "1", "--train-subset", "300", "--test-subset", "200"]
 
@@ -107,7 +108,7 @@ def test_a_sweep_without_targets_loads_no_data(tmp_path: Path, spied: dict[str, 
 
 
 def test_cost_knows_compute_steps() -> None:
-    plan = sweep.make_plan(grid={"method": ["full", "craig", "random"], "compute": ["epochs", "steps"]})
+    plan = make_plan(grid={"method": ["full", "craig", "random"], "compute": ["epochs", "steps"]})
     cost = {r.name: r.cost() for r in plan.runs}
     full = cost["mnist_cnn_full_sigma1_seed0"]
     for method in ("craig", "random"):
@@ -120,14 +121,14 @@ def test_cost_knows_compute_steps() -> None:
 
 
 def test_select_share_is_an_axis_of_its_own() -> None:
-    plan = sweep.make_plan(grid={"method": ["craig"], "target-epsilon": ["2"], "select-share": ["0.1", "0.3"]})
+    plan = make_plan(grid={"method": ["craig"], "target-epsilon": ["2"], "select-share": ["0.1", "0.3"]})
     assert [r.name for r in plan.runs] == ["mnist_cnn_craig_eps2_select-share0.1_seed0", "mnist_cnn_craig_eps2_select-share0.3_seed0"]
     with pytest.raises(ValueError, match="--select-share solves --select-sigma"):  # crepe train's own rule
-        sweep.make_plan(grid={"method": ["craig"], "target-epsilon": ["2"], "select-share": ["0.1"]}, fixed={"select-sigma": "1"})
+        make_plan(grid={"method": ["craig"], "target-epsilon": ["2"], "select-share": ["0.1"]}, fixed={"select-sigma": "1"})
 
 
 def test_a_manifest_from_before_select_every_was_an_axis_still_loads() -> None:
-    plan = sweep.plan_from_manifest({"grid": {"method": ["craig"]}, "fixed": {"select-every": 5, "epochs": 10}})
+    plan = plan_from_manifest({"grid": {"method": ["craig"]}, "fixed": {"select-every": 5, "epochs": 10}})
     assert plan.grid["select-every"] == (5,) and plan.fixed == {"epochs": 10}
     args = plan.runs[0].train_args()
     assert args[args.index("--select-every") + 1] == "5"

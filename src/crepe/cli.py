@@ -19,44 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from crepe import __version__
-from crepe.config import TrainConfig, UsageError, default, options
+from crepe.config import TrainConfig, UsageError, options
+from crepe.parser import Parser, add_option
 from crepe.smallsets import methods
 from crepe.training.plan import new_run_config, resolved_threads
 
 
 DELEGATED = {"sweep": "crepe.study.sweep", "report": "crepe.study.report"}
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)  # --frac is not --fraction
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-def add_option(p: argparse.ArgumentParser, name: str, s: Any) -> None:
-    """One `crepe train` flag from its declaration (crepe.config)."""
-    value = default(name)
-    shown = "" if value is None else f" (default: {value})"
-    text = (s.help + shown).replace("%", "%%")  # argparse formats help with %
-    if s.kind == "bool":
-        dest_action = "store_false" if s.no_flag else "store_true"
-        p.add_argument(s.flag, dest=name, action=dest_action, help=text)
-        return
-    def parse(text: str) -> Any:
-        try:
-            return s.parse(text)
-        except UsageError as e:  # argparse reports ArgumentTypeError's own words
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    kw: dict[str, Any] = {"dest": name, "help": text, "type": parse}
-    if s.choices:
-        kw["metavar"] = "{" + ",".join(s.choices) + "}"
-    p.add_argument(s.flag, **kw)
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,13 @@
-"""The study: grids of `crepe train` runs (sweep), their tables and plots (report), and the
-comparison at equal epsilon (verdict)."""
+"""The study: grids of `crepe train` runs, their tables and plots, and the comparison at equal epsilon.
+
+Its modules, each importing only modules to its left (and `command`, below, for the two commands):
+
+    grid -> plan -> runner -> sweep
+        the options as a sweep sees them; a grid expanded into named runs; running them; `crepe sweep`
+    grid -> results -> tables, plots -> verdict -> report
+        runs grouped into rows over seeds; results.md and .csv; the figures; the study at equal
+        epsilon; `crepe report` (which also reads a sweep's manifest: plan.load_manifest)
+"""
 
 from __future__ import annotations
 

@@ -75,6 +75,11 @@ def fixed() -> dict[str, Setting]:
     return {st.key: st for st in (_setting(n, s) for n, s in methods.declared().items() if not s.grid and not s.machine)}
 
 
+def settings() -> dict[str, Setting]:
+    """Every option a sweep sets, key -> Setting: the grid axes, then the fixed settings."""
+    return {**axes(), **fixed()}
+
+
 def report_axes() -> tuple[str, ...]:
     """Option names that make rows of a report: the grid options but the replicate."""
     return tuple(n for n, s in config.options().items() if s.grid and n != REPLICATE)

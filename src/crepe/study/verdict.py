@@ -2,7 +2,7 @@
 
 Compares the configurations calibrated to one target ε (--target-epsilon), per
 compute budget (--compute) and per dataset and model, from the rows of
-crepe.study.report (runs that differ only in their seed; runs calibrated to
+crepe.study.results (runs that differ only in their seed; runs calibrated to
 different targets are never averaged: the target is part of a row's key and of
 a cell's). A method that ignores the budget (full data, private-set) competes in
 every budget. `crepe report` writes
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from crepe import config
-from crepe.study import report
-from crepe.study.report import FEW, MIN_SEEDS, Row, Stat
+from crepe.study import plots, results, tables
+from crepe.study.results import FEW, MIN_SEEDS, Row, Stat
 
 TARGET = "target_epsilon"
 BUDGET = "compute"  # its values are the compute budgets; a method that ignores it competes in each
@@ -111,7 +111,7 @@ def welch(a: Stat, b: Stat) -> Difference:
     if va + vb == 0:  # identical seeds on both sides: no noise to exceed
         return Difference(d, d, d)
     df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))  # Welch-Satterthwaite
-    h = report.t975(df) * math.sqrt(va + vb)
+    h = results.t975(df) * math.sqrt(va + vb)
     return Difference(d, d - h, d + h)
 
 
@@ -180,12 +180,12 @@ def label(r: Row, axes: Sequence[str], *, budget: bool = False) -> str:
     """A configuration as text: its method and the varying settings that are not panel, target or
     (unless `budget`) compute budget."""
     shown = [a for a in axes if budget or a != BUDGET]
-    return f"{r.k['method']}{report.extra_label(r, shown)}"
+    return f"{r.k['method']}{results.extra_label(r, shown)}"
 
 
 def _acc(s: Stat | None) -> str:
     few = s is not None and s.n < MIN_SEEDS
-    return report.pm(s, scale=100) + (f" {FEW}" if few else "")
+    return tables.pm(s, scale=100) + (f" {FEW}" if few else "")
 
 
 def _difference(d: Difference | None) -> tuple[str, str]:
@@ -207,13 +207,13 @@ def _cell_heads(rows: Sequence[Row]) -> list[str]:
 
 def _cell_text(cell: Cell, heads: Sequence[str]) -> list[str]:
     values = dict(zip((*PANEL, TARGET, BUDGET), cell))
-    return [report.axis_cell(a, values[a]) for a in heads]
+    return [results.axis_cell(a, values[a]) for a in heads]
 
 
 def markdown(rows: Sequence[Row], unreachable: Sequence[str] = ()) -> str:
-    axes = report.varying_axes(rows)
+    axes = results.varying_axes(rows)
     heads = _cell_heads(study_rows(rows))
-    titles = [report.column_title(a) for a in heads]
+    titles = [results.column_title(a) for a in heads]
     lines = [
         "# The study at equal ε",
         "",
@@ -221,7 +221,7 @@ def markdown(rows: Sequence[Row], unreachable: Sequence[str] = ()) -> str:
         "optimiser steps of --epochs passes over all the data), the configurations calibrated to that ε compete; "
         "full data (which ignores the budget) competes in every budget. Test accuracy: mean ± sample std over "
         "seeds. Difference: best − runner-up in accuracy points with its Welch 95% interval; it exceeds the seed "
-        f"noise when the interval excludes 0. {report.CI_NOTE}",
+        f"noise when the interval excludes 0. {tables.CI_NOTE}",
         "",
     ]
     body = []
@@ -232,18 +232,18 @@ def markdown(rows: Sequence[Row], unreachable: Sequence[str] = ()) -> str:
             "–" if second is None else label(second, axes), "–" if second is None else _acc(second.stats["test_acc"]),
             *_difference(v.difference),
         ])
-    lines += report.md_table(titles + ["best", "test acc (%)", "runner-up", "test acc (%)", "difference (points) [95% CI]",
+    lines += tables.md_table(titles + ["best", "test acc (%)", "runner-up", "test acc (%)", "difference (points) [95% CI]",
                                        "seed noise"], body)
     lines += ["", "## Configurations", "",
               "Speed-up: total time of full data at the same target ε / this configuration's. Pareto-best: no other "
               "configuration at this target ε (any budget) is at least as fast and as accurate, and better in one.", ""]
     pareto = pareto_keys(rows)
-    lines += report.md_table(titles + [
+    lines += tables.md_table(titles + [
         "configuration", "seeds", "test acc (%)", "95% CI (%)", "ε_total (ε_select / ε_train)", "select (s)", "train (s)",
         "eval (s)", "total (s)", "speed-up vs full", "Pareto-best"], [
         _cell_text(cell, heads) + [
-            label(r, axes), str(len(r.runs)), report.pm(r.stats["test_acc"], scale=100), report.ci_cell(r.stats["test_acc"]),
-            report.eps_cell(r), *(report.pm(r.stats[f], digits=1) for f in TIMES), report.speedup_cell(r),
+            label(r, axes), str(len(r.runs)), tables.pm(r.stats["test_acc"], scale=100), tables.ci_cell(r.stats["test_acc"]),
+            tables.eps_cell(r), *(tables.pm(r.stats[f], digits=1) for f in TIMES), tables.speedup_cell(r),
             "yes" if r.key in pareto else "",
         ] for cell, competing in cells(rows).items() for r in ranked(competing)])
     lines += unreachable
@@ -260,7 +260,7 @@ def _blank(values: Sequence[Any]) -> list[Any]:
 
 
 def write_verdict_csv(rows: Sequence[Row], path: Path) -> None:
-    axes = report.varying_axes(rows)
+    axes = results.varying_axes(rows)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([*PANEL, TARGET, BUDGET, "best", "best_test_acc_mean", "best_n_seeds", "runner_up",
@@ -279,15 +279,15 @@ def write_configs_csv(rows: Sequence[Row], path: Path) -> None:
     fields = ("test_acc", "eps_total", "eps_select", "eps_train", *TIMES)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["cell_" + a for a in (*PANEL, TARGET, BUDGET)] + list(report.axes()) + [
+        w.writerow(["cell_" + a for a in (*PANEL, TARGET, BUDGET)] + list(results.axes()) + [
             "configuration", "n_seeds", "test_acc_std", "test_acc_ci95_low", "test_acc_ci95_high",
             *(f + "_mean" for f in fields), "speedup_vs_full", "pareto_best"])
         for cell, competing in cells(rows).items():
             for r in ranked(competing):
                 means = [_num(None if r.stats[f] is None else r.stats[f].mean) for f in fields]  # type: ignore[union-attr]
-                w.writerow([*_blank(cell), *_blank([r.k[a] for a in report.axes()]),
-                            label(r, report.varying_axes(rows)), len(r.runs), _num(r.stats["test_acc"].std),  # type: ignore[union-attr]
-                            *report.ci_bounds(r.stats["test_acc"]), *means, _num(r.speedup), r.key in pareto])
+                w.writerow([*_blank(cell), *_blank([r.k[a] for a in results.axes()]),
+                            label(r, results.varying_axes(rows)), len(r.runs), _num(r.stats["test_acc"].std),  # type: ignore[union-attr]
+                            *tables.ci_bounds(r.stats["test_acc"]), *means, _num(r.speedup), r.key in pareto])
 
 
 def write(rows: Sequence[Row], out_dir: Path, unreachable: Sequence[str] = ()) -> dict[str, Path]:
@@ -321,35 +321,35 @@ def figures(plt: Any, rows: Sequence[Row]) -> dict[str, Any]:
 
 def frontier_figure(plt: Any, rows: Sequence[Row]) -> Any:
     """Test accuracy vs achieved epsilon_total: a row of panels per (dataset, model), a panel per budget."""
-    axes = report.varying_axes(rows)
+    axes = results.varying_axes(rows)
     panels, bs = _panels(rows), budgets(rows)
-    fig, axs = report.figure(plt, len(panels), len(bs), (5.2, 4.0))
+    fig, axs = plots.figure(plt, len(panels), len(bs), (5.2, 4.0))
     for i, panel in enumerate(panels):
         for j, b in enumerate(bs):
             here = [r for r in rows if _panel(r) == panel and in_budget(r, b)]
-            report.draw_acc_vs_eps(axs[i][j], here, [a for a in axes if a != BUDGET], error=half95_or_0)
+            plots.draw_acc_vs_eps(axs[i][j], here, [a for a in axes if a != BUDGET], error=half95_or_0)
             axs[i][j].set_title(", ".join([*panel, *([] if b is None else [f"compute = {b}"])]))
     fig.suptitle("Accuracy vs achieved ε_total (bars: 95% CI)", fontsize=10, x=0.01, ha="left")  # short: clear of the legend
-    report.legend(fig)
+    plots.legend(fig)
     return fig
 
 
 def time_figure(plt: Any, rows: Sequence[Row]) -> Any:
     """Test accuracy vs wall time at equal epsilon: a row of panels per (dataset, model), a panel per
     target; one point per configuration (all budgets), the Pareto-best ringed and joined."""
-    axes = report.varying_axes(rows)
+    axes = results.varying_axes(rows)
     study = [r for r in study_rows(rows) if r.stats["total_time_s"] is not None]
     panels, targets = _panels(study), sorted({r.k[TARGET] for r in study})
     first = budgets(rows)[0]
     pareto = pareto_keys(rows)
-    fig, axs = report.figure(plt, len(panels), len(targets), (5.2, 4.0))
+    fig, axs = plots.figure(plt, len(panels), len(targets), (5.2, 4.0))
     for i, panel in enumerate(panels):
         for j, target in enumerate(targets):
             ax = axs[i][j]
             here = [r for r in study if _panel(r) == panel and r.k[TARGET] == target]
             for r in here:
                 name = label(r, axes, budget=True)
-                c, m = report.style(name)
+                c, m = plots.style(name)
                 x, y = _time_acc(r)
                 ax.errorbar(x, 100 * y, yerr=100 * half95_or_0(r.stats["test_acc"]), color=c, marker=m, ms=7, capsize=3,
                             ls="none", mfc=c if in_budget(r, first) else "white", label=name)
@@ -359,13 +359,13 @@ def time_figure(plt: Any, rows: Sequence[Row]) -> Any:
                 ax.scatter(xs, [100 * y for y in ys], s=260, facecolors="none", edgecolors="black", linewidths=1.2,
                            zorder=3, label="Pareto-best")
                 ax.plot(xs, [100 * y for y in ys], color="black", ls=":", lw=1)
-            report.log_axis(ax.xaxis, [_time_acc(r)[0] for r in here])
+            plots.log_axis(ax.xaxis, [_time_acc(r)[0] for r in here])
             if here:  # the error bars' ends inside the panel
                 ends = [100 * (_time_acc(r)[1] + sign * half95_or_0(r.stats["test_acc"])) for r in here for sign in (-1, 1)]
-                ax.set_ylim(*report.accuracy_limits(ends, []))
+                ax.set_ylim(*plots.accuracy_limits(ends, []))
             ax.set_xlabel("wall time per run (s), log scale")
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{', '.join(panel)}: target ε = {target:g}")
     fig.suptitle("Accuracy vs wall time at equal ε (bars: 95% CI)", fontsize=10, x=0.01, ha="left")
-    report.legend(fig)
+    plots.legend(fig)
     return fig

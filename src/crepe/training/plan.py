@@ -14,7 +14,7 @@ checkpoint's ledger is held against the same plan.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,7 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def check_reachable(given: dict[str, Any], counts_of: Any) -> None:
+def check_reachable(given: dict[str, Any], counts_of: Callable[[TrainConfig], Sequence[int]]) -> None:
     """Unreachable (with the smallest reachable epsilon) if `crepe train` would refuse this run's
     target; `counts_of(cfg)` gives its class counts."""
     cfg = new_run_config(given)
