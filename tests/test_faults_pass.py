@@ -90,7 +90,7 @@ def test_a_private_set_planned_ledger_counts_every_batch_loop(monkeypatch: pytes
     from dataclasses import replace as dc_replace
 
     from crepe.config import TrainConfig
-    from crepe.smallsets import private_set
+    from crepe.smallsets.methods import private_set
     from crepe.training.plan import Plan
 
     cfg = TrainConfig(method="private-set", sigma=1.0, select_sigma=1.0, gen_iterations=4, gen_outer_loops=3, batch_size=50)

@@ -139,15 +139,6 @@ class Schedule:
         return cls(spc=spc, iterations=1000, outer_loops=outer, batch_loops=10, inner_steps=inner, width=128)
 
 
-def schedule_of(cfg: Any) -> Schedule:
-    """The generation schedule of a `crepe train --method private-set` run (a TrainConfig)."""
-    return Schedule(
-        spc=cfg.images_per_class, iterations=cfg.gen_iterations, outer_loops=cfg.gen_outer_loops,
-        batch_size=cfg.batch_size, clip=cfg.max_grad_norm, lr_images=cfg.gen_lr_images, inner_steps=10,
-        width=cfg.gen_width,
-    )
-
-
 @dataclass
 class GenerationState:
     """Where generation stands after `iteration` completed iterations: enough to resume

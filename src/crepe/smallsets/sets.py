@@ -41,11 +41,11 @@ def craig_coreset(
 ) -> Coreset:
     """CRAIG on privatised proxies. Per-class scope reads the (public) labels;
     global scope runs one facility location over all points with budget round(f n)."""
-    import crepe
+    from crepe.selection import select
 
     check_choice("selection scope", scope, SCOPES)
     y = labels if scope == "per-class" else None
-    sel = crepe.select(noisy.numpy(), y, fraction=fraction, threads=threads)
+    sel = select(noisy.numpy(), y, fraction=fraction, threads=threads)
     return Coreset(np.array(sel.indices, dtype=np.int64), np.array(sel.weights, dtype=np.int64))
 
 

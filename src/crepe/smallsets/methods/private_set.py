@@ -9,13 +9,27 @@ Generation is checkpointed after every iteration (`Round.save_progress`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crepe.config import TrainConfig, UsageError
 from crepe.privacy.ledger import Release
 from crepe.smallsets.method import Chosen, Method, Round
 
+if TYPE_CHECKING:
+    from crepe.smallsets.private_set import Schedule
+
 CLASSES = 10
+
+
+def schedule_of(cfg: TrainConfig) -> Schedule:
+    """The generation schedule of a `crepe train --method private-set` run."""
+    from crepe.smallsets.private_set import Schedule
+
+    return Schedule(
+        spc=cfg.images_per_class, iterations=cfg.gen_iterations, outer_loops=cfg.gen_outer_loops,
+        batch_size=cfg.batch_size, clip=cfg.max_grad_norm, lr_images=cfg.gen_lr_images, inner_steps=10,
+        width=cfg.gen_width,
+    )
 
 
 class PrivateSet(Method):
@@ -37,8 +51,6 @@ class PrivateSet(Method):
 
     def round_releases(self, cfg: TrainConfig, n: int) -> tuple[Release, ...]:
         """The noisy real gradients of generation on all n examples (q = B/n)."""
-        from crepe.smallsets.private_set import schedule_of
-
         return self._releases(cfg, n, schedule_of(cfg).iterations)
 
     def partial_releases(self, cfg: TrainConfig, n: int, progress: dict[str, Any]) -> tuple[Release, ...]:
@@ -46,8 +58,6 @@ class PrivateSet(Method):
         return self._releases(cfg, n, int(progress["iteration"]))
 
     def _releases(self, cfg: TrainConfig, n: int, iterations: int) -> tuple[Release, ...]:
-        from crepe.smallsets.private_set import schedule_of
-
         assert cfg.sigma is not None, "resolve the config first"
         schedule = schedule_of(cfg)
         q = schedule.releases(n)[1]
@@ -56,7 +66,7 @@ class PrivateSet(Method):
 
     def choose(self, cfg: TrainConfig, rnd: Round) -> Chosen:
         from crepe.data import NORMALISATION
-        from crepe.smallsets.private_set import GenerationState, generate, save_synthetic, schedule_of
+        from crepe.smallsets.private_set import GenerationState, generate, save_synthetic
         from crepe.smallsets.sets import full_set
 
         schedule = schedule_of(cfg)
