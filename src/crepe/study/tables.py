@@ -102,7 +102,8 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str], u
         "the whole run (selection + training + evaluation; process start-up and data loading excluded). "
         "Speed-up = total time of the full-data run with the same model, dataset and σ or target ε (or non-DP) / this row's. "
         "Runs calibrated to different target ε are never averaged: each target is its own row. " + CI_NOTE,
-        f"ε at δ = {cfg.get('delta', 1e-5):g}, zero-out adjacency: ε_total composes the selection rounds and the "
+        f"ε per {' or '.join(sorted({r.summary.get('unit', 'example') for r in runs}))} at δ = {cfg.get('delta', 1e-5):g}, "
+        "zero-out adjacency: ε_total composes the selection rounds and the "
         "DP-SGD steps in one accountant; ε_select and ε_train are each part alone (their sum overstates ε_total). "
         "Per-class selection reads the true labels: its ε holds with labels treated as public. " + TRAIN_ACC_NOTE,
         "",
