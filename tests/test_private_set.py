@@ -307,3 +307,18 @@ def test_a_refused_private_set_run_prints_no_private_class_count(data_root, tmp_
     assert f"= {spc} exceeds the number of training examples of some class" in line
     assert "allowed: spc <= the size of the smallest class" in line
     assert re.findall(r"\d+", line.replace(f"= {spc} ", "")) == [], line  # no number but the one given
+
+
+def test_gen_batch_loops_releases_outer_times_batch_loops_gradients(data_root, tmp_path) -> None:
+    """--gen-batch-loops (the paper's batch loops): each iteration releases outer x batch loops noisy
+    real gradients, and the ledger holds every one of them."""
+    import json
+
+    from crepe import cli
+
+    out = tmp_path / "run"
+    assert cli.main(_ps_run(data_root, out, "--gen-batch-loops", "3", "--sigma", "2")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ledger"] == [{"kind": "generate", "noise_multiplier": 2.0, "sample_rate": 0.1, "steps": 3 * 2 * 3,
+                            "unit": "example"}]  # 3 iterations x 2 outer loops x 3 batch loops
+    assert cli.main(["train", "--out", str(tmp_path / "c"), "--gen-batch-loops", "2"]) == 2  # craig does not read it

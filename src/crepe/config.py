@@ -212,7 +212,11 @@ class TrainConfig:
         10, "private-set: synthetic images per class (spc)", kind="int", low=1, grid=True
     )
     gen_iterations: int = option(30, "private-set: generation iterations (a fresh ConvNet each)", kind="int", low=1)
-    gen_outer_loops: int = option(10, "private-set: noisy real gradients per iteration", kind="int", low=1)
+    gen_outer_loops: int = option(10, "private-set: outer loops per iteration (the ConvNet trains on the synthetic set between them)", kind="int", low=1)
+    gen_batch_loops: int = option(
+        1, "private-set: noisy real gradients per outer loop (the paper: 10); an iteration releases "
+        "outer x batch loops of them", kind="int", low=1,
+    )
     gen_lr_images: float = option(1.0, "private-set: SGD step size of the synthetic images", kind="float", low=0, low_open=True)
     gen_width: int = option(32, "private-set: channels of the matching ConvNet", kind="int", low=1)
     # schedule and optimiser

@@ -27,7 +27,7 @@ def schedule_of(cfg: TrainConfig) -> Schedule:
 
     return Schedule(
         spc=cfg.images_per_class, iterations=cfg.gen_iterations, outer_loops=cfg.gen_outer_loops,
-        batch_size=cfg.batch_size, clip=cfg.max_grad_norm, lr_images=cfg.gen_lr_images, inner_steps=10,
+        batch_loops=cfg.gen_batch_loops, batch_size=cfg.batch_size, clip=cfg.max_grad_norm, lr_images=cfg.gen_lr_images, inner_steps=10,
         width=cfg.gen_width,
     )
 
@@ -35,7 +35,7 @@ def schedule_of(cfg: TrainConfig) -> Schedule:
 class PrivateSet(Method):
     name = "private-set"
     order = 3
-    options = ("images_per_class", "gen_iterations", "gen_outer_loops", "gen_lr_images", "gen_width")
+    options = ("images_per_class", "gen_iterations", "gen_outer_loops", "gen_batch_loops", "gen_lr_images", "gen_width")
     trains_privately = False
 
     def check(self, cfg: TrainConfig) -> None:
