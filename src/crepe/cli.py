@@ -1,4 +1,4 @@
-"""Command line: crepe train | sweep | report.
+"""Command line: crepe train | sweep | report | epsilon | export.
 
 Convention for all three commands: `main(argv)` returns an exit status and
 never raises for bad input: 0 success; 2 bad input (`UsageError`: one line on
@@ -38,9 +38,14 @@ def train_parser() -> argparse.ArgumentParser:
         ),
         argument_default=argparse.SUPPRESS,  # only flags actually given reach the config
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()  # one of them is required unless --dry-run
     where.add_argument("--out", type=Path, help="new run folder (must be empty, absent, or hold this same run)")
     where.add_argument("--resume", type=Path, help="continue the run in this folder")
+    where.add_argument(
+        "--dry-run", action="store_true",
+        help="print the plan (sigma solved for a target, the schedule, the planned epsilon and its parts) and exit: "
+        "reads only the training labels, writes nothing",
+    )
     for name, s in methods.declared().items():
         add_option(p, name, s)
     return p
@@ -79,6 +84,10 @@ def cmd_train(argv: list[str]) -> int:
     ns = train_parser().parse_args(argv)
     names = set(options())
     given = {k: v for k, v in vars(ns).items() if k in names}
+    if getattr(ns, "dry_run", False):
+        return dry_run(given)
+    if getattr(ns, "out", None) is None and getattr(ns, "resume", None) is None:
+        raise UsageError("one of the arguments --out --resume --dry-run is required (see crepe train --help)")
     if getattr(ns, "resume", None) is not None:
         extra = sorted(k for k in given if not options()[k].machine)  # only machine flags may change
         if extra:
@@ -130,6 +139,69 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def dry_run(given: dict[str, Any]) -> int:
+    """`crepe train --dry-run`: the run's plan from its training labels alone; nothing is written."""
+    from crepe import data
+    from crepe.privacy.accounting import epsilons
+    from crepe.training.loop import plan_line
+    from crepe.training.plan import Plan, class_counts
+    from crepe.training.rundir import caveat_tail, fmt_eps
+
+    cfg = new_run_config(given)
+    labels = data.train_labels(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset)
+    plan = Plan.of(cfg, counts=class_counts(labels))
+    ledger = plan.ledger()
+    eps = epsilons(ledger, delta=cfg.delta, accountant=cfg.accountant)
+    tail = caveat_tail(labels_public=plan.labels_public, reproducible=cfg.noise == "reproducible")
+    print(f"crepe train --dry-run: {cfg.dataset}, --method {cfg.method}, {plan.n} training examples (labels only read)")
+    print(plan_line(plan))
+    print(f"crepe train: planned epsilon {fmt_eps(eps['total'])} (select {fmt_eps(eps['select'])}, train "
+          f"{fmt_eps(eps['train'])}) per {ledger.unit} at delta {cfg.delta:g} ({cfg.accountant} accountant), "
+          f"zero-out adjacency{tail}")
+    print("crepe train: nothing was written (--dry-run)")
+    return 0
+
+
+def cmd_epsilon(argv: list[str]) -> int:
+    """`crepe epsilon RUN --delta D`: epsilon of a finished run's ledger at another delta."""
+    from crepe.privacy.accounting import epsilons
+    from crepe.privacy.ledger import Ledger
+    from crepe.training import rundir
+
+    p = Parser(prog="crepe epsilon", description="epsilon of a finished run's privacy ledger at another delta")
+    p.add_argument("run", type=Path, help="a run folder with summary.json")
+    p.add_argument("--delta", type=float, required=True, help="delta of the epsilon, in (0, 0.5]")
+    p.add_argument("--accountant", choices=options()["accountant"].choices, help="default: the run's own")
+    ns = p.parse_args(argv)
+    options()["delta"].check("--delta", ns.delta)
+    summary = rundir.read_summary(ns.run) if rundir.is_complete(ns.run) else None
+    if summary is None:
+        raise UsageError(f"{ns.run} holds no complete run (summary.json with status complete)")
+    try:
+        ledger = Ledger.from_list(summary["ledger"])
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{ns.run}/summary.json: its ledger cannot be read ({e})") from None
+    accountant = ns.accountant or summary.get("accountant", "rdp")
+    eps = epsilons(ledger, delta=ns.delta, accountant=accountant)
+    print(f"crepe epsilon: {rundir.fmt_eps(eps['total'])} (select {rundir.fmt_eps(eps['select'])}, train "
+          f"{rundir.fmt_eps(eps['train'])}) per {ledger.unit} at delta {ns.delta:g} ({accountant} accountant)")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    """`crepe export RUN`: model.pt and model.json of a finished run (runs before they were written)."""
+    from crepe.training.export import export
+
+    p = Parser(prog="crepe export", description="write model.pt (state_dict) and model.json of a finished run")
+    p.add_argument("run", type=Path, help="a complete run folder")
+    path = export(p.parse_args(argv).run)
+    print(f"crepe export: wrote {path.resolve()} and {path.with_name('model.json').resolve()}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "epsilon": cmd_epsilon, "export": cmd_export}
+
+
 def _remove_new_run(run_dir: Path) -> None:
     """Undo a run folder this call created, if it failed before its first checkpoint."""
     from crepe.training import rundir
@@ -145,10 +217,12 @@ def _remove_new_run(run_dir: Path) -> None:
 def top_parser() -> argparse.ArgumentParser:
     p = Parser(prog="crepe", description="CRAIG coresets for differentially private training.")
     p.add_argument("--version", action="version", version=f"crepe {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,sweep,report}")
+    sub = p.add_subparsers(dest="command", metavar="{train,sweep,report,epsilon,export}")
     sub.add_parser("train", help="DP-SGD on a small private training set (crepe train --help)", add_help=False)
     sub.add_parser("sweep", help="grids of crepe train runs (crepe sweep --help)", add_help=False)
     sub.add_parser("report", help="tables and plots from run folders (crepe report --help)", add_help=False)
+    sub.add_parser("epsilon", help="epsilon of a finished run at another delta (crepe epsilon --help)", add_help=False)
+    sub.add_parser("export", help="model.pt and model.json of a finished run (crepe export --help)", add_help=False)
     return p
 
 
@@ -166,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
-    prog = f"crepe {command}" if command in ("train", *DELEGATED) else "crepe"
+    prog = f"crepe {command}" if command in (*COMMANDS, *DELEGATED) else "crepe"
     try:
         if command in DELEGATED:
             import importlib
@@ -178,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 raise UsageError(f"{DELEGATED[command]} is not available in this installation") from None
             return int(mod.main(argv[1:]) or 0)
-        if command == "train":
-            return cmd_train(argv[1:])
+        if command in COMMANDS:
+            return COMMANDS[command](argv[1:])
         top_parser().parse_args(argv)  # --help, --version, or an unknown command
         top_parser().print_help(sys.stderr)
         return 2

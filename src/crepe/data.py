@@ -169,6 +169,24 @@ def _torchvision_arrays(dataset: str, cache: Path) -> dict[str, tuple[np.ndarray
     return out
 
 
+def train_labels(dataset: str, *, data_dir: str | None = None, train_subset: int | None = None) -> np.ndarray:
+    """The training labels alone (n,) uint8, exactly those `load` trains on, without reading an image
+    (IDX folders; through torchvision the whole dataset is needed)."""
+    src = resolve_source(dataset, data_dir)
+    if src.folder is None:
+        return load(dataset, train_subset=train_subset).y_train.numpy()
+    if src.split == "standard":
+        labels = read_idx(src.folder / FILES["train"][1])
+    else:  # the t10k split: the same fixed permutation as `load`
+        test = read_idx(src.folder / FILES["test"][1])
+        labels = test[np.random.Generator(np.random.PCG64(MNIST_T10K_SPLIT_SEED)).permutation(len(test))[:MNIST_T10K_TRAIN]]
+    if train_subset is not None:
+        if train_subset > len(labels):
+            raise UsageError(f"--train-subset {train_subset} exceeds the {len(labels)} train examples")
+        labels = labels[:train_subset]
+    return labels
+
+
 def load(
     dataset: str,
     *,

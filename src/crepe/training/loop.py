@@ -43,11 +43,12 @@ from crepe.dp.clipping import count_noise, make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, Optimizer, PlainOptimizer
 from crepe.dp.optimizers import make_base_optimizer
+from crepe.dp.sampling import steps_per_epoch
 from crepe.dp.secret_rng import KEY_BYTES, keyed_generator, new_key
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
 from crepe.smallsets.method import Round
-from crepe.training import rundir, state as ckpt
+from crepe.training import export, rundir, state as ckpt
 from crepe.training.epoch import EpochStats, SetWeights, set_weights, train_epoch
 from crepe.training.plan import Plan, class_counts
 from crepe.training.state import GENERATORS, RunState
@@ -113,6 +114,7 @@ def run(
     finished = resume(r)
     if finished is not None:  # finished, but stopped before summary.json was written
         return finished
+    say(plan_line(r.plan))
     st, plan, ran = r.st, r.plan, 0
     bar = _progress(log is None and sys.stderr.isatty())
     with warnings.catch_warnings():
@@ -160,6 +162,18 @@ def announce(cfg: TrainConfig, ds: data_mod.LoadedData, say: Callable[[str], Non
     say(f"crepe train: {cfg.dataset} from {ds.source}: {len(ds.y_train)} train / {len(ds.y_test)} test examples")
     if ds.split != "standard":
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
+
+
+def plan_line(plan: Plan) -> str:
+    """sigma and the schedule, said before the first epoch (and by --dry-run)."""
+    cfg = plan.cfg
+    solved = f" (solved for --target-epsilon {cfg.target_epsilon:g})" if cfg.target_epsilon is not None else ""
+    rounds = sum(plan.redraws(e) for e in range(plan.epochs))
+    select = f", select sigma {cfg.select_sigma:.4g}" if any(r.kind == "select" for r in plan.round_releases()) else ""
+    q = plan.sample_rate
+    size = f"{plan.set_size:g}" if float(plan.set_size).is_integer() else f"{plan.set_size:.6g}"
+    return (f"crepe train: sigma {cfg.sigma:.4g}{solved}{select}; {plan.epochs} epochs of {steps_per_epoch(q)} steps at "
+            f"q = {q:.4g} (B = {cfg.batch_size}, |S| = {size}), {rounds} selection round{'s' * (rounds != 1)}")
 
 
 def seeds(cfg: TrainConfig) -> tuple[int, bytes]:
@@ -212,6 +226,7 @@ def resume(r: Run) -> dict[str, Any] | None:
         return None
     ck = ckpt.load(ckpt_path, cfg=cfg, fingerprint=r.ds.fingerprint)
     if ck["summary"] is not None:
+        export.write(r.run_dir, ck["model"], cfg, ck["summary"])
         rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, ck["summary"])
         return ck["summary"]
     restored = ckpt.restore_state(ck)
@@ -365,6 +380,7 @@ def finish(r: Run) -> dict[str, Any]:
     if not cfg.keep_secrets:
         ckpt.save_finished(r.run_dir / rundir.CHECKPOINT, config=cfg.to_dict(), model=r.model, optimizer=r.opt,
                            state=st, summary=summary)
+    export.write(r.run_dir, r.model.state_dict(), cfg, summary)  # the publishable model, before "complete"
     rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, summary)
     return summary
 

@@ -5,6 +5,7 @@
     RUN_DIR/checkpoint.pt   unfinished: everything needed to continue (checksummed; as sensitive as
                             the data); finished: model, optimizer, config, ledger (unless --keep-secrets)
     RUN_DIR/summary.json    final figures and the whole privacy ledger
+    RUN_DIR/model.pt        finished: the trained model's state_dict, and model.json what it is (training/export.py)
     RUN_DIR/synthetic.npz   private-set: the synthetic images and labels (and synthetic.png)
 
 cli, sweep and report read run folders only through this module.
@@ -173,5 +174,5 @@ def final_line(summary: dict[str, Any]) -> str:
         f"crepe train: test accuracy {summary['test_acc']:.4f} | epsilon {fmt_eps(summary['eps_total'])} "
         f"(select {fmt_eps(summary['eps_select'])}, train {fmt_eps(summary['eps_train'])}) "
         f"per {summary.get('unit', 'example')} "  # summaries before the unit existed protect one example
-        f"at delta {summary['delta']:g}, zero-out adjacency{tail}"
+        f"at delta {summary['delta']:g}, zero-out adjacency{tail} | sigma {summary['sigma']:.4g}"
     )

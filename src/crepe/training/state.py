@@ -109,9 +109,10 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
 
 
-def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
+def load(path: Path, *, cfg: TrainConfig, fingerprint: str | None) -> dict[str, Any]:
     """The verified payload of `path`; UsageError (nothing changed) if it is damaged or foreign.
-    A finished run's checkpoint has a summary (not None) and none of the secret parts."""
+    A finished run's checkpoint has a summary (not None) and none of the secret parts.
+    `fingerprint` None: the data is not checked (a reader of the model only)."""
     raw = path.read_bytes()
     if raw.startswith(WEAK_SEEDS_MAGIC):
         raise UsageError(
@@ -131,7 +132,7 @@ def load(path: Path, *, cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
         ck = torch.load(io.BytesIO(body), weights_only=True)
     except Exception as e:  # a checksummed payload that torch cannot read: still damaged
         raise UsageError(f"{path} cannot be read ({e}); the folder is left as it was") from None
-    if ck["summary"] is None and ck["fingerprint"] != fingerprint:
+    if ck["summary"] is None and fingerprint is not None and ck["fingerprint"] != fingerprint:
         raise UsageError(
             f"{path} was written for different data (fingerprint {ck['fingerprint']}, now {fingerprint}): check --data-dir"
         )

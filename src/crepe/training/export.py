@@ -1,0 +1,72 @@
+"""The publishable model of a finished run: RUN_DIR/model.pt and RUN_DIR/model.json.
+
+model.pt is the trained model's state_dict, written by torch.save: it loads with
+plain torch (`torch.load(path, weights_only=True)`) into the architecture that
+model.json names (`crepe.models.build_model(json["model"], activation=...)`,
+or the same class of one's own). model.json says what the weights are and
+what protects them: architecture, input, ε and its parts at δ, the privacy
+unit, the adjacency, the accountant, σ and the caveats. Nothing secret: the
+weights are post-processing of the noisy releases; no generator state,
+subset, realised size or label fingerprint goes into either file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from crepe.config import TrainConfig, UsageError
+from crepe.training import rundir
+
+MODEL = "model.pt"
+MODEL_CARD = "model.json"
+FORMAT = "crepe-model-1"
+# What model.json copies from summary.json: what the weights are worth and what protects them.
+FROM_SUMMARY = ("test_acc", "eps_total", "eps_select", "eps_train", "eps_infinite", "delta", "accountant", "unit",
+                "adjacency", "noise", "labels_public", "caveat", "noise_caveat", "sigma", "select_sigma", "epochs")
+
+
+def card(cfg: TrainConfig, summary: dict[str, Any], *, normalisation: tuple[float, float]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "model": cfg.model,
+        "activation": cfg.activation,
+        "classes": 10,
+        "input_shape": [1, 28, 28],
+        "dataset": cfg.dataset,
+        "normalisation": {"mean": normalisation[0], "std": normalisation[1]},  # x = (pixel / 255 - mean) / std
+        "method": cfg.method,
+        **{k: summary.get(k, "example" if k == "unit" else None) for k in FROM_SUMMARY},
+        "how_to_load": f"torch.load('{MODEL}', weights_only=True) is a state_dict for "
+        f"crepe.models.build_model({cfg.model!r}, activation={cfg.activation!r})",
+    }
+
+
+def write(run_dir: Path, state_dict: dict[str, Any], cfg: TrainConfig, summary: dict[str, Any]) -> None:
+    """model.pt and model.json, each written atomically."""
+    import torch
+
+    from crepe.data import NORMALISATION
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
+    rundir.atomic_write_bytes(run_dir / MODEL, buf.getvalue())
+    rundir.atomic_write_json(run_dir / MODEL_CARD, card(cfg, summary, normalisation=NORMALISATION[cfg.dataset]))
+
+
+def export(run_dir: Path) -> Path:
+    """model.pt/model.json of a complete run folder from its checkpoint (runs of older crepe
+    versions wrote none); UsageError if the run is not complete or its checkpoint is not its own."""
+    from crepe.training import state
+
+    summary = rundir.read_summary(run_dir)
+    if not rundir.is_complete(run_dir) or summary is None:
+        raise UsageError(f"{run_dir} holds no complete run (summary.json with status complete): nothing to export")
+    cfg = rundir.read_config(run_dir)
+    ck = state.load(run_dir / rundir.CHECKPOINT, cfg=cfg, fingerprint=None)
+    if ck["summary"] is not None and json.dumps(ck["summary"], sort_keys=True) != json.dumps(summary, sort_keys=True):
+        raise UsageError(f"{run_dir}: the checkpoint's summary is not summary.json's: the folder is not one run")
+    write(run_dir, ck["model"], cfg, summary)
+    return run_dir / MODEL
