@@ -116,7 +116,7 @@ def test_a_finished_run_folder_holds_no_secret(data_root, tmp_path, monkeypatch,
         raw = bytes(s.tolist())
         secret += [raw[24:88], raw[4952:5016]]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"]
+    assert files == ["checkpoint.pt", "config.json", "metrics.jsonl", "model.json", "model.pt", "summary.json"]
     for name in files:
         text = (out / name).read_bytes()
         assert not [s for s in secret if s in text], f"{name} holds a secret of the run"
