@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from crepe import _core, cli  # noqa: F401 (_core: an editable install rebuilds it on first import, before output capture)
+from crepe.config import TrainConfig
 
 
 def args(data_root: Path, out: Path, *extra: str) -> list[str]:
@@ -158,3 +159,21 @@ def test_missing_delegate_is_a_clear_error(monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "crepe.study.report", None)  # import now raises ModuleNotFoundError
     assert cli.main(["report", "x"]) == 2
     assert "crepe.study.report is not available" in capsys.readouterr().err
+
+
+def test_messages_a_user_reads(tmp_path, capsys) -> None:
+    """did-you-mean for a misspelt flag, a boolean's help without a misleading default, the presets'
+    settings in the help, and an unreachable target's hint naming the method's own levers."""
+    from crepe.privacy.calibration import Unreachable
+    from crepe.training.plan import Plan
+
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--epoch", "3"]) == 2
+    assert "did you mean --epochs?" in capsys.readouterr().err
+    assert cli.main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "(default: True)" not in text and "seed-protocol: --activation relu, --epochs 50" in text
+    for method, lever, absent in (("full", "fewer --epochs", "--select-sigma"), ("craig", "--select-sigma", None)):
+        cfg = TrainConfig(method=method, target_epsilon=1e-6, epochs=1).resolve()
+        with pytest.raises(Unreachable, match="shorten the schedule") as e:
+            Plan(cfg, n=300, set_size=300 if method == "full" else 30).solved()
+        assert lever in str(e.value) and (absent is None or absent not in str(e.value))

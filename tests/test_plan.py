@@ -44,7 +44,7 @@ def test_a_poisson_subset_opens_a_phase_at_each_draw_and_adaptive_steps_release_
 
 def test_full_data_and_private_set() -> None:
     full = Plan(TrainConfig(method="full", epochs=2, batch_size=100, sigma=1.0).resolve(), n=1000, set_size=1000)
-    assert list(full.ledger()) == [train(20, sigma=1.0, q=0.1)] and full.private_selection
+    assert list(full.ledger()) == [train(20, sigma=1.0, q=0.1)] and full.private_selection is None  # no selection
     cfg = TrainConfig(method="private-set", epochs=4, batch_size=50, sigma=2.0, images_per_class=2, gen_iterations=3,
                       gen_outer_loops=2).resolve()
     ps = Plan.of(cfg, counts=[50] * 10)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crepe import __version__
-from crepe.config import TrainConfig, UsageError, options
+from crepe.config import PRESETS, TrainConfig, UsageError, options
 from crepe.parser import Parser, add_option
 from crepe.smallsets import methods
 from crepe.training.plan import new_run_config, resolved_threads
@@ -37,6 +37,12 @@ def train_parser() -> argparse.ArgumentParser:
             "(zero-out adjacency; docs/privacy.md)."
         ),
         argument_default=argparse.SUPPRESS,  # only flags actually given reach the config
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="presets (--preset NAME; flags given override them):\n" + "\n".join(
+            f"  {name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items() if k != "by_dataset")
+            + "".join(f"; with --dataset {d}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in dv.items())
+                      for d, dv in values.get("by_dataset", {}).items())
+            for name, values in PRESETS.items()),
     )
     where = p.add_mutually_exclusive_group()  # one of them is required unless --dry-run
     where.add_argument("--out", type=Path, help="new run folder (must be empty, absent, or hold this same run)")
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             target = _flag_value(argv, "--out") or _flag_value(argv, "--resume")
             if target and Path(target, "checkpoint.pt").is_file():
-                where = f"; every finished epoch is saved: resume with `crepe train --resume {target}`"
+                where = f"; every finished epoch is saved: resume with `crepe train --resume {Path(target).resolve()}`"
             elif target:
                 where = "; nothing was saved yet (the run folder was removed)" if not Path(target).exists() else ""
         print(f"{prog}: interrupted{where}", file=sys.stderr)

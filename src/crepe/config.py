@@ -289,7 +289,7 @@ class TrainConfig:
         kind="bool",
         dp_only=True,
     )
-    preset: str | None = option(None, "start from a named recipe (see PRESETS); flags given override it", choices=("seed-protocol", "dp-recipe"))
+    preset: str | None = option(None, "start from a named recipe (their settings are listed at the end of this help); flags given override it", choices=("seed-protocol", "dp-recipe"))
     threads: int | None = option(None, "torch and selection threads (default: torch's)", kind="int", low=1, machine=True)
     eval_every: int = option(
         1, "test accuracy every N epochs and after the last (long runs on small sets: evaluation dominates)",

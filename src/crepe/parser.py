@@ -4,6 +4,7 @@ and a `crepe train` flag made from its declaration (crepe.config). torch-free.""
 from __future__ import annotations
 
 import argparse
+import difflib
 from typing import Any
 
 from crepe.config import UsageError, default
@@ -17,13 +18,17 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        close = difflib.get_close_matches(unknown[0].split("=")[0], list(self._option_string_actions), n=1) if unknown else []
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(f"{message} ({hint}see {self.prog} --help)")
 
 
 def add_option(p: argparse.ArgumentParser, name: str, s: Any) -> None:
     """One `crepe train` flag from its declaration (crepe.config)."""
     value = default(name)
-    shown = "" if value is None else f" (default: {value})"
+    # a boolean's flag says what it changes: --no-dp turns DP off, --diagnostics turns them on
+    shown = "" if value is None or s.kind == "bool" else f" (default: {value})"
     text = (s.help + shown).replace("%", "%%")  # argparse formats help with %
     if s.kind == "bool":
         dest_action = "store_false" if s.no_flag else "store_true"

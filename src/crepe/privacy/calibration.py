@@ -37,7 +37,7 @@ class Unreachable(UsageError):
 
 def solve_sigma(
     ledger_for: Callable[[float], Ledger], *, target: float, delta: float, accountant: str,
-    kinds: tuple[str, ...] | None = None,
+    kinds: tuple[str, ...] | None = None, levers: str = "fewer epochs",
 ) -> float:
     """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows).
 
@@ -47,7 +47,8 @@ def solve_sigma(
     no accountant sees a sigma much below the answer (the bisection is the one crepe always ran: the
     same sigma for every target it could solve). A sigma at which the accountant fails counts as
     above every target. A target that needs less noise than the accountant can evaluate is a
-    UsageError naming --sigma. `kinds`: the releases that count (default all).
+    UsageError naming --sigma. `kinds`: the releases that count (default all); `levers`: what
+    shortens the schedule, said when a target is unreachable.
     """
 
     def eps(s: float) -> float:
@@ -60,8 +61,7 @@ def solve_sigma(
     if floor > target:
         raise Unreachable(
             f"--target-epsilon {target:g} is unreachable with this schedule: the smallest reachable epsilon is "
-            f"{floor:.4g} (at sigma = {SIGMA_MAX:g}); raise the target, or shorten the schedule "
-            "(fewer epochs or selection rounds, a larger --select-sigma)",
+            f"{floor:.4g} (at sigma = {SIGMA_MAX:g}); raise the target, or shorten the schedule ({levers})",
             floor=floor,
         )
     smallest = SIGMA_FLOOR.get(accountant, DEFAULT_SIGMA_FLOOR)
@@ -91,7 +91,7 @@ def solve_sigma(
 
 def calibrate(
     ledger_for: Callable[[float, float], Ledger], *, target: float, delta: float, accountant: str,
-    select_sigma: float | None = None, select_share: float | None = None,
+    select_sigma: float | None = None, select_share: float | None = None, levers: str = "fewer epochs",
 ) -> tuple[float, float]:
     """(sigma, sigma_sel) so that `ledger_for(sigma, sigma_sel)` ends at `target`. sigma_sel is the
     given `select_sigma`, or solved first so that the selection releases alone spend
@@ -99,12 +99,13 @@ def calibrate(
     if select_share is not None:
         select_sigma = solve_sigma(
             lambda s: ledger_for(1.0, s), target=select_share * target, delta=delta, accountant=accountant,
-            kinds=parts()["select"],
+            kinds=parts()["select"], levers=levers,
         )
     fixed = select_sigma
 
     def tied(s: float) -> float:
         return fixed if fixed is not None else s
 
-    sigma = solve_sigma(lambda s: ledger_for(s, tied(s)), target=target, delta=delta, accountant=accountant)
+    sigma = solve_sigma(lambda s: ledger_for(s, tied(s)), target=target, delta=delta, accountant=accountant,
+                        levers=levers)
     return sigma, tied(sigma)

@@ -19,7 +19,7 @@ declares, before any data is read:
   releases, markers included), known in advance; `partial_releases(cfg, n,
   progress)`: what a round saved part way (`Round.save_progress`) has released;
 - `trains_privately`: False when training reads no private data (synthetic
-  images): its steps release nothing;
+  images): its steps release nothing; `levers`: what shortens its schedule;
 - `choose(cfg, rnd)`: the set, from what `Round` gives it; it records exactly
   `round_releases` into `rnd.record` (the loop checks it against the plan).
 
@@ -77,6 +77,7 @@ class Method:
     order: ClassVar[int]
     options: ClassVar[tuple[str, ...]] = ()
     trains_privately: ClassVar[bool] = True
+    levers: ClassVar[str] = "fewer --epochs"  # what shortens its schedule (said when a target is unreachable)
 
     def check(self, cfg: TrainConfig) -> None:
         """UsageError for a combination of options this method cannot run."""

@@ -331,7 +331,7 @@ def epoch_line(r: Run, row: dict[str, Any]) -> str:
         f"epoch {row['epoch']}/{r.plan.epochs}: train loss {'-' if loss is None else f'{loss:.4f}'} ({rundir.NOT_COVERED}) "
         f"test acc {'-' if acc is None else f'{acc:.4f}'} eps {rundir.fmt_eps(row['eps_total'])} "
         f"(select {rundir.fmt_eps(row['eps_select'])}, train {rundir.fmt_eps(row['eps_train'])}) per {r.st.ledger.unit}{tail} "
-        f"select {row['select_time_s']:.2f}s train {row['train_time_s']:.2f}s |S| {row['coreset_size']}"
+        f"select {row['select_time_s']:.2f}s train {row['train_time_s']:.2f}s |S| {row['coreset_size']:g}"
     )
 
 

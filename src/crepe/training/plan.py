@@ -56,7 +56,7 @@ class Plan:
         sigma, select_sigma = calibrate(
             lambda s, sel: replace(self, cfg=replace(cfg, sigma=s, select_sigma=sel)).ledger(),
             target=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant,
-            select_sigma=cfg.select_sigma, select_share=cfg.select_share,
+            select_sigma=cfg.select_sigma, select_share=cfg.select_share, levers=self.method.levers,
         )
         return replace(self, cfg=replace(cfg, sigma=sigma, select_sigma=select_sigma))
 
@@ -133,9 +133,10 @@ class Plan:
         return self.method.secret_size(self.cfg)
 
     @property
-    def private_selection(self) -> bool:
-        """Every selection release is noisy (vacuously true for a method that releases nothing)."""
-        return all(r.noise_multiplier > 0 for r in self.round_releases() if not r.marker)
+    def private_selection(self) -> bool | None:
+        """Every selection release is noisy; None for a method whose rounds release nothing."""
+        chosen = [r for r in self.round_releases() if not r.marker]
+        return all(r.noise_multiplier > 0 for r in chosen) if chosen else None
 
 
 def _first_difference(recorded: Ledger, planned: Ledger) -> str:

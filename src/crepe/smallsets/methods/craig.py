@@ -20,6 +20,7 @@ class Craig(Method):
     name = "craig"
     order = 2
     options = (*SUBSET, "proxy", "weights", "select_clip", "select_sigma", "select_share")
+    levers = "fewer --epochs or selection rounds (a larger --select-every), a larger --select-sigma"
 
     def reads_labels(self, cfg: TrainConfig) -> bool:
         return cfg.selection_scope == "per-class"

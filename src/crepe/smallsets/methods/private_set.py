@@ -36,6 +36,7 @@ class PrivateSet(Method):
     name = "private-set"
     order = 3
     options = ("images_per_class", "gen_iterations", "gen_outer_loops", "gen_batch_loops", "gen_lr_images", "gen_width")
+    levers = "fewer --gen-iterations, --gen-outer-loops or --gen-batch-loops"
     trains_privately = False
 
     def check(self, cfg: TrainConfig) -> None:
