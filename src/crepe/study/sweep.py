@@ -95,6 +95,8 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if args.data_dir is not None:  # sweep.json and every run's config hold it absolute: they work from anywhere
+        args.data_dir = str(Path(args.data_dir).resolve())
     given = vars(args)
     if unknown:
         flags = [st.spec.flag for st in opts.settings().values()] + [f"--{f}" for f in opts.SWEEP_FLAGS]
