@@ -11,7 +11,11 @@ python3 -m venv "$VENV"
 # pip prints one line per package it downloads or installs ("Downloading ...", "Installing ..."):
 # progress without the resolver's chatter.
 # Under pipefail a failing pip still fails the script (the filter itself never does).
-pip_install() { "$VENV/bin/pip" install --progress-bar off --no-input "$@" | { grep -E "$PIP_LINES" || true; }; }
+# (pip's warnings that a configured local index folder is absent are left out as well.)
+pip_install() {
+  "$VENV/bin/pip" install --progress-bar off --no-input "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) \
+    | { grep -E "$PIP_LINES" || true; }
+}
 PIP_LINES="^(Downloading|Installing|Successfully|Building)"
 step() { echo "crepe install [$1/3]: $2" >&2; }
 step 1 "torch 2.14.1 + torchvision 0.29.1 from the default index: the build with CUDA libraries (~3 GB, several \
