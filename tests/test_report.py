@@ -281,3 +281,22 @@ def test_runs_at_different_target_epsilons_are_never_averaged(tmp_path: Path) ->
     assert all(r.speedup is not None for r in rows)  # compared with the full-data run at the same target, whatever its sigma
     md = tables.markdown(rows, results.find_runs(root)[0], [])
     assert "target ε" in md and "5.1 (solved)" in md
+
+
+def test_two_seed_intervals_are_clipped_to_0_100_and_marked(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    for seed, acc in ((0, 0.10), (1, 0.37)):  # the raw t interval is about [-62, 109] %
+        write_run(root, f"craig_{seed}", method="craig", sigma=1.0, seed=seed, test_acc=acc)
+    runs = results.find_runs(root)[0]
+    rows = results.aggregate(runs)
+    s = rows[0].stats["test_acc"]
+    assert s.mean - s.half95 < 0 and s.mean + s.half95 > 1  # the example must hold what it claims
+    assert s.interval95(*results.ACC_RANGE) == (0.0, 1.0)
+    md = tables.markdown(rows, runs, [])
+    (line,) = [line for line in md.splitlines() if line.startswith("| cnn | craig |")]
+    assert "[0.00, 100.00] †" in line
+    assert "clipped to [0, 100]" in md and "very wide" in md
+    assert tables.ci_bounds(s) == ["0", "1"]
+    s3 = results.Stat(0.5, 0.01, 3)  # an interval inside the range is left as it is
+    assert s3.interval95(0.0, 1.0) == pytest.approx((0.5 - s3.half95, 0.5 + s3.half95))
+    assert "†" not in tables.ci_cell(s3)
