@@ -13,8 +13,8 @@ which of them a sweep gets (figure_names: only the figures that say something ab
 
 and the pieces the verdict's figures share (a panel of accuracy vs epsilon, axes,
 legend, styles, error bars). Plots keep differences in proportion: an accuracy axis
-is fitted to the data (accuracy_limits over the means and the ends of the bars from
-MIN_SEEDS seeds or more, with a margin: at least MIN_SPAN points and 4 x the largest
+is fitted to the data (accuracy_limits over the means and the ends of the ± 1 std
+bars, and of the 95% interval bars from MIN_SEEDS seeds or more, with a margin: at least MIN_SPAN points and 4 x the largest
 seed std, never the fixed 0-100), so a gap smaller than the seed noise never fills
 the panel and real gaps of a few points are not flattened; a very wide bar from
 fewer seeds runs out of the panel rather than squashing the points. Error bars of an accuracy
@@ -40,8 +40,9 @@ MIN_SPAN = 5.0  # accuracy points: the narrowest y-range of an accuracy plot
 MIN_SIZE = (6.4, 4.0)  # inches: the smallest figure (titles and labels fit)
 FEW_FIGURE_NOTE = (f"Dashed bars ({FEW}): fewer than {MIN_SEEDS} seeds, very uncertain: a 95% interval from 2 seeds is "
                    "± 9 std wide (t quantile 12.7), and the axis is not stretched to hold them.")
+FEW_STD_NOTE = f"Dashed bars ({FEW}): fewer than {MIN_SEEDS} seeds: a std from 2 seeds is itself very uncertain."
 ONE_SEED_NOTE = "One seed: no error bar."
-CLIP_NOTE = "Bars are clipped to 0-100 %."
+CLIP_NOTE = "Bars are clipped to [0, 100] %."
 
 
 def sigma_rows(rows: Sequence[Row]) -> list[Row]:
@@ -73,22 +74,25 @@ def dash_few(container: Any, ns: Sequence[int]) -> set[int]:
     return {n for n in ns if n < MIN_SEEDS}
 
 
-def few_note(fig: Any, few: set[int]) -> None:
+def few_note(fig: Any, few: set[int], *, interval: bool = True) -> None:
     """The figure's footnote (bottom left) on its points from fewer than MIN_SEEDS seeds (`few`: their
-    seed counts, from dash_few): dashed bars (2 seeds), no bar (one seed); nothing when `few` is empty."""
+    seed counts, from dash_few): dashed bars (2 seeds; `interval`: the bars are 95% intervals, else
+    ± 1 std), no bar (one seed); nothing when `few` is empty."""
     import textwrap
 
     if not few:
         return
-    text = " ".join([*([FEW_FIGURE_NOTE] if few - {1} else []), *([ONE_SEED_NOTE] if 1 in few else []), CLIP_NOTE])
-    width = max(60, int(fig.get_size_inches()[0] * 72 / 4.2))  # about 4.2 points a character at 7 points
+    dashed = FEW_FIGURE_NOTE if interval else FEW_STD_NOTE
+    text = " ".join([*([dashed] if few - {1} else []), *([ONE_SEED_NOTE] if 1 in few else []), CLIP_NOTE])
+    width = max(60, int(fig.get_size_inches()[0] * 72 / 3.8))  # about 3.8 points a character at 7 points
     fig.supxlabel(textwrap.fill(text, width), x=0.01, ha="left", fontsize=7)
 
 
-def bar_ends(ys: Sequence[float], halves: Sequence[float], ns: Sequence[int]) -> list[float]:
-    """The ends of the error bars (clipped to 0-100) from MIN_SEEDS seeds or more: an accuracy axis holds
-    them (accuracy_limits' values); a dashed bar from fewer seeds may run out of the panel."""
-    return [e for y, h, n in zip(ys, halves, ns) if n >= MIN_SEEDS for e in (max(0.0, y - h), min(100.0, y + h))]
+def bar_ends(ys: Sequence[float], halves: Sequence[float], ns: Sequence[int], *, hold: int = MIN_SEEDS) -> list[float]:
+    """The ends of the error bars (clipped to 0-100) from `hold` seeds or more: an accuracy axis holds them
+    (accuracy_limits' values). hold = MIN_SEEDS for 95% intervals: a very wide one from fewer seeds may
+    run out of the panel; hold = 1 for ± 1 std bars (never wider than the data's spread)."""
+    return [e for y, h, n in zip(ys, halves, ns) if n >= hold for e in (max(0.0, y - h), min(100.0, y + h))]
 
 
 def pyplot() -> Any:
@@ -202,11 +206,12 @@ def acc_pct(r: Row, error: Callable[[Stat | None], float]) -> tuple[float, float
     return 100 * r.stats["test_acc"].mean, 100 * error(r.stats["test_acc"])  # type: ignore[union-attr]
 
 
-def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, error: Callable[[Stat | None], float]) -> set[int]:
+def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, error: Callable[[Stat | None], float],
+                    hold: int = MIN_SEEDS) -> set[int]:
     """One panel of test accuracy vs the achieved epsilon_total: a line per series of DP rows (_series
     over `axes_cols`), error bars `error(test_acc stat)` clipped to 0-100 (dashed below MIN_SEEDS seeds);
     non-private rows as dashed horizontal lines. The y range: the means, their seed std and the bars from
-    MIN_SEEDS seeds or more (accuracy_limits). Returns the seed counts below MIN_SEEDS (for few_note)."""
+    `hold` seeds or more (bar_ends, accuracy_limits). Returns the seed counts below MIN_SEEDS (for few_note)."""
     rows = [r for r in rows if r.stats["test_acc"]]
     xs_all, ys, sds, ends = [], [], [], []
     few: set[int] = set()
@@ -221,7 +226,7 @@ def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, e
         eb = ax.errorbar(x, y, yerr=clipped_yerr(y, bar), color=c, marker=m, capsize=3, label=f"{name} (DP)")
         ns = [r.stats["test_acc"].n for r in series]  # type: ignore[union-attr]
         few |= dash_few(eb, ns)
-        ends += bar_ends(y, bar, ns)
+        ends += bar_ends(y, bar, ns, hold=hold)
         sd = [_acc(r)[1] for r in series]
         for xi, yi, r in zip(x, y, series):
             if r.k["target_epsilon"] is None:  # a target is already where the point sits on the x axis
@@ -273,11 +278,11 @@ def acc_vs_eps_figure(plt: Any, rows: Sequence[Row]) -> Any:
     fig, panels = _side_by_side(plt, rows)
     few: set[int] = set()
     for ax, panel, here in panels:
-        few |= draw_acc_vs_eps(ax, here, axes_cols, error=std_or_0)
+        few |= draw_acc_vs_eps(ax, here, axes_cols, error=std_or_0, hold=1)
         ax.set_title(f"{panel[0]}, {panel[1]}")
     fig.suptitle("Test accuracy vs privacy (bars: ± 1 std over seeds)", fontsize=10, x=0.01, ha="left")
     legend(fig)
-    few_note(fig, few)
+    few_note(fig, few, interval=False)
     return fig
 
 
@@ -313,7 +318,7 @@ def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
         log_axis(ax.xaxis, [r.stats["total_time_s"].mean for r in prow])  # type: ignore[union-attr]
         if prow:
             ys, sds = [_acc(r)[0] for r in prow], [_acc(r)[1] for r in prow]
-            ends = bar_ends(ys, sds, [r.stats["test_acc"].n for r in prow])  # type: ignore[union-attr]
+            ends = bar_ends(ys, sds, [r.stats["test_acc"].n for r in prow], hold=1)  # type: ignore[union-attr]
             ax.set_ylim(*accuracy_limits(ys + ends, sds))
         ax.set_xlabel("wall time per run (s), log scale")
         ax.set_ylabel("test accuracy (%)")
@@ -325,7 +330,7 @@ def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
     if handles:
         fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="colour: method; marker: privacy",
                    title_fontsize=8)
-    few_note(fig, few)
+    few_note(fig, few, interval=False)
     return fig
 
 
