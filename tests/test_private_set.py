@@ -179,6 +179,23 @@ def test_save_synthetic_loads_with_numpy(fm: data.LoadedData, tmp_path: Path) ->
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_synthetic_png_has_a_title_and_class_names(fm: data.LoadedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (drawn.append(fig), close(fig)))
+    images, labels, _ = run(fm, replace(TINY, iterations=1))
+    for dataset, first, last in (("fashion-mnist", "T-shirt/top", "Ankle boot"), ("mnist", "digit 0", "digit 9")):
+        ps.save_synthetic(tmp_path / dataset, images, labels, mean=0.2860, std=0.3530, dataset=dataset)
+        ax = drawn[-1].axes[0]
+        assert ax.get_title().startswith(f"Synthetic training set (private-set)\n{dataset}: 20 images, 2 per class")
+        names = [t.get_text() for t in ax.get_yticklabels()]
+        assert len(names) == 10 and (names[0], names[-1]) == (first, last)
+    ps.save_synthetic(tmp_path / "none", images, labels, mean=0.2860, std=0.3530)  # no dataset: the label numbers
+    assert [t.get_text() for t in drawn[-1].axes[0].get_yticklabels()][:2] == ["class 0", "class 1"]
+
+
 def test_train_on_synthetic_fits_the_set(fm: data.LoadedData) -> None:
     x, y = fm.x_train[:20], fm.y_train[:20]
     model = ConvNet(8, 2, 10, generator=gen(0))

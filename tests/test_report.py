@@ -259,8 +259,11 @@ def test_diagnostics_plot_one_panel_per_metric(tmp_path: Path) -> None:
     fig = report.figures(results.aggregate(results.find_runs(root)[0]))[plots.DIAGNOSTICS_PLOT]
     try:
         panels = [ax for ax in fig.axes if ax.get_visible()]
-        assert [ax.get_title() for ax in panels] == ["frac_clipped", "clip_bias", "clip_cos", "snr", "grad_norm_q50", "clip_norm"]
-        assert all(len(ax.get_lines()) == 2 for ax in panels)  # one line per run
+        assert [ax.get_title() for ax in panels] == [plots.diagnostic_title(k)[0] for k in (
+            "frac_clipped", "clip_bias", "clip_cos", "snr", "grad_norm_q50", "clip_norm")]
+        assert panels[0].get_title() == "Examples clipped" and panels[0].get_ylabel() == "share of the probe (0-1)"
+        assert all(ax.get_ylabel() for ax in panels)  # a unit each
+        assert all(len(ax.get_lines()) == 1 for ax in panels)  # one line per row: the mean over its two seeds
         assert "not covered by ε" in fig._suptitle.get_text()
     finally:
         plt.close("all")
@@ -281,3 +284,114 @@ def test_runs_at_different_target_epsilons_are_never_averaged(tmp_path: Path) ->
     assert all(r.speedup is not None for r in rows)  # compared with the full-data run at the same target, whatever its sigma
     md = tables.markdown(rows, results.find_runs(root)[0], [])
     assert "target ε" in md and "5.1 (solved)" in md
+
+
+def test_two_seed_intervals_are_clipped_to_0_100_and_marked(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    for seed, acc in ((0, 0.10), (1, 0.37)):  # the raw t interval is about [-62, 109] %
+        write_run(root, f"craig_{seed}", method="craig", sigma=1.0, seed=seed, test_acc=acc)
+    runs = results.find_runs(root)[0]
+    rows = results.aggregate(runs)
+    s = rows[0].stats["test_acc"]
+    assert s.mean - s.half95 < 0 and s.mean + s.half95 > 1  # the example must hold what it claims
+    assert s.interval95(*results.ACC_RANGE) == (0.0, 1.0)
+    md = tables.markdown(rows, runs, [])
+    (line,) = [line for line in md.splitlines() if line.startswith("| cnn | craig |")]
+    assert "[0.00, 100.00] †" in line
+    assert "clipped to [0, 100]" in md and "very wide" in md
+    assert tables.ci_bounds(s) == ["0", "1"]
+    s3 = results.Stat(0.5, 0.01, 3)  # an interval inside the range is left as it is
+    assert s3.interval95(0.0, 1.0) == pytest.approx((0.5 - s3.half95, 0.5 + s3.half95))
+    assert "†" not in tables.ci_cell(s3)
+
+
+def write_grid(root: Path, seeds: int, kind: str) -> Path:
+    """A small sweep: full, random, craig at target ε 1, 3, 8 (kind "eps") or at σ 0.8, 1.5, 3 plus
+    non-DP (kind "sigma"), over `seeds` seeds, accuracies within a few points of each other."""
+    for seed in range(seeds):
+        for i, method in enumerate(("full", "random", "craig")):
+            for j, level in enumerate((1.0, 3.0, 8.0) if kind == "eps" else (0.8, 1.5, 3.0)):
+                acc = 0.75 + 0.02 * i + 0.01 * j + 0.015 * ((seed * 7 + i + j) % 3 - 1)
+                if kind == "eps":
+                    write_run(root, f"{method}_e{level:g}_{seed}", method=method, seed=seed, test_acc=acc, total=10.0 + 20 * i,
+                              sigma=2.0 / level + 0.1 * i, target_epsilon=level, summary={"eps_total": 0.99 * level})
+                else:
+                    write_run(root, f"{method}_s{level:g}_{seed}", method=method, seed=seed, test_acc=acc, total=10.0 + 20 * i,
+                              sigma=level)
+            if kind == "sigma":
+                write_run(root, f"{method}_nodp_{seed}", method=method, dp=False, seed=seed, test_acc=0.85 + 0.01 * i, total=5.0)
+    return root
+
+
+# The figures each kind of sweep gets (crepe.study.plots and crepe.study.verdict docstrings).
+FIGURES = {
+    "eps": {"acc_vs_time.png", "acc_per_epoch.png", "frontier.png", "acc_vs_time_at_eps.png"},  # no acc_vs_eps: ε = target
+    "sigma": {"acc_vs_eps.png", "acc_vs_time.png", "acc_per_epoch.png"},  # no study figures: no target ε
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FIGURES))
+def test_each_kind_of_sweep_gets_the_figures_that_say_something(tmp_path: Path, kind: str) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = results.aggregate(results.find_runs(write_grid(tmp_path / "s", 2, kind))[0])
+    figs = report.figures(rows)
+    plt.close("all")
+    assert set(figs) == FIGURES[kind]
+    if kind == "eps":  # one target ε: no frontier (every point would sit at the target)
+        assert set(report.figures([r for r in rows if r.k["target_epsilon"] == 3.0])) == FIGURES["eps"] - {"frontier.png"}
+        plt.close("all")
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 3])
+@pytest.mark.parametrize("kind", sorted(FIGURES))
+def test_accuracy_axes_are_fitted_to_the_data(tmp_path: Path, kind: str, seeds: int) -> None:
+    """No accuracy axis spans the fixed 0-100 when the data span a few points; the means are inside it,
+    and every bar is clipped to 0-100; below 3 seeds the figure says why its bars are dashed or absent."""
+    import matplotlib.pyplot as plt
+
+    rows = results.aggregate(results.find_runs(write_grid(tmp_path / "s", seeds, kind))[0])
+    figs = report.figures(rows)
+    try:
+        for name, fig in figs.items():
+            accuracy_axes = [ax for ax in fig.axes if "accuracy" in ax.get_ylabel()]
+            assert accuracy_axes, name
+            for ax in accuracy_axes:
+                lo, hi = ax.get_ylim()
+                data = [float(y) for line in ax.get_lines() for y in line.get_ydata()
+                        if line.get_marker() not in ("None", "", None, "_", "|") or line.get_linestyle() == "--"]
+                # the plotted means (markers; not the bars' caps) and the non-DP levels (dashed lines)
+                assert data and lo <= min(data) and max(data) <= hi, name
+                span = max(data) - min(data)  # under 10 points across rows (up to 45 across epochs)
+                assert hi - lo <= max(1.5 * span, 30.0) and hi - lo < 100, (name, lo, hi, span)
+                for bars in (c.lines[2] for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr):
+                    for segment in bars[-1].get_segments():
+                        assert all(0.0 <= y <= 100.0 for _, y in segment), name
+                        if name in ("acc_vs_eps.png", "acc_vs_time.png"):  # ± 1 std bars: held by the axis
+                            assert all(lo <= y <= hi for _, y in segment), name
+            note = fig._supxlabel.get_text() if fig._supxlabel else ""
+            if name != "acc_per_epoch.png":
+                assert ("fewer than 3 seeds" in note) == (seeds == 2) and ("One seed" in note) == (seeds == 1), name
+    finally:
+        plt.close("all")
+
+
+def test_diagnostics_say_when_lines_coincide(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "s"
+    for method, snr in (("full", 1.0), ("craig", 2.0), ("random", 2.0)):
+        d = write_run(root, method, method=method, sigma=1.0, seed=0, test_acc=0.7, diagnostics=True)
+        lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for row in lines:
+            row["diagnostics"] = {"frac_clipped": 1.0, "snr": snr}  # a constant shared by every row; two rows equal
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    fig = plots.diagnostics_figure(plt, results.aggregate(results.find_runs(root)[0]))
+    try:
+        clipped, snr = fig.axes[:2]
+        assert [t.get_text() for t in clipped.texts] == ["3 lines, 1 distinct: equal ones drawn over each other"]
+        assert [t.get_text() for t in snr.texts] == ["3 lines, 2 distinct: equal ones drawn over each other"]
+        assert len({line.get_marker() for line in clipped.get_lines()}) == 3  # each row its own marker
+        assert fig.legends and len(fig.legends[0].get_texts()) == 3
+    finally:
+        plt.close(fig)

@@ -345,13 +345,16 @@ def train_on_synthetic(
     return model
 
 
-def save_synthetic(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, *, mean: float, std: float) -> tuple[Path, Path]:
+def save_synthetic(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, *, mean: float, std: float,
+                   dataset: str | None = None) -> tuple[Path, Path]:
     """Write `synthetic.npz` and `synthetic.png` into `folder`; return their paths.
 
     The npz (plain numpy: np.load(path)) holds images (m, 1, 28, 28) float32 in
     the NORMALISED scale (what classifiers train on; key scale = "normalised"),
     pixel = images * std + mean, with mean and std as keys, and labels (m,)
-    int64. The PNG shows one row per class in pixel scale, clipped to [0, 1].
+    int64. The PNG shows one row per class in pixel scale, clipped to [0, 1],
+    under a title; each row is named by its class (`dataset`: "fashion-mnist"
+    names its ten classes, "mnist" its digits; otherwise the label number).
     """
     import matplotlib
 
@@ -374,11 +377,18 @@ def save_synthetic(folder: str | Path, images: torch.Tensor, labels: torch.Tenso
     for r, c in enumerate(classes):
         for j, img in enumerate(pixels[labs == c]):
             grid[1 + 29 * r : 29 * (r + 1), 1 + 29 * j : 29 * (j + 1)] = img
-    fig, ax = plt.subplots(figsize=(max(2.0, 0.4 * per + 0.6), 0.4 * len(classes) + 0.3), dpi=120)
+    names = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                               "Ankle boot"),
+             "mnist": tuple(f"digit {d}" for d in range(10))}.get(dataset or "", ())
+    label_of = [names[int(c)] if int(c) < len(names) else f"class {int(c)}" for c in classes]
+    title = (f"Synthetic training set (private-set)\n{dataset + ': ' if dataset else ''}{len(labs)} images, {per} per class"
+             "\npixels in [0, 1], one row per class")
+    fig, ax = plt.subplots(figsize=(max(3.2, 0.4 * per + 1.2), 0.4 * len(classes) + 0.8), dpi=120)
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_yticks([14.5 + 29 * r for r in range(len(classes))], [str(int(c)) for c in classes], fontsize=6)
+    ax.set_yticks([14.5 + 29 * r for r in range(len(classes))], label_of, fontsize=6)
     ax.set_xticks([])
     ax.set_ylabel("class", fontsize=7)
+    ax.set_title(title, fontsize=7)
     fig.tight_layout()
     png = folder / "synthetic.png"
     fig.savefig(png)

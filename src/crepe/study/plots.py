@@ -1,16 +1,26 @@
-"""The figures of a report (matplotlib, Agg backend: no display needed), one function each.
+"""The figures of a report (matplotlib, Agg backend: no display needed), one function each, and
+which of them a sweep gets (figure_names: only the figures that say something about its runs):
 
-    acc_vs_eps.png     test accuracy vs epsilon_total
-    acc_vs_time.png    test accuracy vs wall time
-    acc_per_epoch.png  test accuracy per epoch
-    diagnostics.png    clipping diagnostics per epoch (runs with --diagnostics only)
+    acc_vs_eps.png     test accuracy vs achieved ε_total, a line per method over σ. Only when some DP
+                       row is set by σ (no --target-epsilon): in an equal-ε sweep every run's ε is its
+                       target, so the points would stack at the targets; there the study's figures
+                       (crepe.study.verdict: acc_vs_time_at_eps.png, frontier.png) say it instead
+    acc_vs_time.png    test accuracy vs wall time, every row in one panel (colour: method, marker:
+                       privacy level, hollow: non-DP; a legend, no labels on the points). Always
+    acc_per_epoch.png  test accuracy per epoch, a panel per privacy level. Always
+    diagnostics.png    clipping diagnostics per epoch, a panel per quantity (in words, with its unit),
+                       a line per row (mean over seeds). Only for runs with --diagnostics
 
 and the pieces the verdict's figures share (a panel of accuracy vs epsilon, axes,
-legend, styles). Plots keep differences in proportion: an accuracy axis spans at least
-MIN_SPAN points and 4 x the largest seed std, so a gap smaller than the seed
-noise never fills the panel (the full 0-100 range would instead flatten real
-gaps of a few points); ε and time axes are logarithmic with labelled ticks.
-matplotlib is imported only when a figure is drawn (pyplot).
+legend, styles, error bars). Plots keep differences in proportion: an accuracy axis
+is fitted to the data (accuracy_limits over the means and the ends of the ± 1 std
+bars, and of the 95% interval bars from MIN_SEEDS seeds or more, with a margin: at least MIN_SPAN points and 4 x the largest
+seed std, never the fixed 0-100), so a gap smaller than the seed noise never fills
+the panel and real gaps of a few points are not flattened; a very wide bar from
+fewer seeds runs out of the panel rather than squashing the points. Error bars of an accuracy
+are clipped to [0, 100]; bars from fewer than MIN_SEEDS seeds are dashed and the
+figure's footnote says why (FEW_FIGURE_NOTE). ε and time axes are logarithmic with
+labelled ticks. matplotlib is imported only when a figure is drawn (pyplot).
 """
 
 from __future__ import annotations
@@ -21,12 +31,68 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crepe.smallsets import methods
-from crepe.study.results import Row, method_rank, Stat, extra_label, privacy_label, row_label, varying_axes
+from crepe.study.results import (FEW, MIN_SEEDS, Row, method_rank, Stat, extra_label, privacy_label, row_label,
+                                 varying_axes)
 
 PLOTS = ("acc_vs_eps.png", "acc_vs_time.png", "acc_per_epoch.png")
 DIAGNOSTICS_PLOT = "diagnostics.png"
 MIN_SPAN = 5.0  # accuracy points: the narrowest y-range of an accuracy plot
 MIN_SIZE = (6.4, 4.0)  # inches: the smallest figure (titles and labels fit)
+FEW_FIGURE_NOTE = (f"Dashed bars ({FEW}): fewer than {MIN_SEEDS} seeds, very uncertain: a 95% interval from 2 seeds is "
+                   "± 9 std wide (t quantile 12.7), and the axis is not stretched to hold them.")
+FEW_STD_NOTE = f"Dashed bars ({FEW}): fewer than {MIN_SEEDS} seeds: a std from 2 seeds is itself very uncertain."
+ONE_SEED_NOTE = "One seed: no error bar."
+CLIP_NOTE = "Bars are clipped to [0, 100] %."
+
+
+def sigma_rows(rows: Sequence[Row]) -> list[Row]:
+    """The DP rows set by a noise multiplier rather than calibrated to a target epsilon."""
+    return [r for r in rows if r.k["dp"] and r.k["target_epsilon"] is None]
+
+
+def figure_names(rows: Sequence[Row]) -> list[str]:
+    """The figures of this module a sweep gets (the rule of each: the module docstring)."""
+    names = [PLOTS[0]] if sigma_rows(rows) else []
+    names += [PLOTS[1], PLOTS[2]]
+    if _diagnostic_keys(rows):
+        names.append(DIAGNOSTICS_PLOT)
+    return names
+
+
+def clipped_yerr(ys: Sequence[float], halves: Sequence[float]) -> list[list[float]]:
+    """Asymmetric error bars (below, above) of accuracies in %, so that y - below >= 0 and y + above <= 100."""
+    return [[min(h, max(0.0, y)) for y, h in zip(ys, halves)], [min(h, max(0.0, 100.0 - y)) for y, h in zip(ys, halves)]]
+
+
+def dash_few(container: Any, ns: Sequence[int]) -> set[int]:
+    """Dash the error bars of an errorbar container whose points have fewer than MIN_SEEDS seeds; the
+    seed counts below MIN_SEEDS among `ns` (for few_note)."""
+    few = [n < MIN_SEEDS for n in ns]
+    for bars in container.lines[2]:
+        bars.set_linestyles(["--" if f else "-" for f in few])
+        bars.set_alpha(0.7)  # bars of points at the same x stay visible through each other
+    return {n for n in ns if n < MIN_SEEDS}
+
+
+def few_note(fig: Any, few: set[int], *, interval: bool = True) -> None:
+    """The figure's footnote (bottom left) on its points from fewer than MIN_SEEDS seeds (`few`: their
+    seed counts, from dash_few): dashed bars (2 seeds; `interval`: the bars are 95% intervals, else
+    ± 1 std), no bar (one seed); nothing when `few` is empty."""
+    import textwrap
+
+    if not few:
+        return
+    dashed = FEW_FIGURE_NOTE if interval else FEW_STD_NOTE
+    text = " ".join([*([dashed] if few - {1} else []), *([ONE_SEED_NOTE] if 1 in few else []), CLIP_NOTE])
+    width = max(60, int(fig.get_size_inches()[0] * 72 / 3.8))  # about 3.8 points a character at 7 points
+    fig.supxlabel(textwrap.fill(text, width), x=0.01, ha="left", fontsize=7)
+
+
+def bar_ends(ys: Sequence[float], halves: Sequence[float], ns: Sequence[int], *, hold: int = MIN_SEEDS) -> list[float]:
+    """The ends of the error bars (clipped to 0-100) from `hold` seeds or more: an accuracy axis holds them
+    (accuracy_limits' values). hold = MIN_SEEDS for 95% intervals: a very wide one from fewer seeds may
+    run out of the panel; hold = 1 for ± 1 std bars (never wider than the data's spread)."""
+    return [e for y, h, n in zip(ys, halves, ns) if n >= hold for e in (max(0.0, y - h), min(100.0, y + h))]
 
 
 def pyplot() -> Any:
@@ -140,11 +206,15 @@ def acc_pct(r: Row, error: Callable[[Stat | None], float]) -> tuple[float, float
     return 100 * r.stats["test_acc"].mean, 100 * error(r.stats["test_acc"])  # type: ignore[union-attr]
 
 
-def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, error: Callable[[Stat | None], float]) -> None:
+def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, error: Callable[[Stat | None], float],
+                    hold: int = MIN_SEEDS) -> set[int]:
     """One panel of test accuracy vs the achieved epsilon_total: a line per series of DP rows (_series
-    over `axes_cols`), error bars `error(test_acc stat)`; non-private rows as dashed horizontal lines."""
+    over `axes_cols`), error bars `error(test_acc stat)` clipped to 0-100 (dashed below MIN_SEEDS seeds);
+    non-private rows as dashed horizontal lines. The y range: the means, their seed std and the bars from
+    `hold` seeds or more (bar_ends, accuracy_limits). Returns the seed counts below MIN_SEEDS (for few_note)."""
     rows = [r for r in rows if r.stats["test_acc"]]
-    xs_all, ys, sds = [], [], []
+    xs_all, ys, sds, ends = [], [], [], []
+    few: set[int] = set()
     for name, series in _series(rows, axes_cols).items():
         series = [r for r in series if r.stats["eps_total"] and math.isfinite(r.stats["eps_total"].mean)]
         if not series:
@@ -152,37 +222,39 @@ def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, e
         series.sort(key=lambda r: r.stats["eps_total"].mean)  # type: ignore[union-attr]
         c, m = style(name)
         x = [r.stats["eps_total"].mean for r in series]  # type: ignore[union-attr]
-        y, sd = zip(*(acc_pct(r, error) for r in series))
-        ax.errorbar(x, y, yerr=sd, color=c, marker=m, capsize=3, label=f"{name} (DP)")
+        y, bar = zip(*(acc_pct(r, error) for r in series))
+        eb = ax.errorbar(x, y, yerr=clipped_yerr(y, bar), color=c, marker=m, capsize=3, label=f"{name} (DP)")
+        ns = [r.stats["test_acc"].n for r in series]  # type: ignore[union-attr]
+        few |= dash_few(eb, ns)
+        ends += bar_ends(y, bar, ns, hold=hold)
+        sd = [_acc(r)[1] for r in series]
         for xi, yi, r in zip(x, y, series):
             if r.k["target_epsilon"] is None:  # a target is already where the point sits on the x axis
-                ax.annotate(_point_label(r), (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=c)
+                ax.annotate(_point_label(r), (xi, yi), textcoords="offset points", xytext=(6, -10), fontsize=7, color=c)
         xs_all += x
         ys += y
         sds += sd
     for r in rows:
         if not r.k["dp"]:
             c, _ = style(str(r.k["method"]))
-            y, sd = acc_pct(r, error)
+            y, sd = _acc(r)
             ax.axhline(y, color=c, ls="--", lw=1, label=f"{r.k['method']}{extra_label(r, axes_cols)} non-DP (ε = ∞)")
             ys.append(y)
             sds.append(sd)
     log_axis(ax.xaxis, xs_all)
     if ys:
-        ax.set_ylim(*accuracy_limits(ys, sds))
+        ax.set_ylim(*accuracy_limits(ys + ends, sds))
     delta = float(rows[0].runs[0].config.get("delta", 1e-5)) if rows else 1e-5
-    ax.set_xlabel(f"ε_total (selection + training) at δ = {delta:g}, log scale")
+    ax.set_xlabel(f"achieved ε_total (selection + training) at δ = {delta:g}, log scale")
     ax.set_ylabel("test accuracy (%)")
+    return few
 
 
 def figures(plt: Any, rows: Sequence[Row]) -> dict[str, Any]:
     """file name -> matplotlib Figure of each plot (the caller saves and closes them)."""
-    figs = {PLOTS[0]: acc_vs_eps_figure(plt, rows), PLOTS[1]: acc_vs_time_figure(plt, rows),
-            PLOTS[2]: acc_per_epoch_figure(plt, rows)}
-    diag = diagnostics_figure(plt, rows)
-    if diag is not None:
-        figs[DIAGNOSTICS_PLOT] = diag
-    return figs
+    draw = {PLOTS[0]: acc_vs_eps_figure, PLOTS[1]: acc_vs_time_figure, PLOTS[2]: acc_per_epoch_figure,
+            DIAGNOSTICS_PLOT: diagnostics_figure}
+    return {name: draw[name](plt, rows) for name in figure_names(rows)}
 
 
 def _in_panel(r: Row, panel: tuple[str, str]) -> bool:
@@ -201,40 +273,64 @@ def _side_by_side(plt: Any, rows: Sequence[Row]) -> tuple[Any, list[tuple[Any, t
 
 
 def acc_vs_eps_figure(plt: Any, rows: Sequence[Row]) -> Any:
-    """Test accuracy vs epsilon_total: a panel per (dataset, model)."""
+    """Test accuracy vs epsilon_total: a panel per (dataset, model), bars ± 1 seed std."""
     axes_cols = varying_axes(rows)
     fig, panels = _side_by_side(plt, rows)
+    few: set[int] = set()
     for ax, panel, here in panels:
-        draw_acc_vs_eps(ax, here, axes_cols, error=std_or_0)
-        ax.set_title(f"Test accuracy vs privacy: {panel[0]}, {panel[1]}")
+        few |= draw_acc_vs_eps(ax, here, axes_cols, error=std_or_0, hold=1)
+        ax.set_title(f"{panel[0]}, {panel[1]}")
+    fig.suptitle("Test accuracy vs privacy (bars: ± 1 std over seeds)", fontsize=10, x=0.01, ha="left")
     legend(fig)
+    few_note(fig, few, interval=False)
     return fig
 
 
+LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h")
+
+
 def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
-    """Test accuracy vs wall time: a panel per (dataset, model), a point per row (hollow: non-DP)."""
+    """Test accuracy vs wall time: a panel per (dataset, model), a point per row, bars ± 1 seed std.
+    Colour: the method (+ extra axes); marker: the privacy level (hollow: non-DP); no text on the
+    points (it would sit under the error bars): a legend of colours and one of markers."""
+    from matplotlib.lines import Line2D
+
     axes_cols = varying_axes(rows)
     levels = sorted({_level(r) for r in rows})
+    marker_of = {level: LEVEL_MARKERS[i % len(LEVEL_MARKERS)] for i, level in enumerate(levels)}
+    level_text: dict[tuple[int, float, float], str] = {}
+    colours: dict[str, str] = {}
+    few: set[int] = set()
     fig, panels = _side_by_side(plt, rows)
     for ax, panel, here in panels:
         prow = [r for r in here if r.stats["total_time_s"] and r.stats["test_acc"]]
         for r in prow:
             name = f"{r.k['method']}{extra_label(r, axes_cols)}"
-            c, m = style(name)
-            filled = bool(r.k["dp"])
+            c, _ = style(name)
+            colours.setdefault(name, c)
+            level = _level(r)
+            level_text.setdefault(level, _point_label(r) if r.k["dp"] else "non-DP")
             y, sd = _acc(r)
             t = r.stats["total_time_s"]
-            ax.errorbar(t.mean, y, xerr=std_or_0(t), yerr=sd, color=c, marker=m, mfc=c if filled else "white", ms=7, capsize=3,  # type: ignore[union-attr]
-                        ls="none", label=f"{name} ({'DP' if filled else 'non-DP'})")
-            ax.annotate(_point_label(r) if filled else "non-DP", (t.mean, y), textcoords="offset points",  # type: ignore[union-attr]
-                        xytext=(6, -3 + 8 * (levels.index(_level(r)) % 2)), fontsize=7, color=c)
+            eb = ax.errorbar(t.mean, y, xerr=std_or_0(t), yerr=clipped_yerr([y], [sd]), color=c, marker=marker_of[level],  # type: ignore[union-attr]
+                             mfc=c if r.k["dp"] else "white", ms=7, capsize=3, ls="none", alpha=0.9)
+            few |= dash_few(eb, [r.stats["test_acc"].n])  # type: ignore[union-attr]
         log_axis(ax.xaxis, [r.stats["total_time_s"].mean for r in prow])  # type: ignore[union-attr]
         if prow:
-            ax.set_ylim(*accuracy_limits([_acc(r)[0] for r in prow], [_acc(r)[1] for r in prow]))
+            ys, sds = [_acc(r)[0] for r in prow], [_acc(r)[1] for r in prow]
+            ends = bar_ends(ys, sds, [r.stats["test_acc"].n for r in prow], hold=1)  # type: ignore[union-attr]
+            ax.set_ylim(*accuracy_limits(ys + ends, sds))
         ax.set_xlabel("wall time per run (s), log scale")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"Test accuracy vs wall time: {panel[0]}, {panel[1]}")
-    legend(fig)
+        ax.set_title(f"{panel[0]}, {panel[1]}")
+    fig.suptitle("Test accuracy vs wall time (bars: ± 1 std over seeds)", fontsize=10, x=0.01, ha="left")
+    handles = [Line2D([], [], color=c, lw=3, label=name) for name, c in colours.items()]
+    handles += [Line2D([], [], ls="none", marker=marker_of[level], color="#444444", mfc="white" if level[0] else "#444444",
+                       ms=7, label=level_text[level]) for level in levels if level in level_text]
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="colour: method; marker: privacy",
+                   title_fontsize=8)
+    few_note(fig, few, interval=False)
     return fig
 
 
@@ -271,11 +367,12 @@ def acc_per_epoch_figure(plt: Any, rows: Sequence[Row]) -> Any:
                 c, m = style(name)
                 ax.plot(xs, mean, color=c, marker=m, ms=4, label=name)
                 if len(curves) > 1:
-                    ax.fill_between(xs, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], color=c, alpha=0.15)
+                    ax.fill_between(xs, [max(0.0, a - b) for a, b in zip(mean, sd)], [min(100.0, a + b) for a, b in zip(mean, sd)],
+                                    color=c, alpha=0.15)
                 values += mean
                 sds += sd
             ax.set_title(f"{panel[0]}, {panel[1]}, {title}")
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epoch (passes over the training set)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             lo, hi = ax.get_xlim()
             ax.set_xlim(min(lo, 0.5), max(hi, 1.5))  # one epoch: a readable axis around it, not 0.95..1.05
@@ -283,40 +380,99 @@ def acc_per_epoch_figure(plt: Any, rows: Sequence[Row]) -> Any:
                 ax.set_ylabel("test accuracy (%)")
         if values:
             axs[i][0].set_ylim(*accuracy_limits(values, sds))  # shared along the row
-    fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std)", fontsize=10, x=0.01, ha="left")
+    fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std, clipped to 0-100 %)", fontsize=10, x=0.01, ha="left")
     legend(fig)
     return fig
 
 
-def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
-    """One panel per scalar diagnostic over epochs, one line per run; None when no run has diagnostics."""
-    metrics: dict[str, None] = {}
+# A diagnostic's panel title in words and its unit (crepe.dp.diagnostics); others read as their key.
+DIAGNOSTIC_TITLES = {
+    "frac_clipped": ("Examples clipped", "share of the probe (0-1)"),
+    "clip_bias": ("Clipping bias |c̄ − ḡ| / |ḡ|", "ratio (no unit)"),
+    "clip_cos": ("Cosine, clipped vs true mean gradient", "cosine (−1 to 1)"),
+    "snr": ("Signal-to-noise |c̄| / noise norm", "ratio (no unit)"),
+    "grad_norm_q10": ("Per-example gradient norm, 10th percentile", "L2 norm"),
+    "grad_norm_q50": ("Per-example gradient norm, median", "L2 norm"),
+    "grad_norm_q90": ("Per-example gradient norm, 90th percentile", "L2 norm"),
+    "clip_norm": ("Clipping norm C", "L2 norm"),
+}
+
+
+def diagnostic_title(key: str) -> tuple[str, str]:
+    """(panel title, y-axis unit) of a diagnostic."""
+    return DIAGNOSTIC_TITLES.get(key, (key.replace("_", " "), "value"))
+
+
+def _diagnostic_keys(rows: Sequence[Row]) -> list[str]:
+    """The scalar diagnostics any run recorded, in first-seen order."""
+    keys: dict[str, None] = {}
     for r in rows:
         for run in r.runs:
             for m in run.metrics:
                 for k, v in (m.get("diagnostics") or {}).items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        metrics.setdefault(k)
+                        keys.setdefault(k)
+    return list(keys)
+
+
+def _diagnostic_curve(r: Row, key: str) -> tuple[list[int], list[float], list[float], list[float]] | None:
+    """Epochs, mean over seeds, min and max over seeds of one diagnostic of a row (the epochs every seed has)."""
+    per_run = []
+    for run in r.runs:
+        points = {int(m.get("epoch", e + 1)): float(m["diagnostics"][key]) for e, m in enumerate(run.metrics)
+                  if isinstance((m.get("diagnostics") or {}).get(key), (int, float))}
+        if points:
+            per_run.append(points)
+    if not per_run:
+        return None
+    epochs = sorted(set.intersection(*(set(p) for p in per_run)))
+    if not epochs:
+        return None
+    vals = [[p[e] for p in per_run] for e in epochs]
+    return epochs, [statistics.fmean(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals]
+
+
+def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
+    """One panel per scalar diagnostic over epochs (title in words, y label its unit), one line per row:
+    the mean over its seeds, a band from the lowest to the highest seed. A row's colour and hollow marker
+    are its own, so lines that coincide (a constant diagnostic) stay visible as a stack of markers and
+    are told apart in the legend. None when no run has diagnostics."""
+    from matplotlib.ticker import MaxNLocator
+
+    metrics = _diagnostic_keys(rows)
     if not metrics:
         return None
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
-    fig, axs = figure(plt, nrows, ncols, (3.6, 2.8), sharex=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    lines = ("-", "--", ":", "-.")
+    fig, axs = figure(plt, nrows, ncols, (3.8, 2.9), sharex=True)
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    axes_cols = varying_axes(rows)
     for ax, metric in zip(axs.flat, metrics):
+        drawn: set[tuple[tuple[int, ...], tuple[float, ...]]] = set()
+        n_lines = 0
         for i, r in enumerate(rows):
-            for s, run in enumerate(r.runs):
-                points = [(int(m.get("epoch", e + 1)), m["diagnostics"][metric]) for e, m in enumerate(run.metrics)
-                          if isinstance((m.get("diagnostics") or {}).get(metric), (int, float))]
-                if points:
-                    ax.plot(*zip(*points), color=colours[i % len(colours)], ls=lines[s % len(lines)], marker=".",
-                            label=f"{row_label(r.k)}{extra_label(r, varying_axes(rows))} seed {run.config.get('seed', 0)}")
-        ax.set_title(metric)
+            curve = _diagnostic_curve(r, metric)
+            if curve is None:
+                continue
+            epochs, mean, low, high = curve
+            drawn.add((tuple(epochs), tuple(round(v, 9) for v in mean)))
+            n_lines += 1
+            c = cmap(i % cmap.N)
+            ax.plot(epochs, mean, color=c, marker=LEVEL_MARKERS[i % len(LEVEL_MARKERS)], mfc="none", ms=4 + (i % 3),
+                    lw=1.2, alpha=0.85, label=f"{row_label(r.k)}{extra_label(r, axes_cols)}")
+            if len(r.runs) > 1 and any(h > lo for lo, h in zip(low, high)):
+                ax.fill_between(epochs, low, high, color=c, alpha=0.12)
+        if len(drawn) < n_lines:  # say so, rather than let a line hide under another
+            ax.text(0.02, 0.03, f"{n_lines} lines, {len(drawn)} distinct: equal ones drawn over each other",
+                    transform=ax.transAxes, fontsize=6, color="#444444")
+        title, unit = diagnostic_title(metric)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(unit)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     for ax in list(axs.flat)[len(metrics):]:
         ax.set_visible(False)
-    fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε", fontsize=10,
-                 x=0.01, ha="left")  # left: the legend sits at the upper right
+    fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε\n"
+                 "(a line per row: mean over seeds; band: lowest to highest seed)", fontsize=10, x=0.01, ha="left")  # left: the legend sits at the upper right
     legend(fig)
     return fig

@@ -7,11 +7,15 @@ never averaged; the runs must share one protocol) and writes
     OUT/results.md         Markdown table: mean +- std and 95% interval over seeds; the cells a
                            sweep never ran because their target epsilon is unreachable
     OUT/results.csv        the same numbers, machine-readable (crepe.study.tables)
-    OUT/acc_vs_eps.png     test accuracy vs epsilon_total
+    OUT/acc_vs_eps.png     test accuracy vs epsilon_total (sweeps with a σ-set DP row only)
     OUT/acc_vs_time.png    test accuracy vs wall time
     OUT/acc_per_epoch.png  test accuracy per epoch
     OUT/diagnostics.png    clipping diagnostics per epoch (runs with --diagnostics only; crepe.study.plots)
-    OUT/frontier.png, verdict.md, ...  the study at equal epsilon (crepe.study.verdict)
+    OUT/verdict.md, acc_vs_time_at_eps.png, frontier.png, ...  the study at equal epsilon (runs with a
+                           target ε only; frontier.png: two targets or more; crepe.study.verdict)
+
+Each figure is written only where it says something about the sweep: the rule of each is in the
+docstring of its module (plots.figure_names, verdict.figure_names).
 """
 
 from __future__ import annotations

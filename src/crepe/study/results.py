@@ -82,6 +82,14 @@ class Stat:
             return None
         return t975(self.n - 1) * self.std / math.sqrt(self.n)
 
+    def interval95(self, low: float = -math.inf, high: float = math.inf) -> tuple[float, float] | None:
+        """The t-based 95% interval of the mean, clipped to [low, high] (an accuracy: ACC_RANGE);
+        None where half95 is None."""
+        h = self.half95
+        if h is None:
+            return None
+        return max(low, self.mean - h), min(high, self.mean + h)
+
     @staticmethod
     def of(values: Sequence[float | None]) -> Stat | None:
         xs = [float(v) for v in values if v is not None]
@@ -114,6 +122,9 @@ SUMMARY_FIELDS = ("test_acc", "train_acc", "eps_total", "eps_select", "eps_train
                   "eval_time_s", "total_time_s")
 MIN_SEEDS = 3  # fewer seeds than this: the interval is wide (or missing) and marked FEW
 FEW = "†"
+ACC_RANGE = (0.0, 1.0)  # an accuracy (a fraction): its intervals are clipped to this range
+FEW_NOTE = (f"{FEW} fewer than {MIN_SEEDS} seeds: the 95% interval from 2 seeds is very wide (the t quantile at 1 degree "
+            "of freedom is 12.7, so the interval is ± 9 standard deviations), and one seed has none.")
 
 
 def _eps(summary: dict[str, Any], key: str) -> float:

@@ -18,8 +18,8 @@ from typing import Any
 
 from crepe.study import grid as opts
 from crepe.study.grid import REPLICATE
-from crepe.study.results import (FEW, MIN_SEEDS, SUMMARY_FIELDS, Row, Run, Stat, axes, axis_cell, column_title, protocol,
-                                 varying_axes)
+from crepe.study.results import (ACC_RANGE, FEW, FEW_NOTE, MIN_SEEDS, SUMMARY_FIELDS, Row, Run, Stat, axes, axis_cell,
+                                 column_title, protocol, varying_axes)
 
 
 def pm(s: Stat | None, *, scale: float = 1.0, digits: int = 2) -> str:
@@ -60,12 +60,13 @@ def _cell(r: Row, a: str) -> str:
     return axis_cell(a, r.k[a])
 
 
-def ci_cell(s: Stat | None, *, scale: float = 100.0) -> str:
-    """The 95% interval of a mean as [low, high], marked FEW below MIN_SEEDS seeds."""
+def ci_cell(s: Stat | None, *, scale: float = 100.0, bounds: tuple[float, float] = ACC_RANGE) -> str:
+    """The 95% interval of a mean (an accuracy) as [low, high], clipped to `bounds` (0-100 %), marked FEW
+    below MIN_SEEDS seeds."""
     if s is None:
         return "n/a"
-    h = s.half95
-    text = "n/a" if h is None else f"[{(s.mean - h) * scale:.2f}, {(s.mean + h) * scale:.2f}]"
+    ci = s.interval95(*bounds)
+    text = "n/a" if ci is None else f"[{ci[0] * scale:.2f}, {ci[1] * scale:.2f}]"
     return text + (f" {FEW}" if s.n < MIN_SEEDS else "")
 
 
@@ -82,8 +83,8 @@ def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 TRAIN_ACC_TITLE = "train acc (%, not covered by ε)"
 TRAIN_ACC_NOTE = ("Train acc is the final model's accuracy on the training split: computed on the private data "
                   "outside the ledger, it is not covered by ε.")
-CI_NOTE = (f"95% CI: t-based interval of the mean over seeds; {FEW} fewer than {MIN_SEEDS} seeds "
-           "(a wide interval, or none for one seed).")
+CI_NOTE = ("95% CI: t-based interval of the mean over seeds, clipped to [0, 100] (an accuracy cannot leave it); "
+           + FEW_NOTE)
 
 
 def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str], unreachable: Sequence[str] = ()) -> str:
@@ -143,10 +144,10 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
             w.writerow(vals)
 
 
-def ci_bounds(s: Stat | None) -> list[str]:
-    """The 95% interval of a mean as two CSV cells (empty below two seeds)."""
-    h = None if s is None else s.half95
-    return ["", ""] if s is None or h is None else [f"{s.mean - h:.6g}", f"{s.mean + h:.6g}"]
+def ci_bounds(s: Stat | None, bounds: tuple[float, float] = ACC_RANGE) -> list[str]:
+    """The 95% interval of a mean (an accuracy) as two CSV cells, clipped to `bounds` (empty below two seeds)."""
+    ci = None if s is None else s.interval95(*bounds)
+    return ["", ""] if ci is None else [f"{ci[0]:.6g}", f"{ci[1]:.6g}"]
 
 
 def unreachable_section(manifest: dict[str, Any] | None) -> list[str]:

@@ -11,8 +11,14 @@ every budget. `crepe report` writes
     OUT/verdict.csv             the verdict, one line per (dataset, model, target ε, budget)
     OUT/configs_at_eps.csv      every configuration of every cell: accuracy and its 95% interval,
                                 ε split, time split, speed-up over full data, Pareto-best
-    OUT/frontier.png            test accuracy vs achieved ε_total, one panel per compute budget
-    OUT/acc_vs_time_at_eps.png  test accuracy vs wall time, one panel per target ε, Pareto-best marked
+    OUT/frontier.png            test accuracy vs achieved ε_total, one panel per compute budget. Only
+                                when the runs span at least two target ε (one target: every point
+                                sits at it; no target, a σ-only sweep: acc_vs_eps.png says it)
+    OUT/acc_vs_time_at_eps.png  test accuracy vs wall time, one panel per target ε, Pareto-best marked.
+                                Whenever a run has a target ε
+
+(the figures' bars: 95% intervals clipped to 0-100 %, dashed below MIN_SEEDS seeds; the y range
+fitted to the means and their seed std: crepe.study.plots).
 
 The verdict of a cell: the best configuration (highest mean test accuracy; equal
 means: the faster), the runner-up, their difference with its Welch 95% interval,
@@ -311,12 +317,16 @@ def half95_or_0(s: Stat | None) -> float:
     return 0.0 if h is None else h
 
 
+def figure_names(rows: Sequence[Row]) -> list[str]:
+    """The study's figures a sweep gets (the rule of each: the module docstring)."""
+    targets = {r.k[TARGET] for r in study_rows(rows)}
+    return ([FRONTIER] if len(targets) >= 2 else []) + ([TIME_AT_EPS] if targets else [])
+
+
 def figures(plt: Any, rows: Sequence[Row]) -> dict[str, Any]:
-    """file name -> Figure: the frontier (always), accuracy vs time at equal epsilon (when a run has a target)."""
-    figs = {FRONTIER: frontier_figure(plt, rows)}
-    if study_rows(rows):
-        figs[TIME_AT_EPS] = time_figure(plt, rows)
-    return figs
+    """file name -> Figure of each of figure_names(rows)."""
+    draw = {FRONTIER: frontier_figure, TIME_AT_EPS: time_figure}
+    return {name: draw[name](plt, rows) for name in figure_names(rows)}
 
 
 def frontier_figure(plt: Any, rows: Sequence[Row]) -> Any:
@@ -324,13 +334,15 @@ def frontier_figure(plt: Any, rows: Sequence[Row]) -> Any:
     axes = results.varying_axes(rows)
     panels, bs = _panels(rows), budgets(rows)
     fig, axs = plots.figure(plt, len(panels), len(bs), (5.2, 4.0))
+    few: set[int] = set()
     for i, panel in enumerate(panels):
         for j, b in enumerate(bs):
             here = [r for r in rows if _panel(r) == panel and in_budget(r, b)]
-            plots.draw_acc_vs_eps(axs[i][j], here, [a for a in axes if a != BUDGET], error=half95_or_0)
+            few |= plots.draw_acc_vs_eps(axs[i][j], here, [a for a in axes if a != BUDGET], error=half95_or_0)
             axs[i][j].set_title(", ".join([*panel, *([] if b is None else [f"compute = {b}"])]))
-    fig.suptitle("Accuracy vs achieved ε_total (bars: 95% CI)", fontsize=10, x=0.01, ha="left")  # short: clear of the legend
+    fig.suptitle("Test accuracy vs achieved ε_total (bars: 95% CI)", fontsize=10, x=0.01, ha="left")  # short: clear of the legend
     plots.legend(fig)
+    plots.few_note(fig, few)
     return fig
 
 
@@ -343,6 +355,7 @@ def time_figure(plt: Any, rows: Sequence[Row]) -> Any:
     first = budgets(rows)[0]
     pareto = pareto_keys(rows)
     fig, axs = plots.figure(plt, len(panels), len(targets), (5.2, 4.0))
+    few: set[int] = set()
     for i, panel in enumerate(panels):
         for j, target in enumerate(targets):
             ax = axs[i][j]
@@ -351,8 +364,10 @@ def time_figure(plt: Any, rows: Sequence[Row]) -> Any:
                 name = label(r, axes, budget=True)
                 c, m = plots.style(name)
                 x, y = _time_acc(r)
-                ax.errorbar(x, 100 * y, yerr=100 * half95_or_0(r.stats["test_acc"]), color=c, marker=m, ms=7, capsize=3,
-                            ls="none", mfc=c if in_budget(r, first) else "white", label=name)
+                eb = ax.errorbar(x, 100 * y, yerr=plots.clipped_yerr([100 * y], [100 * half95_or_0(r.stats["test_acc"])]),
+                                 color=c, marker=m, ms=7, capsize=3, ls="none", mfc=c if in_budget(r, first) else "white",
+                                 label=name)
+                few |= plots.dash_few(eb, [r.stats["test_acc"].n])  # type: ignore[union-attr]
             front = sorted(_time_acc(r) for r in here if r.key in pareto)
             if front:
                 xs, ys = zip(*front)
@@ -360,12 +375,15 @@ def time_figure(plt: Any, rows: Sequence[Row]) -> Any:
                            zorder=3, label="Pareto-best")
                 ax.plot(xs, [100 * y for y in ys], color="black", ls=":", lw=1)
             plots.log_axis(ax.xaxis, [_time_acc(r)[0] for r in here])
-            if here:  # the error bars' ends inside the panel
-                ends = [100 * (_time_acc(r)[1] + sign * half95_or_0(r.stats["test_acc"])) for r in here for sign in (-1, 1)]
-                ax.set_ylim(*plots.accuracy_limits(ends, []))
+            if here:  # the means, their seed std and the bars from 3 seeds on: a very wide one (2 seeds) may run out
+                ys = [100 * _time_acc(r)[1] for r in here]
+                ends = plots.bar_ends(ys, [100 * half95_or_0(r.stats["test_acc"]) for r in here],
+                                      [r.stats["test_acc"].n for r in here])  # type: ignore[union-attr]
+                ax.set_ylim(*plots.accuracy_limits(ys + ends, [100 * plots.std_or_0(r.stats["test_acc"]) for r in here]))
             ax.set_xlabel("wall time per run (s), log scale")
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{', '.join(panel)}: target ε = {target:g}")
-    fig.suptitle("Accuracy vs wall time at equal ε (bars: 95% CI)", fontsize=10, x=0.01, ha="left")
+    fig.suptitle("Test accuracy vs wall time at equal ε (bars: 95% CI)", fontsize=10, x=0.01, ha="left")
     plots.legend(fig)
+    plots.few_note(fig, few)
     return fig

@@ -89,7 +89,7 @@ class PrivateSet(Method):
             raise UsageError(str(e)) from None
         rnd.save_progress(None)
         mean, std = NORMALISATION[cfg.dataset]
-        save_synthetic(rnd.run_dir, images, labels, mean=mean, std=std)
+        save_synthetic(rnd.run_dir, images, labels, mean=mean, std=std, dataset=cfg.dataset)
         return Chosen(full_set(len(labels)), synthetic={"images": images, "labels": labels})
 
 
