@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crepe import __version__
-from crepe.config import PRESETS, TrainConfig, UsageError, options
+from crepe.config import PRESETS, UsageError, options
 from crepe.parser import Parser, add_option
 from crepe.smallsets import methods
 from crepe.training.plan import new_run_config, resolved_threads

@@ -169,6 +169,12 @@ def _torchvision_arrays(dataset: str, cache: Path) -> dict[str, tuple[np.ndarray
     return out
 
 
+def t10k_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions of MNIST's t10k set under its fixed permutation (module docstring)."""
+    perm = np.random.Generator(np.random.PCG64(MNIST_T10K_SPLIT_SEED)).permutation(n)
+    return perm[:MNIST_T10K_TRAIN], perm[MNIST_T10K_TRAIN:]
+
+
 def train_labels(dataset: str, *, data_dir: str | None = None, train_subset: int | None = None) -> np.ndarray:
     """The training labels alone (n,) uint8, exactly those `load` trains on, without reading an image
     (IDX folders; through torchvision the whole dataset is needed)."""
@@ -179,7 +185,7 @@ def train_labels(dataset: str, *, data_dir: str | None = None, train_subset: int
         labels = read_idx(src.folder / FILES["train"][1])
     else:  # the t10k split: the same fixed permutation as `load`
         test = read_idx(src.folder / FILES["test"][1])
-        labels = test[np.random.Generator(np.random.PCG64(MNIST_T10K_SPLIT_SEED)).permutation(len(test))[:MNIST_T10K_TRAIN]]
+        labels = test[t10k_split(len(test))[0]]
     if train_subset is not None:
         if train_subset > len(labels):
             raise UsageError(f"--train-subset {train_subset} exceeds the {len(labels)} train examples")
@@ -207,8 +213,7 @@ def load(
         origin = f"IDX files in {src.folder}"
     else:
         images, labels = _read_pair(src.folder, "test")
-        perm = np.random.Generator(np.random.PCG64(MNIST_T10K_SPLIT_SEED)).permutation(len(labels))
-        tr, te = perm[:MNIST_T10K_TRAIN], perm[MNIST_T10K_TRAIN:]
+        tr, te = t10k_split(len(labels))
         arrays = {"train": (images[tr], labels[tr]), "test": (images[te], labels[te])}
         origin = (
             f"IDX t10k files in {src.folder}, split by a fixed permutation "
