@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crepe import __version__
-from crepe.config import PRESETS, UsageError, options
+from crepe._version import __version__
+from crepe.config import PRESETS, USER, UsageError, options
 from crepe.parser import Parser, add_option
 from crepe.smallsets import methods
 from crepe.training.plan import new_run_config, resolved_threads
@@ -52,36 +52,12 @@ def train_parser() -> argparse.ArgumentParser:
         help="print the plan (sigma solved for a target, the schedule, the planned epsilon and its parts) and exit: "
         "reads only the training labels, writes nothing",
     )
+    group: Any = p
     for name, s in methods.declared().items():
-        add_option(p, name, s)
+        group = p.add_argument_group(s.section) if s.section else group
+        readers = [m.name for m in methods.registry().values() if name in m.options]
+        add_option(group, name, replace(s, help=f"{s.help} [--method {', '.join(readers)}]") if readers else s)
     return p
-
-
-def provenance() -> dict[str, Any]:
-    """What produced a run: versions, the command line, the git commit of a checkout."""
-    import importlib.metadata as md
-    import subprocess
-
-    def version(pkg: str) -> str | None:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    commit = None
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "crepe": __version__,
-        "git_commit": commit,
-        "torch": version("torch"),
-        "opacus": version("opacus"),
-        "argv": sys.argv,
-    }
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -103,6 +79,9 @@ def cmd_train(argv: list[str]) -> int:
         if not run_dir.is_dir():
             raise UsageError(f"--resume {run_dir}: no such directory")
         cfg = rundir.read_config(run_dir)
+        if cfg.dataset == USER:
+            raise UsageError(f"{run_dir} was trained by crepe.train in Python on a model and data of its own: "
+                             "continue it there, calling crepe.train with the same model, data and out")
         if "data_dir" in given:
             given["data_dir"] = str(Path(given["data_dir"]).resolve())
 
@@ -116,29 +95,18 @@ def cmd_train(argv: list[str]) -> int:
                 f"the data folder {cfg.data_dir} recorded in {run_dir / rundir.CONFIG} does not exist here; "
                 "pass --data-dir to say where the data is now"
             )
-        created, data = False, None  # changed machine flags reach config.json only after the checkpoint is verified (loop.run)
+        from crepe.training.loop import run
+
+        summary = run(cfg, run_dir)  # changed machine flags reach config.json once the checkpoint is verified
     else:
-        run_dir = Path(ns.out)
         cfg = new_run_config(given)  # every flag checked before torch loads
+        from crepe.training.api import start
         from crepe.training.loop import load_data
         from crepe.training.plan import Plan, class_counts
 
         data = load_data(cfg)  # once per run: the plan counts its labels, the loop trains on it
         cfg = resolved_threads(Plan.of(cfg, counts=class_counts(data.y_train)).cfg)  # sigma solved under a target
-        state = rundir.prepare_out(cfg, run_dir, provenance())
-        if state == "complete":
-            print(f"crepe train: {run_dir} already holds this run, complete", file=sys.stderr)
-            print(rundir.final_line(rundir.read_summary(run_dir) or {}))
-            return 0
-        created = state == "new"
-    from crepe.training.loop import run
-
-    try:
-        summary = run(cfg, run_dir, data=data)
-    except BaseException:
-        if created and not (run_dir / rundir.CHECKPOINT).exists():
-            _remove_new_run(run_dir)  # nothing was saved: the interrupt message must not offer a resume
-        raise
+        summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
     print(rundir.final_line(summary))
     if summary["labels_public"]:
         print(f"crepe train: note: {summary['caveat']}", file=sys.stderr)
@@ -189,8 +157,8 @@ def cmd_epsilon(argv: list[str]) -> int:
         raise UsageError(f"{ns.run}/summary.json: its ledger cannot be read ({e})") from None
     accountant = ns.accountant or summary.get("accountant", "rdp")
     eps = epsilons(ledger, delta=ns.delta, accountant=accountant)
-    print(f"crepe epsilon: {rundir.fmt_eps(eps['total'])} (select {rundir.fmt_eps(eps['select'])}, train "
-          f"{rundir.fmt_eps(eps['train'])}) per {ledger.unit} at delta {ns.delta:g} ({accountant} accountant)")
+    print(f"crepe epsilon: {rundir.eps_parts(eps, (r.kind for r in ledger))} per {ledger.unit} at delta {ns.delta:g} "
+          f"({accountant} accountant)")
     return 0
 
 
@@ -206,18 +174,6 @@ def cmd_export(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "epsilon": cmd_epsilon, "export": cmd_export}
-
-
-def _remove_new_run(run_dir: Path) -> None:
-    """Undo a run folder this call created, if it failed before its first checkpoint."""
-    from crepe.training import rundir
-
-    for name in (rundir.CONFIG, rundir.METRICS):
-        (run_dir / name).unlink(missing_ok=True)
-    try:
-        run_dir.rmdir()
-    except OSError:
-        pass
 
 
 def top_parser() -> argparse.ArgumentParser:

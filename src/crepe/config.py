@@ -21,6 +21,9 @@ from typing import Any
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adam-bc": 1e-3}
 
 
+USER = "user"  # config.json's dataset and model of a crepe.train run on a model and data of one's own
+
+
 class UsageError(ValueError):
     """Bad input from a user: a flag, a value, a run folder that is not what it should be."""
 
@@ -47,6 +50,8 @@ class Spec:
     dp_only: bool = False  # meaningless without DP: --no-dp refuses a non-default value
     solves: str = ""  # the option this one solves for (given together: refused)
     registry: bool = False  # its values are the names of a registry above config (the small-set methods)
+    section: str = ""  # the --help group this option opens (the options declared after it belong to it)
+    api: str = ""  # a value only crepe.train (Python) sets: a model or data of one's own; never parsed from text
 
     def describe_bounds(self) -> str:
         if self.choices:
@@ -67,7 +72,7 @@ class Spec:
                 raise UsageError(f"{flag} must be true or false, got {value!r}")
             return
         if self.kind == "str":
-            if self.choices:
+            if self.choices and not (self.api and value == self.api):
                 check_choice(name.lstrip("-").replace("_", " ").replace("-", " "), value, self.choices)
             elif not isinstance(value, str) or not value:
                 raise UsageError(f"{flag} must be a non-empty string, got {value!r}")
@@ -95,6 +100,9 @@ class Spec:
                 raise UsageError(f"{self.flag} must be a number, got {text!r}") from None
         else:
             value = text
+            if self.api and value == self.api:
+                raise UsageError(f"{self.flag} {value} is what crepe.train(...) in Python records for a model or data "
+                                 f"of one's own; valid here: {', '.join(self.choices)}")
         self.check(self.flag, value)
         return value
 
@@ -125,7 +133,7 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = option("mnist", "dataset", choices=("mnist", "fashion-mnist"), grid=True)
+    dataset: str = option("mnist", "dataset", choices=("mnist", "fashion-mnist"), grid=True, api=USER, section="data")
     data_dir: str | None = option(
         None,
         "folder of the original IDX .gz files (or with a <dataset>/ subfolder); "
@@ -137,7 +145,7 @@ class TrainConfig:
     # model
     model: str = option(
         "cnn", "classifier: the Opacus example CNN, a GroupNorm ResNet, or the private-set paper's ConvNet",
-        choices=("cnn", "resnet", "convnet"), grid=True,
+        choices=("cnn", "resnet", "convnet"), grid=True, api=USER, section="model",
     )
     activation: str = option("relu", "activation of the model", choices=("relu", "tanh"), grid=True)
     # small training set
@@ -147,6 +155,7 @@ class TrainConfig:
         "gradient matching (private-set)",
         grid=True,
         registry=True,
+        section="small training set (a flag the chosen --method does not read is refused)",
     )
     fraction: float = option(
         0.1, "coreset share of each class", kind="float", low=0, low_open=True, high=1, grid=True
@@ -220,13 +229,14 @@ class TrainConfig:
     gen_lr_images: float = option(1.0, "private-set: SGD step size of the synthetic images", kind="float", low=0, low_open=True)
     gen_width: int = option(32, "private-set: channels of the matching ConvNet", kind="int", low=1)
     # schedule and optimiser
-    epochs: int = option(50, "training epochs", kind="int", low=1)
+    epochs: int = option(50, "training epochs", kind="int", low=1, section="schedule and optimiser")
     batch_size: int = option(256, "expected (Poisson) batch size B; q = B/|S|", kind="int", low=1)
     optimizer: str = option("sgd", "base optimizer", choices=("sgd", "adam", "adam-bc"))
     lr: float | None = option(None, "learning rate (default: 0.1 for sgd, 1e-3 for adam and adam-bc)", kind="float", low=0, low_open=True)
     momentum: float = option(0.0, "SGD momentum", kind="float", low=0, high=0.999)
     # privacy
-    dp: bool = option(True, "plain SGD, no clipping or noise (epsilon infinite)", kind="bool", grid=True, no_flag="--no-dp")
+    dp: bool = option(True, "plain SGD, no clipping or noise (epsilon infinite)", kind="bool", grid=True, no_flag="--no-dp",
+                      section="privacy")
     sigma: float | None = option(
         None,
         "DP-SGD noise multiplier (default 1.0 unless --target-epsilon solves it)",
@@ -282,7 +292,8 @@ class TrainConfig:
         kind="bool",
         machine=True,
     )
-    seed: int = option(0, "seed of model initialisation (and, with --noise reproducible, of the noise)", kind="int", low=0, grid=True)
+    seed: int = option(0, "seed of model initialisation (and, with --noise reproducible, of the noise)", kind="int", low=0, grid=True,
+                       section="run")
     diagnostics: bool = option(
         False,
         "per-epoch clipping diagnostics on a fixed probe of training examples (analysis outputs, not covered by epsilon)",

@@ -231,9 +231,45 @@ def load(
         x = x.sub_(mean).div_(std).unsqueeze(1)  # (n, 1, 28, 28)
         y = torch.from_numpy(labels.astype(np.int64))
         tensors += [x, y]
-    h = hashlib.sha256()
-    for t in tensors[1::2]:
-        h.update(t.numpy().tobytes())
-    h.update(repr([tuple(t.shape) for t in tensors]).encode())
     x_tr, y_tr, x_te, y_te = tensors
-    return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=h.hexdigest()[:16])
+    return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=fingerprint(*tensors))
+
+
+def fingerprint(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> str:
+    """A checkpoint's check that a run resumes on the same data: the labels and every shape."""
+    h = hashlib.sha256()
+    for t in (y_train, y_test):
+        h.update(t.numpy().tobytes())
+    h.update(repr([tuple(t.shape) for t in (x_train, y_train, x_test, y_test)]).encode())
+    return h.hexdigest()[:16]
+
+
+def as_tensors(data: object, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32, y int64) from a pair (x, y) of tensors or arrays, or a map-style dataset (len and
+    [i] -> (x, y)) stacked once into memory (the loop indexes whole tensors); UsageError otherwise."""
+    import torch
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = (torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v) for v in data)
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        raise UsageError(f"{what} is one {type(data).__name__} of shape {tuple(data.shape)}: pass the pair (x, y)")
+    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        if len(data) == 0:  # type: ignore[arg-type]
+            raise UsageError(f"{what} is empty")
+        pairs = [data[i] for i in range(len(data))]  # type: ignore[index, arg-type]
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+            raise UsageError(f"{what}: a dataset must give (x, y) pairs for every index")
+        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+        y = torch.as_tensor([int(p[1]) for p in pairs])
+    else:
+        raise UsageError(f"{what} must be a pair (x, y) of tensors or a map-style dataset of (x, y), "
+                         f"got {type(data).__name__}")
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        raise UsageError(f"{what}: the labels must be a 1-D integer tensor, got {y.dtype} of shape {tuple(y.shape)}")
+    if x.ndim < 2 or len(x) != len(y):
+        raise UsageError(f"{what}: x must be (n, ...) with one row per label; got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if len(y) and int(y.min()) < 0:
+        raise UsageError(f"{what}: labels must be class indices 0..C-1, got {int(y.min())}")
+    if not x.dtype.is_floating_point:
+        raise UsageError(f"{what}: x must be floating point (normalised as the model expects), got {x.dtype}")
+    return x.to(torch.float32).contiguous(), y.to(torch.int64).contiguous()

@@ -8,6 +8,8 @@ declares, before any data is read:
   its own); an option another method reads and this one does not is refused
   with this method;
 - `check(cfg)`: combinations of common options it cannot run;
+  `check_own(cfg, model, x)`: what it cannot do with a model and data of one's
+  own (crepe.train), tried on a few examples before anything is written;
 - `reads_labels(cfg)`: whether its choice reads the true labels (per-class
   budgets): epsilon then treats the labels and class sizes as public;
 - `secret_size(cfg)`: whether the realised size of its set is a secret (a
@@ -81,6 +83,9 @@ class Method:
 
     def check(self, cfg: TrainConfig) -> None:
         """UsageError for a combination of options this method cannot run."""
+
+    def check_own(self, cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> None:
+        """UsageError for a model of one's own, or its data (a few examples `x`), this method cannot use."""
 
     def reads_labels(self, cfg: TrainConfig) -> bool:
         return False

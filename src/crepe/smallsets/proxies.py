@@ -8,12 +8,10 @@ Both come from one batched forward pass in eval mode; no per-sample autograd.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from crepe.config import check_choice, options
+from crepe.config import UsageError, check_choice, options
 
 PROXIES = options()["proxy"].choices
 
@@ -22,20 +20,19 @@ PROXIES = options()["proxy"].choices
 def compute_proxies(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str = "logits", batch_size: int = 2048
 ) -> torch.Tensor:
-    """(n, d) float32 clean proxies of `model` (which must expose `features` and `head`).
+    """(n, d) float32 clean proxies of `model`, whose output must be the logits of an nn.Linear
+    applied last (HEAD_REQUIRED): h is that layer's input, read by a forward hook.
 
     The model is put in eval mode and restored to its previous mode afterwards.
     """
     check_choice("proxy", kind, PROXIES)
-    features: Callable[[torch.Tensor], torch.Tensor] = model.features  # type: ignore[assignment]
-    head: Callable[[torch.Tensor], torch.Tensor] = model.head  # type: ignore[assignment]
     was_training = model.training
     model.eval()
     out = []
     try:
         for s in range(0, len(y), batch_size):
-            h = features(x[s : s + batch_size])  # (b, H)
-            p = torch.softmax(head(h), dim=1)  # (b, C)
+            h, logits = head_input(model, x[s : s + batch_size])  # (b, H), (b, C)
+            p = torch.softmax(logits, dim=1)
             g = p - nn.functional.one_hot(y[s : s + batch_size], p.shape[1]).to(p.dtype)  # (b, C)
             if kind == "last-layer":
                 h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (b, H+1)
@@ -44,6 +41,30 @@ def compute_proxies(
     finally:
         model.train(was_training)
     return torch.cat(out).to(torch.float32).contiguous()
+
+
+HEAD_REQUIRED = (
+    "CRAIG's proxies need a model whose output (n, C) is the output of an nn.Linear applied last (the logits, "
+    "before any softmax), with a 2-D input (n, H)"
+)
+
+
+def head_input(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, logits): the model's output and the input of the nn.Linear that produced it; UsageError
+    (HEAD_REQUIRED) when no nn.Linear's output is the model's output."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+             for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        logits = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for h, out in seen:
+        if out is logits and h.ndim == 2 and logits.ndim == 2:
+            return h, logits
+    why = "its output is not the output of an nn.Linear" if seen else "it has no nn.Linear"
+    raise UsageError(f"{HEAD_REQUIRED}; {type(model).__name__}: {why} of 2-D input")
 
 
 def privatise(

@@ -2,8 +2,9 @@
 
 model.pt is the trained model's state_dict, written by torch.save: it loads with
 plain torch (`torch.load(path, weights_only=True)`) into the architecture that
-model.json names (`crepe.models.build_model(json["model"], activation=...)`,
-or the same class of one's own). model.json says what the weights are and
+model.json names (`crepe.models.build_model(json["model"], activation=...)`;
+for a crepe.train run, the class of one's own it names, constructed as for
+training). model.json says what the weights are and
 what protects them: architecture, input, ε and its parts at δ, the privacy
 unit, the adjacency, the accountant, σ and the caveats. Nothing secret: the
 weights are post-processing of the noisy releases; no generator state,
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crepe.config import TrainConfig, UsageError
+from crepe.config import USER, TrainConfig, UsageError
 from crepe.training import rundir
 
 MODEL = "model.pt"
@@ -28,19 +29,44 @@ FROM_SUMMARY = ("test_acc", "eps_total", "eps_select", "eps_train", "eps_infinit
                 "adjacency", "noise", "labels_public", "caveat", "noise_caveat", "sigma", "select_sigma", "epochs")
 
 
-def card(cfg: TrainConfig, summary: dict[str, Any], *, normalisation: tuple[float, float]) -> dict[str, Any]:
+BUILT_IN = {"cnn": "crepe.models.CNN", "resnet": "crepe.models.ResNet", "convnet": "crepe.models.ConvNet"}
+
+
+def architecture(model: Any, x: Any) -> dict[str, Any]:
+    """What summary.json and model.json say the weights are: the model's class, its input and classes."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        classes = int(model(x[:1]).shape[1])
+    model.train(was_training)
+    cls = type(model)
+    return {"model_class": f"{cls.__module__}.{cls.__qualname__}", "input_shape": list(x.shape[1:]), "classes": classes}
+
+
+def card(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    from crepe.data import NORMALISATION
+
+    own = cfg.model == USER
+    mean_std = NORMALISATION.get(cfg.dataset)
+    model_class = summary.get("model_class", BUILT_IN.get(cfg.model))
+    load = (f"construct {model_class} as for training, then model.load_state_dict(torch.load('{MODEL}', weights_only=True))"
+            if own else f"torch.load('{MODEL}', weights_only=True) is a state_dict for "
+            f"crepe.models.build_model({cfg.model!r}, activation={cfg.activation!r})")
     return {
         "format": FORMAT,
         "model": cfg.model,
-        "activation": cfg.activation,
-        "classes": 10,
-        "input_shape": [1, 28, 28],
+        "model_class": model_class,
+        "activation": None if own else cfg.activation,
+        "classes": summary.get("classes", 10),
+        "input_shape": summary.get("input_shape", [1, 28, 28]),
         "dataset": cfg.dataset,
-        "normalisation": {"mean": normalisation[0], "std": normalisation[1]},  # x = (pixel / 255 - mean) / std
+        # x = (pixel / 255 - mean) / std; a run on data of one's own was given its input normalised
+        "normalisation": None if mean_std is None else {"mean": mean_std[0], "std": mean_std[1]},
         "method": cfg.method,
         **{k: summary.get(k, "example" if k == "unit" else None) for k in FROM_SUMMARY},
-        "how_to_load": f"torch.load('{MODEL}', weights_only=True) is a state_dict for "
-        f"crepe.models.build_model({cfg.model!r}, activation={cfg.activation!r})",
+        "how_to_load": load,
     }
 
 
@@ -48,12 +74,10 @@ def write(run_dir: Path, state_dict: dict[str, Any], cfg: TrainConfig, summary: 
     """model.pt and model.json, each written atomically."""
     import torch
 
-    from crepe.data import NORMALISATION
-
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     rundir.atomic_write_bytes(run_dir / MODEL, buf.getvalue())
-    rundir.atomic_write_json(run_dir / MODEL_CARD, card(cfg, summary, normalisation=NORMALISATION[cfg.dataset]))
+    rundir.atomic_write_json(run_dir / MODEL_CARD, card(cfg, summary))
 
 
 def export(run_dir: Path) -> Path:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from crepe import data as data_mod
-from crepe.config import TrainConfig, UsageError
+from crepe.config import USER, TrainConfig, UsageError
 from crepe.dp.clipping import count_noise, make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, Optimizer, PlainOptimizer
@@ -97,11 +97,13 @@ def run(
     run_dir: str | Path,
     *,
     data: data_mod.LoadedData | None = None,
+    model: nn.Module | None = None,
     stop_after_epochs: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` (resolved) in `run_dir` (prepared by rundir.prepare_out), continuing from its
-    checkpoint if there is one, on `data` (loaded here if not given). Returns the summary, or, when
+    checkpoint if there is one, on `data` (loaded here if not given), training `model` (crepe.train:
+    one's own, trained in place; else cfg.model, built here from --seed). Returns the summary, or, when
     `stop_after_epochs` (epochs to run in this call) stops it early, {"status": "incomplete",
     "epoch": e} (the folder stays resumable)."""
     say = log if log is not None else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -110,7 +112,7 @@ def run(
         torch.set_num_threads(cfg.threads)
     ds = data if data is not None else load_data(cfg)
     announce(cfg, ds, say)
-    r = build(Plan.of(cfg, counts=class_counts(ds.y_train)), ds, Path(run_dir), say)
+    r = build(Plan.of(cfg, counts=class_counts(ds.y_train)), ds, Path(run_dir), say, model=model)
     finished = resume(r)
     if finished is not None:  # finished, but stopped before summary.json was written
         return finished
@@ -136,7 +138,8 @@ def run(
             plan.check(st.ledger, epochs_done=st.epoch + 1)  # planned = recorded, before any epsilon is printed
             t0 = time.perf_counter()
             last = st.epoch + 1 == plan.epochs
-            test_acc = accuracy(r.model, r.ds.x_test, r.ds.y_test) if last or (st.epoch + 1) % r.cfg.eval_every == 0 else None
+            evaluate = len(r.ds.y_test) > 0 and (last or (st.epoch + 1) % r.cfg.eval_every == 0)
+            test_acc = accuracy(r.model, r.ds.x_test, r.ds.y_test) if evaluate else None
             diag = diagnostics(r, x, y, sw)  # not covered by epsilon
             eval_time = time.perf_counter() - t0
             st.epoch, ran = st.epoch + 1, ran + 1
@@ -159,7 +162,8 @@ def load_data(cfg: TrainConfig) -> data_mod.LoadedData:
 
 
 def announce(cfg: TrainConfig, ds: data_mod.LoadedData, say: Callable[[str], None]) -> None:
-    say(f"crepe train: {cfg.dataset} from {ds.source}: {len(ds.y_train)} train / {len(ds.y_test)} test examples")
+    what = "your data" if cfg.dataset == USER else f"{cfg.dataset} from {ds.source}"
+    say(f"crepe train: {what}: {len(ds.y_train)} train / {len(ds.y_test)} test examples")
     if ds.split != "standard":
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
 
@@ -183,12 +187,13 @@ def seeds(cfg: TrainConfig) -> tuple[int, bytes]:
     return int(derived[0]), key
 
 
-def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str], None]) -> Run:
-    """The model (seeded by --seed), the run's generators (from its key) and its optimizer."""
+def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str], None], *,
+          model: nn.Module | None = None) -> Run:
+    """The model (one's own, or built from --seed), the run's generators (from its key) and its optimizer."""
     cfg = plan.cfg
     model_seed, key = seeds(cfg)
-    torch.manual_seed(model_seed)
-    model = build_model(cfg.model, activation=cfg.activation)
+    torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
+    model = build_model(cfg.model, activation=cfg.activation) if model is None else model
     gens = {name: keyed_generator(key, name) for name in GENERATORS}
     st = RunState()
     net, opt = build_optimizer(plan, model, gens["noise"], on_release=lambda release: st.ledger.record(release))
@@ -329,8 +334,8 @@ def epoch_line(r: Run, row: dict[str, Any]) -> str:
     tail = rundir.caveat_tail(labels_public=r.plan.labels_public, reproducible=r.cfg.noise == "reproducible")
     return (
         f"epoch {row['epoch']}/{r.plan.epochs}: train loss {'-' if loss is None else f'{loss:.4f}'} ({rundir.NOT_COVERED}) "
-        f"test acc {'-' if acc is None else f'{acc:.4f}'} eps {rundir.fmt_eps(row['eps_total'])} "
-        f"(select {rundir.fmt_eps(row['eps_select'])}, train {rundir.fmt_eps(row['eps_train'])}) per {r.st.ledger.unit}{tail} "
+        f"test acc {'-' if acc is None else f'{acc:.4f}'} eps "
+        f"{rundir.eps_parts(row, (x.kind for x in r.plan.round_releases()))} per {r.st.ledger.unit}{tail} "
         f"select {row['select_time_s']:.2f}s train {row['train_time_s']:.2f}s |S| {row['coreset_size']:g}"
     )
 
@@ -375,6 +380,7 @@ def finish(r: Run) -> dict[str, Any]:
         "n_test": len(ds.y_test),
         "data_split": ds.split,
         "data_source": ds.source,
+        **export.architecture(r.model, ds.x_train),
         "ledger": st.ledger.to_list(),
     }
     if not cfg.keep_secrets:

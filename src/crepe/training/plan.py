@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from crepe.config import TrainConfig
+from crepe.config import USER, TrainConfig
 from crepe.dp.clipping import step_noise
 from crepe.dp.sampling import sample_rate, steps_per_epoch
 from crepe.privacy.ledger import Ledger, Release
@@ -170,6 +170,8 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
     methods.check_given(method, given)
     cfg = TrainConfig.from_flags(given).resolve()
     methods.get(cfg.method).check(cfg)
+    if cfg.dataset == USER:  # crepe.train: the caller's model and data
+        return cfg
     src = data.resolve_source(cfg.dataset, cfg.data_dir)  # fail before anything is written or torch loads
     data.check_subsets(src, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
     if cfg.data_dir is not None:

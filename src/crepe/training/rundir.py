@@ -17,7 +17,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from crepe.config import TrainConfig, UsageError
 
@@ -119,6 +119,37 @@ def write_config(run_dir: Path, cfg: TrainConfig, provenance: dict[str, Any]) ->
     atomic_write_json(run_dir / CONFIG, {**cfg.to_dict(), "provenance": provenance})
 
 
+def provenance(**extra: Any) -> dict[str, Any]:
+    """What produced a run: versions, the command line, the git commit of a checkout (and `extra`)."""
+    import importlib.metadata as md
+    import subprocess
+    import sys
+
+    from crepe._version import __version__
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    commit = None
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "crepe": __version__,
+        "git_commit": commit,
+        "torch": version("torch"),
+        "opacus": version("opacus"),
+        "argv": sys.argv,
+        **extra,
+    }
+
+
 def prepare_out(cfg: TrainConfig, out: Path, provenance: dict[str, Any]) -> str:
     """Create a run folder for `cfg` at `out`, never touching a user's files.
 
@@ -161,6 +192,14 @@ def fmt_eps(eps: float | None) -> str:
     return "inf" if eps is None or math.isinf(eps) else f"{eps:.3f}"
 
 
+def eps_parts(eps: dict[str, Any], kinds: Iterable[str]) -> str:
+    """'total (select s, train t)' from eps_json or epsilons; the select part is called what the
+    releases of its kinds are (private set generation: "generation")."""
+    get = (lambda k: eps.get(f"eps_{k}")) if "eps_total" in eps else eps.get
+    label = "generation" if "generate" in set(kinds) else "select"
+    return f"{fmt_eps(get('total'))} ({label} {fmt_eps(get('select'))}, train {fmt_eps(get('train'))})"
+
+
 def caveat_tail(*, labels_public: bool, reproducible: bool) -> str:
     """What every printed epsilon must say after it (DESIGN.md sections 4 and 9)."""
     return (", labels treated as public" if labels_public else "") + (
@@ -170,9 +209,10 @@ def caveat_tail(*, labels_public: bool, reproducible: bool) -> str:
 
 def final_line(summary: dict[str, Any]) -> str:
     tail = caveat_tail(labels_public=summary["labels_public"], reproducible=summary.get("noise") == "reproducible")
+    acc = summary["test_acc"]
     return (
-        f"crepe train: test accuracy {summary['test_acc']:.4f} | epsilon {fmt_eps(summary['eps_total'])} "
-        f"(select {fmt_eps(summary['eps_select'])}, train {fmt_eps(summary['eps_train'])}) "
+        f"crepe train: test accuracy {'- (no test data)' if acc is None else f'{acc:.4f}'} | epsilon "
+        f"{eps_parts(summary, (r.get('kind') for r in summary.get('ledger', [])))} "
         f"per {summary.get('unit', 'example')} "  # summaries before the unit existed protect one example
         f"at delta {summary['delta']:g}, zero-out adjacency{tail} | sigma {summary['sigma']:.4g}"
     )

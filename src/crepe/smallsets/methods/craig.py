@@ -10,10 +10,14 @@ or the weights. Per-class scope reads the labels (treated as public).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from crepe.config import TrainConfig
 from crepe.privacy.ledger import Release
 from crepe.smallsets.method import SUBSET, Chosen, Method, Round
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Craig(Method):
@@ -24,6 +28,19 @@ class Craig(Method):
 
     def reads_labels(self, cfg: TrainConfig) -> bool:
         return cfg.selection_scope == "per-class"
+
+    def check_own(self, cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> None:
+        import torch
+
+        from crepe.smallsets.proxies import head_input
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                head_input(model, x)  # the proxies' requirement
+        finally:
+            model.train(was_training)
 
     def public_size(self, cfg: TrainConfig, counts: Sequence[int]) -> float:
         from crepe.smallsets.sets import budget_size

@@ -16,6 +16,8 @@ from crepe.privacy.ledger import Release
 from crepe.smallsets.method import Chosen, Method, Round
 
 if TYPE_CHECKING:
+    import torch
+
     from crepe.smallsets.private_set import Schedule
 
 CLASSES = 10
@@ -43,6 +45,11 @@ class PrivateSet(Method):
         if cfg.clipping != "flat" or cfg.diagnostics:
             raise UsageError("--method private-set clips flat in generation and trains on synthetic data: "
                              "--clipping and --diagnostics do not apply")
+
+    def check_own(self, cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> None:
+        raise UsageError("--method private-set generates 10 classes of 28x28 grey images normalised as the built-in "
+                         "datasets are: it runs on crepe's datasets only (crepe train); with a model and data of "
+                         "your own, use method full, random or craig")
 
     def public_size(self, cfg: TrainConfig, counts: Sequence[int]) -> float:
         return cfg.images_per_class * CLASSES  # the epochs train on the synthetic images
