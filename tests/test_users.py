@@ -1,8 +1,10 @@
-"""User partitions: validation, stats (counts only), and the synthetic-writer split (reproducible,
-one style per user checked against a NumPy oracle, Dirichlet skew, sizes clipped at k)."""
+"""User partitions: validation, stats (counts only), the synthetic-writer split (reproducible,
+one style per user checked against a NumPy oracle, Dirichlet skew, sizes clipped at k), and
+QMNIST's writer ids from files written here in QMNIST's exact format."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 
 from crepe.config import UsageError
 from crepe.data import NORMALISATION, read_idx
+from crepe.users import qmnist
 from crepe.users.partition import Partition
 from crepe.users.synthetic import Style, apply_style, synthetic_writers
 
@@ -288,3 +291,118 @@ def test_bad_images_or_labels_are_refused() -> None:
         synthetic_writers(x.reshape(50, -1), y, users=5)
     with pytest.raises(UsageError, match="one label >= 0 per image: 49 labels for 50 images"):
         synthetic_writers(x, y[:49], users=5)
+
+
+# --- QMNIST --------------------------------------------------------------------------------
+
+
+def write_idx(path: Path, magic: bytes, array: np.ndarray, dtype: str) -> None:
+    header = magic + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(dtype).tobytes())
+
+
+WRITERS = np.array([2154, 7, 2154, 330, 7, 7, 2599])
+
+
+def write_qmnist(folder: Path, part: str, writers: np.ndarray = WRITERS) -> tuple[np.ndarray, np.ndarray]:
+    """QMNIST's two files for `part`: idx3 ubyte images, idx2 big-endian int32 n x 8 labels."""
+    n = len(writers)
+    rng = np.random.default_rng(n)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = np.zeros((n, 8), dtype=np.int64)
+    labels[:, 0] = rng.integers(0, 10, n)
+    labels[:, 1] = np.where(writers >= 2100, 4, 0)
+    labels[:, 2] = writers
+    labels[:, 3] = np.arange(n) % 150
+    labels[:, 4] = labels[:, 0] + 30
+    labels[:, 5] = 200000 + np.arange(n)
+    images_file, labels_file = qmnist.FILES[part]
+    write_idx(folder / images_file, b"\x00\x00\x08\x03", images, "u1")
+    write_idx(folder / labels_file, b"\x00\x00\x0c\x02", labels, ">i4")
+    return images, labels
+
+
+def test_qmnist_files_load_with_writers_as_users(tmp_path: Path) -> None:
+    images, labels = write_qmnist(tmp_path, "train")
+    q = qmnist.load_qmnist(folder=tmp_path)
+    mean, std = NORMALISATION["mnist"]
+    assert q.x.shape == (7, 1, 28, 28) and q.x.dtype == torch.float32
+    np.testing.assert_allclose(q.x[:, 0].numpy(), (images / 255.0 - mean) / std, rtol=1e-6, atol=1e-6)
+    assert q.y.tolist() == labels[:, 0].tolist() and q.y.dtype == torch.int64
+    assert q.writers.tolist() == [7, 330, 2154, 2599]  # user u = the u-th smallest writer id
+    assert q.partition.user_ids.tolist() == [2, 0, 2, 1, 0, 0, 3]
+    assert (q.partition.max_per_user, q.partition.k_source) == (150, "declared")
+
+
+def test_qmnist_test_splits_are_torchvisions_slices(tmp_path: Path) -> None:
+    writers = np.concatenate([np.full(10000, 2100), [2200, 2200, 2300]])
+    write_qmnist(tmp_path, "test", writers)
+    sizes = {s: qmnist.load_qmnist(split=s, folder=tmp_path, max_per_user=10000).partition.n
+             for s in ("test", "test10k", "test50k")}
+    assert sizes == {"test": 10003, "test10k": 10000, "test50k": 3}
+    assert qmnist.load_qmnist(split="test50k", folder=tmp_path).writers.tolist() == [2200, 2300]
+    with pytest.raises(UsageError, match="unknown QMNIST split 'nist'; valid: train, test, test10k, test50k"):
+        qmnist.load_qmnist(split="nist", folder=tmp_path)
+
+
+def test_a_writer_above_k_is_refused(tmp_path: Path) -> None:
+    write_qmnist(tmp_path, "train")
+    with pytest.raises(UsageError, match="user 0 holds 3 examples, more than max_per_user k = 2"):
+        qmnist.load_qmnist(folder=tmp_path, max_per_user=2)
+
+
+def rewrite(path: Path, edit) -> None:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(edit(raw))
+
+
+@pytest.mark.parametrize(
+    ("which", "edit", "message"),
+    [
+        (1, lambda r: b"\x00\x00\x08\x02" + r[4:], "not an IDX file of 2-D int32 \\(magic 0x00000C02\\); starts 00000802"),
+        (1, lambda r: b"\x00\x00\x0c\x01" + r[4:], "not an IDX file of 2-D int32"),
+        (1, lambda r: r[:-4], "header says 7 x 8 int32 but holds 220 bytes"),
+        (1, lambda r: r[:4] + (6).to_bytes(4, "big") + r[8:-32], "QMNIST labels must be 7 x 8; got \\(6, 8\\)"),
+        (0, lambda r: b"\x00\x00\x0c\x03" + r[4:], "is not an IDX file of unsigned bytes"),
+        (0, lambda r: r[:-1], "header says shape \\(7, 28, 28\\)"),
+    ],
+)
+def test_malformed_qmnist_files_are_refused(tmp_path: Path, which, edit, message) -> None:
+    write_qmnist(tmp_path, "train")
+    rewrite(tmp_path / qmnist.FILES["train"][which], edit)
+    with pytest.raises(UsageError, match=message):
+        qmnist.load_qmnist(folder=tmp_path)
+
+
+def test_a_folder_without_the_files_names_them(tmp_path: Path) -> None:
+    write_qmnist(tmp_path, "train")
+    with pytest.raises(UsageError, match="lacks qmnist-test-images-idx3-ubyte.gz, qmnist-test-labels-idx2-int.gz"):
+        qmnist.load_qmnist(split="test", folder=tmp_path)
+
+
+def test_without_a_folder_torchvision_loads_it_or_the_error_says_no_network(tmp_path, monkeypatch) -> None:
+    import torchvision
+
+    images, labels = write_qmnist(tmp_path, "train")
+    calls = []
+
+    class Downloaded:
+        def __init__(self, root, **kwargs):
+            calls.append((root, kwargs))
+            self.data, self.targets = torch.from_numpy(images), torch.from_numpy(labels)
+
+    monkeypatch.setattr(torchvision.datasets, "QMNIST", Downloaded)
+    q = qmnist.load_qmnist(split="test10k", cache=tmp_path)
+    assert calls == [(str(tmp_path), {"what": "test", "compat": False, "download": True})]
+    assert q.partition.user_ids.tolist() == [2, 0, 2, 1, 0, 0, 3]
+
+    class Offline:
+        def __init__(self, root, **kwargs):
+            raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "QMNIST", Offline)
+    with pytest.raises(RuntimeError, match="could not load QMNIST through torchvision .*OSError.*no network"):
+        qmnist.load_qmnist(cache=tmp_path)
