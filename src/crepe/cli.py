@@ -116,10 +116,22 @@ def cmd_train(argv: list[str]) -> int:
 def dry_run(given: dict[str, Any]) -> int:
     """`crepe train --dry-run`: the run's plan from its training labels alone; nothing is written."""
     from crepe import data
+    from crepe.dp.sampling import steps_per_epoch
     from crepe.privacy.accounting import epsilons
-    from crepe.training.loop import plan_line
     from crepe.training.plan import Plan, class_counts
     from crepe.training.rundir import caveat_tail, fmt_eps
+
+    def plan_line(plan: Plan) -> str:
+        # training.loop.plan_line, said here because importing the loop loads torch and opacus (~4 s of a
+        # dry run that needs neither); tests/test_calibration.py holds the two to the same line
+        cfg = plan.cfg
+        solved = f" (solved for --target-epsilon {cfg.target_epsilon:g})" if cfg.target_epsilon is not None else ""
+        rounds = sum(plan.redraws(e) for e in range(plan.epochs))
+        select = f", select sigma {cfg.select_sigma:.4g}" if any(r.kind == "select" for r in plan.round_releases()) else ""
+        q = plan.sample_rate
+        size = f"{plan.set_size:g}" if float(plan.set_size).is_integer() else f"{plan.set_size:.6g}"
+        return (f"crepe train: sigma {cfg.sigma:.4g}{solved}{select}; {plan.epochs} epochs of {steps_per_epoch(q)} steps "
+                f"at q = {q:.4g} (B = {cfg.batch_size}, |S| = {size}), {rounds} selection round{'s' * (rounds != 1)}")
 
     cfg = new_run_config(given)
     labels = data.train_labels(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset)

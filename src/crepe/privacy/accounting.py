@@ -179,15 +179,22 @@ def _pld_phased(phases: list[Phase], delta: float) -> float:
 @functools.lru_cache(maxsize=64)
 def _composed(history: History) -> Any:
     """The PLD of the releases in `history`: Poisson-subsampled Gaussians (sensitivity 1)."""
-    from dp_accounting.pld import privacy_loss_distribution as pld_lib
-
     pld = None
-    for sigma, q, steps in history:
-        one = pld_lib.from_gaussian_mechanism(
-            standard_deviation=sigma, sampling_prob=q, value_discretization_interval=PLD_GRID, pessimistic_estimate=True
-        ).self_compose(steps)
+    for term in history:
+        one = _term(*term)
         pld = one if pld is None else pld.compose(one)
     return pld
+
+
+@functools.lru_cache(maxsize=64)
+def _term(sigma: float, q: float, steps: int) -> Any:
+    """The PLD of `steps` releases at (sigma, q): cached apart, since a run's parts (total, select,
+    train) share their terms (dp-accounting's compose and self_compose return new objects)."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma, sampling_prob=q, value_discretization_interval=PLD_GRID, pessimistic_estimate=True
+    ).self_compose(steps)
 
 
 @functools.lru_cache(maxsize=64)

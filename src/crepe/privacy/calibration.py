@@ -42,20 +42,25 @@ def solve_sigma(
     """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows).
 
     First a bracket: sigma halved from SIGMA_MAX until epsilon exceeds the target, never below the
-    accountant's SIGMA_FLOOR; then bisection in log sigma on [1e-2, SIGMA_MAX], where a sigma at or
-    below the bracket's is known to exceed the target (epsilon is monotone) and is not evaluated. So
-    no accountant sees a sigma much below the answer (the bisection is the one crepe always ran: the
-    same sigma for every target it could solve). A sigma at which the accountant fails counts as
+    accountant's SIGMA_FLOOR; a few probes inside it (`_probe`) then place evaluated sigmas just
+    outside the window [0.99 target, target] on both sides. Then bisection in log sigma on
+    [1e-2, SIGMA_MAX]: the one crepe always ran, the same mids and the same answer for every
+    target it could solve, but a mid whose side monotonicity already gives (a sigma at or above it
+    exceeds the target, or one at or below it is under 0.99 target) is not evaluated. So no
+    accountant sees a sigma below the bracket's. A sigma at which the accountant fails counts as
     above every target. A target that needs less noise than the accountant can evaluate is a
     UsageError naming --sigma. `kinds`: the releases that count (default all); `levers`: what
     shortens the schedule, said when a target is unreachable.
     """
+    known: dict[float, float] = {}  # sigma -> epsilon, every evaluation so far
 
     def eps(s: float) -> float:
-        try:
-            return epsilon(ledger_for(s), delta=delta, accountant=accountant, kinds=kinds)
-        except (MemoryError, OverflowError, ValueError):  # the accountant's domain exploded: far above any target
-            return math.inf
+        if s not in known:
+            try:
+                known[s] = epsilon(ledger_for(s), delta=delta, accountant=accountant, kinds=kinds)
+            except (MemoryError, OverflowError, ValueError):  # the accountant's domain exploded: far above any target
+                known[s] = math.inf
+        return known[s]
 
     floor = eps(SIGMA_MAX)
     if floor > target:
@@ -73,10 +78,17 @@ def solve_sigma(
                 f"evaluates with the {accountant} accountant: give --sigma instead"
             )
         above = max(above / 2, smallest)
+    _probe(eps, known, target=target)
     lo, hi = min(1e-2, above), SIGMA_MAX
     for _ in range(100):
         mid = (lo * hi) ** 0.5
-        e = math.inf if mid <= above else eps(mid)
+        if any(s >= mid and e > target for s, e in known.items()):
+            lo = mid  # epsilon(mid) >= epsilon(s) > target
+            continue
+        if any(s <= mid and e < 0.99 * target for s, e in known.items()):
+            hi = mid  # epsilon(mid) <= epsilon(s) < 0.99 target
+            continue
+        e = eps(mid)
         if e > target:
             lo = mid
         else:
@@ -87,6 +99,35 @@ def solve_sigma(
         f"--target-epsilon {target:g} needs a sigma below {hi:.4g}, where the {accountant} accountant cannot "
         "evaluate this schedule: give --sigma instead"
     )
+
+
+PROBE_MARGIN = 0.002  # probes aim this far (relative epsilon) outside the window [0.99 target, target]
+
+
+def _probe(eps: Callable[[float], float], known: dict[float, float], *, target: float, probes: int = 4) -> None:
+    """Evaluate a few sigmas inside the bracket where epsilon should lie just outside the window
+    [0.99 target, target], above it and below it, so that the bisection's mids near the answer are
+    decided without an evaluation. Each probe is an inverse quadratic interpolation (log sigma as a
+    function of log epsilon through the three known points nearest the goal, as in Brent's method),
+    kept strictly inside the tightest bracket (a, b): no probe is below a sigma already evaluated.
+    They only save evaluations: the bisection's answer does not depend on where they land."""
+    goals = (target * (1 + PROBE_MARGIN), 0.99 * target * (1 - PROBE_MARGIN))
+    for _ in range(probes):
+        a = max(s for s, e in known.items() if e > target)  # epsilon(a) > target
+        b = min((s for s, e in known.items() if e < 0.99 * target and s > a), default=None)
+        if b is None:
+            return
+        tight = (known[a] <= target * (1 + 2 * PROBE_MARGIN), known[b] >= 0.99 * target * (1 - 2 * PROBE_MARGIN))
+        if all(tight):
+            return
+        goal = math.log(goals[0] if not tight[0] else goals[1])
+        pts = sorted(((math.log(e), math.log(s)) for s, e in known.items() if 0 < e < math.inf),
+                     key=lambda p: abs(p[0] - goal))[:3]
+        x = math.log(a * b) / 2
+        if len(pts) == 3 and len({y for y, _ in pts}) == 3:
+            x = sum(xi * math.prod((goal - yj) / (yi - yj) for yj, _ in pts if yj != yi) for yi, xi in pts)
+        lo, hi = math.log(a), math.log(b)
+        eps(math.exp(min(max(x, lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))))
 
 
 def calibrate(
