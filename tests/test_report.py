@@ -391,7 +391,132 @@ def test_diagnostics_say_when_lines_coincide(tmp_path: Path) -> None:
         clipped, snr = fig.axes[:2]
         assert [t.get_text() for t in clipped.texts] == ["3 lines, 1 distinct: equal ones drawn over each other"]
         assert [t.get_text() for t in snr.texts] == ["3 lines, 2 distinct: equal ones drawn over each other"]
-        assert len({line.get_marker() for line in clipped.get_lines()}) == 3  # each row its own marker
-        assert fig.legends and len(fig.legends[0].get_texts()) == 3
+        # each row its own colour and ring size (the marker is the privacy level, σ = 1 for all three)
+        assert len({(line.get_color(), line.get_markersize()) for line in clipped.get_lines()}) == 3
+        assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()] == ["full", "random", "craig", "σ = 1"]
     finally:
         plt.close(fig)
+
+
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    write_run(tmp_path / "s", "a", method="craig", sigma=1.0, seed=0, test_acc=0.5)
+    runs, skipped = results.find_runs(tmp_path / "s")
+    md = tables.markdown(results.aggregate(runs), runs, skipped)
+    assert "1 complete run;" in md and "1 complete runs" not in md
+    assert tables.count(2, "complete run") == "2 complete runs" and tables.count(0, "seed") == "0 seeds"
+    assert tables.count(1, "seed") == "1 seed" and tables.count(3, "class", "classes") == "3 classes"
+
+
+def _texts(fig):  # type: ignore[no-untyped-def]
+    """Every piece of text a figure shows: titles, axis and tick labels (the drawn ticks), legends, notes."""
+    texts = [t for t in (fig._suptitle, fig._supxlabel) if t is not None]
+    for ax in (ax for ax in fig.axes if ax.get_visible()):
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            texts += [t for t, x in zip(axis.get_ticklabels(), axis.get_ticklocs()) if min(lo, hi) <= x <= max(lo, hi)]
+    for leg in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:
+        texts += [*leg.get_texts(), leg.get_title()]
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("kind, seeds", [("eps", 1), ("eps", 2), ("sigma", 1), ("sigma", 3), ("one run", 1)])
+def test_no_text_is_clipped_or_overlaps_other_text(tmp_path: Path, kind: str, seeds: int) -> None:
+    """Each figure's text lies inside the figure and no two pieces of it overlap (a label on a label, a
+    title under the legend, a two-line axis label cut at the edge), from a one-run sweep (one narrow
+    panel: the legend beside the title) to grids with footnotes."""
+    import matplotlib.pyplot as plt
+
+    if kind == "one run":
+        write_run(tmp_path / "s", "a", method="private-set", seed=0, test_acc=0.17, sigma=2.0, target_epsilon=8.0,
+                  total=22.0, epochs=3)
+    else:
+        write_grid(tmp_path / "s", seeds, kind)
+    figs = report.figures(results.aggregate(results.find_runs(tmp_path / "s")[0]))
+    try:
+        for name, fig in figs.items():
+            renderer = _drawn(fig)
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _texts(fig)]
+            assert len(boxes) > 10, name
+            for text, box in boxes:
+                assert _inside(fig, _Box(box)), (name, text)
+            for i, (a, box_a) in enumerate(boxes):
+                for b, box_b in boxes[i + 1:]:
+                    assert not box_a.overlaps(box_b), (name, a, b)
+    finally:
+        plt.close("all")
+
+
+class _Box:
+    """An artist stand-in whose extent is a given bounding box (for _inside)."""
+
+    def __init__(self, box) -> None:  # type: ignore[no-untyped-def]
+        self.box = box
+
+    def get_window_extent(self, renderer=None):  # type: ignore[no-untyped-def]
+        return self.box
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 3])
+def test_sigma_points_carry_no_text_and_a_marker_per_sigma(tmp_path: Path, seeds: int) -> None:
+    """acc_vs_eps.png in a σ sweep: no text on the points (at any grid it falls on other points, other
+    labels and the error bars); each σ its own marker, the same in acc_vs_time.png, and in the legend."""
+    import matplotlib.pyplot as plt
+
+    rows = results.aggregate(results.find_runs(write_grid(tmp_path / "s", seeds, "sigma"))[0])
+    figs = report.figures(rows)
+    try:
+        for name in ("acc_vs_eps.png", "acc_vs_time.png"):
+            (ax,) = figs[name].axes
+            assert not ax.texts, name
+            labels = [t.get_text() for t in figs[name].legends[0].get_texts()]
+            assert {"σ = 0.8", "σ = 1.5", "σ = 3"} <= set(labels), name
+        (ax,) = figs["acc_vs_eps.png"].axes
+        points = [line for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() not in ("", "None")]
+        assert len(points) == 9  # 3 methods x 3 σ, one marker each
+        marker_of = plots.level_markers(rows)
+        for line in points:  # which σ: the row whose accuracy and ε it shows
+            (x,), (y,) = line.get_xdata(), line.get_ydata()
+            (r,) = [r for r in rows if r.k["dp"] and abs(r.stats["eps_total"].mean - x) < 1e-9
+                    and abs(100 * r.stats["test_acc"].mean - y) < 1e-9]
+            assert line.get_marker() == marker_of[plots._level(r)]
+        assert len({marker_of[plots._level(r)] for r in rows if r.k["dp"]}) == 3
+    finally:
+        plt.close("all")
+
+
+def test_a_log_axis_labels_a_tick_near_every_point() -> None:
+    """Under a decade the ticks are round values around the points, below 1 too (0.5, 1, 2, 3 for runs
+    of 0.5-3 s; once only 1, 2, 3 were labelled), and the target ε of a frontier each get one."""
+    assert plots.log_ticks(0.45, 3.6) == [0.5, 1.0, 2.0, 3.0]
+    assert plots.log_ticks(2.52, 5.17) == [3.0, 3.5, 4.0, 5.0]
+    assert plots.log_ticks(10.0, 40.0) == [10.0, 15.0, 20.0, 30.0, 40.0]
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    plots.log_axis(ax.xaxis, [1.99, 7.96], marks=[2.0, 8.0])
+    ticks = list(ax.xaxis.get_ticklocs())
+    plt.close(fig)
+    assert 2.0 in ticks and 8.0 in ticks and all(t == 8.0 or abs(math.log(t / 8.0)) > math.log(1.15) for t in ticks)
+
+
+def test_bars_and_bands_stay_inside_their_axes(tmp_path: Path) -> None:
+    """Wall-time std bars (acc_vs_time.png) and the ± 1 std bands (acc_per_epoch.png) end inside the
+    panel: the axes are fitted to them, not to the means alone."""
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "s"
+    for seed, (acc, total) in enumerate(((0.20, 2.0), (0.60, 4.0))):  # a wide spread of both over two seeds
+        write_run(root, f"full_{seed}", method="full", sigma=1.0, seed=seed, test_acc=acc, total=total, epochs=3)
+        write_run(root, f"craig_{seed}", method="craig", sigma=1.0, seed=seed, test_acc=0.3, total=1.0 + seed / 10, epochs=3)
+    figs = report.figures(results.aggregate(results.find_runs(root)[0]))
+    try:
+        (ax,) = figs["acc_vs_time.png"].axes
+        lo, hi = ax.get_xlim()
+        ends = [x for c in ax.containers for seg in c.lines[2][0].get_segments() for x, _ in seg]  # the x bars
+        assert ends and lo <= min(ends) and max(ends) <= hi
+        (ax,) = figs["acc_per_epoch.png"].axes
+        lo, hi = ax.get_ylim()
+        band = [y for coll in ax.collections for path in coll.get_paths() for _, y in path.vertices]
+        assert band and lo <= min(band) and max(band) <= hi
+    finally:
+        plt.close("all")

@@ -1,15 +1,17 @@
 """The figures of a report (matplotlib, Agg backend: no display needed), one function each, and
 which of them a sweep gets (figure_names: only the figures that say something about its runs):
 
-    acc_vs_eps.png     test accuracy vs achieved ε_total, a line per method over σ. Only when some DP
+    acc_vs_eps.png     test accuracy vs achieved ε_total, a line per method over σ (colour: method, marker:
+                       σ, as in acc_vs_time.png; a legend, no labels on the points). Only when some DP
                        row is set by σ (no --target-epsilon): in an equal-ε sweep every run's ε is its
                        target, so the points would stack at the targets; there the study's figures
                        (crepe.study.verdict: acc_vs_time_at_eps.png, frontier.png) say it instead
     acc_vs_time.png    test accuracy vs wall time, every row in one panel (colour: method, marker:
                        privacy level, hollow: non-DP; a legend, no labels on the points). Always
-    acc_per_epoch.png  test accuracy per epoch, a panel per privacy level. Always
+    acc_per_epoch.png  test accuracy per epoch, a panel per privacy level (3 a line). Always
     diagnostics.png    clipping diagnostics per epoch, a panel per quantity (in words, with its unit),
-                       a line per row (mean over seeds). Only for runs with --diagnostics
+                       a line per row (mean over seeds; colour: method, marker: privacy level where
+                       that tells the rows apart). Only for runs with --diagnostics
 
 and the pieces the verdict's figures share (a panel of accuracy vs epsilon, axes,
 legend, styles, error bars). Plots keep differences in proportion: an accuracy axis
@@ -130,8 +132,8 @@ def _level(r: Row) -> tuple[int, float, float]:
 
 def _point_label(r: Row) -> str:
     if r.k["target_epsilon"] is not None:
-        return f"ε*={r.k['target_epsilon']:g}"
-    return f"σ={r.k['sigma']:g}" if r.k["sigma"] is not None else ""
+        return f"target ε = {r.k['target_epsilon']:g}"
+    return f"σ = {r.k['sigma']:g}" if r.k["sigma"] is not None else ""
 
 
 def accuracy_limits(values: Sequence[float], stds: Sequence[float]) -> tuple[float, float]:
@@ -148,9 +150,28 @@ def accuracy_limits(values: Sequence[float], stds: Sequence[float]) -> tuple[flo
     return a, b
 
 
-def log_axis(axis: Any, values: Sequence[float]) -> None:
-    """A log x axis whose ticks are labelled plainly (2, 3, 4 rather than 10^0.5), even
-    when the data span less than a decade (then explicit ticks at round values)."""
+# Mantissas of the ticks of a log axis under a decade, coarse to fine (log_ticks takes the first with 4 ticks).
+TICK_TIERS = ((1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
+              (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Round tick values (a tier's mantissa x 10^k) inside [lo, hi], 0 < lo < hi: the coarsest tier of
+    TICK_TIERS that puts 4 ticks there (else the finest tier's), so every point has a labelled tick near
+    it on either side of 1 (0.5, 1, 2 rather than 1, 2 only)."""
+    ks = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    ticks: list[float] = []
+    for tier in TICK_TIERS:
+        ticks = sorted({float(f"{m * 10.0**k:.12g}") for k in ks for m in tier if lo <= m * 10.0**k <= hi})
+        if len(ticks) >= 4:
+            break
+    return ticks
+
+
+def log_axis(axis: Any, values: Sequence[float], *, marks: Sequence[float] = ()) -> None:
+    """A log x axis around `values` (the points and the ends of their bars) whose ticks are labelled
+    plainly (2, 3, 4 rather than 10^0.5), even when the data span less than a decade (then log_ticks);
+    `marks` (the target ε of a sweep) get a tick each, and round ticks within 15% of one are dropped."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
     ax = axis.axes
@@ -162,9 +183,14 @@ def log_axis(axis: Any, values: Sequence[float]) -> None:
     pad = max(1.15, (hi / lo) ** 0.08)
     ax.set_xlim(lo / pad, hi * pad)
     if hi / lo < 10:
-        ticks = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo / pad, hi * pad)
-        ticks = [t for t in ticks if lo / pad <= t <= hi * pad]
-        axis.set_major_locator(FixedLocator(ticks if len(ticks) >= 2 else sorted({lo, hi})))
+        ticks = log_ticks(lo / pad, hi * pad)
+        if len(ticks) < 2:  # a very narrow range: linear steps
+            ticks = [t for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo / pad, hi * pad)
+                     if lo / pad <= t <= hi * pad]
+        ticks = ticks if len(ticks) >= 2 else sorted({lo, hi})
+        inside = [m for m in marks if lo / pad <= m <= hi * pad]
+        ticks = sorted({*inside, *(t for t in ticks if all(abs(math.log(t / m)) > math.log(1.15) for m in inside))})
+        axis.set_major_locator(FixedLocator(ticks))
         axis.set_minor_locator(NullLocator())
     else:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0) if hi / lo < 100 else (1.0, 2.0, 5.0)))
@@ -178,14 +204,14 @@ def figure(plt: Any, nrows: int, ncols: int, panel: tuple[float, float], **kw: A
     return plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kw)
 
 
-def legend(fig: Any) -> None:
+def legend(fig: Any, title: str | None = None) -> None:
     """One legend for the figure, outside the panels (right), one entry per label."""
     seen: dict[str, Any] = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8, title=title, title_fontsize=8)
 
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -206,34 +232,73 @@ def acc_pct(r: Row, error: Callable[[Stat | None], float]) -> tuple[float, float
     return 100 * r.stats["test_acc"].mean, 100 * error(r.stats["test_acc"])  # type: ignore[union-attr]
 
 
+LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h")
+
+
+def level_markers(rows: Sequence[Row]) -> dict[tuple[int, float, float], str]:
+    """The marker of each privacy level of `rows` (_level; in its order): σ levels first, then target
+    levels, then non-DP. acc_vs_eps.png and acc_vs_time.png share it, so a σ has one marker in both."""
+    levels = sorted({_level(r) for r in rows})
+    return {level: LEVEL_MARKERS[i % len(LEVEL_MARKERS)] for i, level in enumerate(levels)}
+
+
+DODGE_STEP = 0.04  # ln(ε) between the series at one target (4%): a marker's width apart on a panel's axis
+DODGE_NOTE = ";\nthe points at one target are set slightly apart"  # short: the x label's width is the panel's
+
+
+def dodge(names: Sequence[str]) -> dict[str, float]:
+    """x factor of each series at a target ε: spread evenly around 1 in log, DODGE_STEP apart (closer
+    with many series: the spread stays within log_axis' 15% margin), in the given order."""
+    if len(names) < 2:
+        return {name: 1.0 for name in names}
+    step = min(DODGE_STEP, math.log(1.15) / (len(names) - 1))
+    return {name: math.exp(step * (i - (len(names) - 1) / 2)) for i, name in enumerate(names)}
+
+
 def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, error: Callable[[Stat | None], float],
-                    hold: int = MIN_SEEDS) -> set[int]:
+                    hold: int = MIN_SEEDS, markers: dict[tuple[int, float, float], str] | None = None) -> set[int]:
     """One panel of test accuracy vs the achieved epsilon_total: a line per series of DP rows (_series
-    over `axes_cols`), error bars `error(test_acc stat)` clipped to 0-100 (dashed below MIN_SEEDS seeds);
-    non-private rows as dashed horizontal lines. The y range: the means, their seed std and the bars from
-    `hold` seeds or more (bar_ends, accuracy_limits). Returns the seed counts below MIN_SEEDS (for few_note)."""
+    over `axes_cols`; colour: the series' method), error bars `error(test_acc stat)` clipped to 0-100
+    (dashed below MIN_SEEDS seeds); non-private rows as dashed horizontal lines. A point set by a target
+    epsilon has its method's marker (the target is where it sits on the x axis); a point set by σ has
+    its σ's marker (`markers`, level_markers of the figure's rows; default: of `rows`), and the legend
+    says which σ each marker is: no text on the points, which would fall on other points, on each other
+    and on the bars at any grid. Points set by a target all sit at it: each series' are drawn a little
+    aside (dodge, the x label says so) so that their bars do not cover each other, and each target gets
+    an x tick. The y range: the means, their seed std and the bars from `hold` seeds or more (bar_ends,
+    accuracy_limits). Returns the seed counts below MIN_SEEDS (for few_note)."""
     rows = [r for r in rows if r.stats["test_acc"]]
+    markers = level_markers(rows) if markers is None else markers
     xs_all, ys, sds, ends = [], [], [], []
     few: set[int] = set()
-    for name, series in _series(rows, axes_cols).items():
-        series = [r for r in series if r.stats["eps_total"] and math.isfinite(r.stats["eps_total"].mean)]
+    sigma_levels: dict[tuple[int, float, float], str] = {}
+    drawn = {name: [r for r in series if r.stats["eps_total"] and math.isfinite(r.stats["eps_total"].mean)]
+             for name, series in _series(rows, axes_cols).items()}
+    factors = dodge([name for name, series in drawn.items() if any(r.k["target_epsilon"] is not None for r in series)])
+    for name, series in drawn.items():
         if not series:
             continue
         series.sort(key=lambda r: r.stats["eps_total"].mean)  # type: ignore[union-attr]
         c, m = style(name)
         x = [r.stats["eps_total"].mean for r in series]  # type: ignore[union-attr]
         y, bar = zip(*(acc_pct(r, error) for r in series))
-        eb = ax.errorbar(x, y, yerr=clipped_yerr(y, bar), color=c, marker=m, capsize=3, label=f"{name} (DP)")
+        by_target = all(r.k["target_epsilon"] is not None for r in series)
+        xs_all += x
+        x = [xi * (factors.get(name, 1.0) if r.k["target_epsilon"] is not None else 1.0) for xi, r in zip(x, series)]
+        ax.plot(x, y, color=c, marker=m if by_target else "", ms=6, label=f"{name} (DP)")  # the legend's entry first
+        eb = ax.errorbar(x, y, yerr=clipped_yerr(y, bar), color=c, capsize=3, ls="none", label=f"{name} (DP)")  # legend: the line's
         ns = [r.stats["test_acc"].n for r in series]  # type: ignore[union-attr]
         few |= dash_few(eb, ns)
         ends += bar_ends(y, bar, ns, hold=hold)
-        sd = [_acc(r)[1] for r in series]
         for xi, yi, r in zip(x, y, series):
-            if r.k["target_epsilon"] is None:  # a target is already where the point sits on the x axis
-                ax.annotate(_point_label(r), (xi, yi), textcoords="offset points", xytext=(6, -10), fontsize=7, color=c)
-        xs_all += x
+            by_sigma = r.k["target_epsilon"] is None
+            if by_sigma:
+                sigma_levels.setdefault(_level(r), _point_label(r))
+            ax.plot([xi], [yi], ls="none", color=c, marker=markers[_level(r)] if by_sigma else m, ms=7 if by_sigma else 6)
         ys += y
-        sds += sd
+        sds += [_acc(r)[1] for r in series]
+    for level in sorted(sigma_levels):  # legend entries (no data): which σ a marker stands for
+        ax.plot([], [], ls="none", marker=markers[level], color="#444444", ms=7, label=sigma_levels[level])
     for r in rows:
         if not r.k["dp"]:
             c, _ = style(str(r.k["method"]))
@@ -241,11 +306,12 @@ def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, e
             ax.axhline(y, color=c, ls="--", lw=1, label=f"{r.k['method']}{extra_label(r, axes_cols)} non-DP (ε = ∞)")
             ys.append(y)
             sds.append(sd)
-    log_axis(ax.xaxis, xs_all)
+    log_axis(ax.xaxis, xs_all, marks=sorted({r.k["target_epsilon"] for r in rows if r.k["target_epsilon"] is not None}))
     if ys:
         ax.set_ylim(*accuracy_limits(ys + ends, sds))
     delta = float(rows[0].runs[0].config.get("delta", 1e-5)) if rows else 1e-5
-    ax.set_xlabel(f"achieved ε_total (selection + training) at δ = {delta:g}, log scale")
+    ax.set_xlabel(f"achieved ε_total (selection + training) at δ = {delta:g}, log scale"
+                  + (DODGE_NOTE if len(factors) > 1 else ""))
     ax.set_ylabel("test accuracy (%)")
     return few
 
@@ -275,18 +341,16 @@ def _side_by_side(plt: Any, rows: Sequence[Row]) -> tuple[Any, list[tuple[Any, t
 def acc_vs_eps_figure(plt: Any, rows: Sequence[Row]) -> Any:
     """Test accuracy vs epsilon_total: a panel per (dataset, model), bars ± 1 seed std."""
     axes_cols = varying_axes(rows)
+    markers = level_markers(rows)
     fig, panels = _side_by_side(plt, rows)
     few: set[int] = set()
     for ax, panel, here in panels:
-        few |= draw_acc_vs_eps(ax, here, axes_cols, error=std_or_0, hold=1)
+        few |= draw_acc_vs_eps(ax, here, axes_cols, error=std_or_0, hold=1, markers=markers)
         ax.set_title(f"{panel[0]}, {panel[1]}")
     fig.suptitle("Test accuracy vs privacy (bars: ± 1 std over seeds)", fontsize=10, x=0.01, ha="left")
-    legend(fig)
+    legend(fig, "colour: method; marker: σ")
     few_note(fig, few, interval=False)
     return fig
-
-
-LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h")
 
 
 def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
@@ -297,7 +361,7 @@ def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
 
     axes_cols = varying_axes(rows)
     levels = sorted({_level(r) for r in rows})
-    marker_of = {level: LEVEL_MARKERS[i % len(LEVEL_MARKERS)] for i, level in enumerate(levels)}
+    marker_of = level_markers(rows)
     level_text: dict[tuple[int, float, float], str] = {}
     colours: dict[str, str] = {}
     few: set[int] = set()
@@ -315,7 +379,8 @@ def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
             eb = ax.errorbar(t.mean, y, xerr=std_or_0(t), yerr=clipped_yerr([y], [sd]), color=c, marker=marker_of[level],  # type: ignore[union-attr]
                              mfc=c if r.k["dp"] else "white", ms=7, capsize=3, ls="none", alpha=0.9)
             few |= dash_few(eb, [r.stats["test_acc"].n])  # type: ignore[union-attr]
-        log_axis(ax.xaxis, [r.stats["total_time_s"].mean for r in prow])  # type: ignore[union-attr]
+        times = [r.stats["total_time_s"] for r in prow]
+        log_axis(ax.xaxis, [t.mean + d * std_or_0(t) for t in times for d in (-1, 0, 1)])  # type: ignore[union-attr]  # the ± 1 std bars too
         if prow:
             ys, sds = [_acc(r)[0] for r in prow], [_acc(r)[1] for r in prow]
             ends = bar_ends(ys, sds, [r.stats["test_acc"].n for r in prow], hold=1)  # type: ignore[union-attr]
@@ -334,23 +399,31 @@ def acc_vs_time_figure(plt: Any, rows: Sequence[Row]) -> Any:
     return fig
 
 
+EPOCH_COLUMNS = 3  # panels a line in acc_per_epoch.png: more privacy levels wrap onto further lines
+
+
 def acc_per_epoch_figure(plt: Any, rows: Sequence[Row]) -> Any:
-    """Test accuracy after each epoch: a panel per (dataset, model) x privacy level, a line per row."""
+    """Test accuracy after each epoch: a panel per (dataset, model) x privacy level, a line per row. The
+    levels of a (dataset, model) fill lines of EPOCH_COLUMNS panels (a σ grid stays readable, not one
+    strip of tiny panels) that share one accuracy range."""
     from matplotlib.ticker import MaxNLocator
 
     axes_cols = varying_axes(rows)
     panels = panels_of(rows)
     levels = sorted({_level(r) for r in rows})
-    fig, axs = figure(plt, len(panels), len(levels), (3.8, 3.2), sharey="row")
+    ncols = min(EPOCH_COLUMNS, len(levels))
+    lines = -(-len(levels) // ncols)  # figure rows per (dataset, model)
+    fig, axs = figure(plt, len(panels) * lines, ncols, (3.8, 3.2))
     for i, panel in enumerate(panels):
         values, sds = [], []
+        block = [axs[i * lines + j // ncols][j % ncols] for j in range(lines * ncols)]
         for j, level in enumerate(levels):
-            ax = axs[i][j]
+            ax = block[j]
             title = ""
             for r in rows:
                 if not _in_panel(r, panel) or _level(r) != level:
                     continue
-                title = privacy_label(r.k)
+                title = f"DP, {_point_label(r)}" if r.k["dp"] and _point_label(r) else privacy_label(r.k)
                 evaluated = [[m for m in run.metrics if m.get("test_acc") is not None] for run in r.runs]  # --eval-every
                 curves = [[float(m["test_acc"]) for m in ms] for ms in evaluated if ms]
                 if not curves:
@@ -369,18 +442,22 @@ def acc_per_epoch_figure(plt: Any, rows: Sequence[Row]) -> Any:
                 if len(curves) > 1:
                     ax.fill_between(xs, [max(0.0, a - b) for a, b in zip(mean, sd)], [min(100.0, a + b) for a, b in zip(mean, sd)],
                                     color=c, alpha=0.15)
-                values += mean
+                values += mean + [max(0.0, a - b) for a, b in zip(mean, sd)] + [min(100.0, a + b) for a, b in zip(mean, sd)]
                 sds += sd
             ax.set_title(f"{panel[0]}, {panel[1]}, {title}")
             ax.set_xlabel("epoch (passes over the training set)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             lo, hi = ax.get_xlim()
             ax.set_xlim(min(lo, 0.5), max(hi, 1.5))  # one epoch: a readable axis around it, not 0.95..1.05
-            if j == 0:
+            if j % ncols == 0:
                 ax.set_ylabel("test accuracy (%)")
+        for ax in block[len(levels):]:
+            ax.set_visible(False)
         if values:
-            axs[i][0].set_ylim(*accuracy_limits(values, sds))  # shared along the row
-    fig.suptitle("Test accuracy after each epoch (mean over seeds, band: ± 1 std, clipped to 0-100 %)", fontsize=10, x=0.01, ha="left")
+            for ax in block[:len(levels)]:  # one range for the levels of a (dataset, model)
+                ax.set_ylim(*accuracy_limits(values, sds))
+    fig.suptitle("Test accuracy after each epoch\n(mean over seeds; band: ± 1 std, clipped to 0-100 %)", fontsize=10,
+                 x=0.01, ha="left")  # two short lines: clear of the legend when there is one panel
     legend(fig)
     return fig
 
@@ -434,9 +511,12 @@ def _diagnostic_curve(r: Row, key: str) -> tuple[list[int], list[float], list[fl
 
 def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
     """One panel per scalar diagnostic over epochs (title in words, y label its unit), one line per row:
-    the mean over its seeds, a band from the lowest to the highest seed. A row's colour and hollow marker
-    are its own, so lines that coincide (a constant diagnostic) stay visible as a stack of markers and
-    are told apart in the legend. None when no run has diagnostics."""
+    the mean over its seeds, a band from the lowest to the highest seed. As in the other figures, the
+    colour is the method and the marker the privacy level (level_markers), when these tell every row
+    apart (one dataset and model, no other varying axis); else each row has a colour and marker of its
+    own. Markers are hollow and grow with the colour's index, so lines that coincide (a constant
+    diagnostic) stay visible as a stack of rings. None when no run has diagnostics."""
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     metrics = _diagnostic_keys(rows)
@@ -445,8 +525,14 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axs = figure(plt, nrows, ncols, (3.8, 2.9), sharex=True)
-    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
     axes_cols = varying_axes(rows)
+    marker_of = level_markers(rows)  # of all rows: a level's marker as in the other figures
+    rows = [r for r in rows if any(_diagnostic_curve(r, k) for k in metrics)]  # the rows drawn (and in the legend)
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    names = [f"{r.k['method']}{extra_label(r, axes_cols)}" for r in rows]
+    ranks = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    by_method = (len(panels_of(rows)) == 1 and all(name == r.k["method"] for name, r in zip(names, rows))
+                 and len({(name, _level(r)) for name, r in zip(names, rows)}) == len(rows))
     for ax, metric in zip(axs.flat, metrics):
         drawn: set[tuple[tuple[int, ...], tuple[float, ...]]] = set()
         n_lines = 0
@@ -457,9 +543,12 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
             epochs, mean, low, high = curve
             drawn.add((tuple(epochs), tuple(round(v, 9) for v in mean)))
             n_lines += 1
-            c = cmap(i % cmap.N)
-            ax.plot(epochs, mean, color=c, marker=LEVEL_MARKERS[i % len(LEVEL_MARKERS)], mfc="none", ms=4 + (i % 3),
-                    lw=1.2, alpha=0.85, label=f"{row_label(r.k)}{extra_label(r, axes_cols)}")
+            if by_method:
+                c, marker, ms = style(names[i])[0], marker_of[_level(r)], 4 + 2 * (ranks[names[i]] % 4)
+            else:
+                c, marker, ms = cmap(i % cmap.N), LEVEL_MARKERS[i % len(LEVEL_MARKERS)], 4 + (i % 3)
+            ax.plot(epochs, mean, color=c, marker=marker, mfc="none", ms=ms, lw=1.2, alpha=0.85,
+                    label=f"{row_label(r.k)}{extra_label(r, axes_cols)}")
             if len(r.runs) > 1 and any(h > lo for lo, h in zip(low, high)):
                 ax.fill_between(epochs, low, high, color=c, alpha=0.12)
         if len(drawn) < n_lines:  # say so, rather than let a line hide under another
@@ -474,5 +563,13 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
         ax.set_visible(False)
     fig.suptitle("Clipping diagnostics per epoch, on a probe of training examples: not covered by ε\n"
                  "(a line per row: mean over seeds; band: lowest to highest seed)", fontsize=10, x=0.01, ha="left")  # left: the legend sits at the upper right
-    legend(fig)
+    if by_method:
+        handles = [Line2D([], [], color=style(name)[0], lw=3, label=name) for name in ranks]
+        handles += [Line2D([], [], ls="none", marker=marker_of[level], color="#444444", mfc="none", ms=7,
+                           label=_point_label(r) if r.k["dp"] else "non-DP")
+                    for level, r in sorted({_level(r): r for r in rows}.items())]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="colour: method; marker: privacy",
+                   title_fontsize=8)
+    else:
+        legend(fig)
     return fig

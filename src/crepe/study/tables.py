@@ -22,6 +22,11 @@ from crepe.study.results import (ACC_RANGE, FEW, FEW_NOTE, MIN_SEEDS, SUMMARY_FI
                                  column_title, protocol, varying_axes)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`n noun`, the noun in the plural unless n is 1 ("1 complete run", "2 complete runs")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def pm(s: Stat | None, *, scale: float = 1.0, digits: int = 2) -> str:
     if s is None:
         return "n/a"
@@ -98,7 +103,7 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], skipped: Sequence[str], u
     lines = [
         "# crepe sweep report",
         "",
-        f"{len(runs)} complete runs; mean ± sample std over seeds. Protocol: {', '.join(protocol_bits)}.",
+        f"{count(len(runs), 'complete run')}; mean ± sample std over seeds. Protocol: {', '.join(protocol_bits)}.",
         "Times are wall-clock seconds per run as `crepe train` measures them: selection rounds, training epochs, and "
         "the whole run (selection + training + evaluation; process start-up and data loading excluded). "
         "Speed-up = total time of the full-data run with the same model, dataset and σ or target ε (or non-DP) / this row's. "
