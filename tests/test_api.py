@@ -132,7 +132,7 @@ class Softmaxed(nn.Module):
         (Net(), "xy", {"batch_sze": 10}, "unknown option 'batch_sze' (did you mean batch_size?"),
         (Net(), "xy", {"dataset": "mnist"}, "dataset chooses crepe's own data or model"),
         (Net(), "xy", {"activation": "tanh"}, "activation chooses crepe's own data or model"),
-        (Softmaxed(), "xy", {"method": "craig"}, "CRAIG's proxies need a model whose output"),
+        (Softmaxed(), "xy", {"method": "craig"}, "CRAIG's proxies (and dp-fedemb's local head) need a model whose output"),
         (nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)), "xy", {"method": "full"},
          "Opacus cannot compute Sequential's per-example gradients"),
         (nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), "xy", {}, "logits (n, C) with C > the largest label 2"),

@@ -156,7 +156,9 @@ def test_resume_never_resolves_sigma_and_works_from_another_folder(data_root, tm
                  threads=1, method="full", epochs=2, target_epsilon=3.0)
     cfg = plan.new_run_config(given)  # what `crepe train --data-dir data ...` resolves: sigma solved by its plan
     assert cfg.sigma is None
-    ds = loop.load_data(cfg)
+    from crepe.training import inputs
+
+    ds = inputs.load_data(cfg)
     cfg = plan.Plan.of(cfg, counts=plan.class_counts(ds.y_train)).cfg
     assert rundir.prepare_out(cfg, out, {}) == "new"
     loop.run(cfg, out, stop_after_epochs=1, log=lambda s: None)

@@ -101,11 +101,11 @@ def cmd_train(argv: list[str]) -> int:
     else:
         cfg = new_run_config(given)  # every flag checked before torch loads
         from crepe.training.api import start
-        from crepe.training.loop import load_data
-        from crepe.training.plan import Plan, class_counts
+        from crepe.training.inputs import load_data
+        from crepe.training.plan import Plan
 
         data = load_data(cfg)  # once per run: the plan counts its labels, the loop trains on it
-        cfg = resolved_threads(Plan.of(cfg, counts=class_counts(data.y_train)).cfg)  # sigma solved under a target
+        cfg = resolved_threads(Plan.for_data(cfg, data).cfg)  # sigma solved under a target
         summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
     print(rundir.final_line(summary))
     if summary["labels_public"]:
@@ -116,22 +116,9 @@ def cmd_train(argv: list[str]) -> int:
 def dry_run(given: dict[str, Any]) -> int:
     """`crepe train --dry-run`: the run's plan from its training labels alone; nothing is written."""
     from crepe import data
-    from crepe.dp.sampling import steps_per_epoch
     from crepe.privacy.accounting import epsilons
     from crepe.training.plan import Plan, class_counts
-    from crepe.training.rundir import caveat_tail, fmt_eps
-
-    def plan_line(plan: Plan) -> str:
-        # training.loop.plan_line, said here because importing the loop loads torch and opacus (~4 s of a
-        # dry run that needs neither); tests/test_calibration.py holds the two to the same line
-        cfg = plan.cfg
-        solved = f" (solved for --target-epsilon {cfg.target_epsilon:g})" if cfg.target_epsilon is not None else ""
-        rounds = sum(plan.redraws(e) for e in range(plan.epochs))
-        select = f", select sigma {cfg.select_sigma:.4g}" if any(r.kind == "select" for r in plan.round_releases()) else ""
-        q = plan.sample_rate
-        size = f"{plan.set_size:g}" if float(plan.set_size).is_integer() else f"{plan.set_size:.6g}"
-        return (f"crepe train: sigma {cfg.sigma:.4g}{solved}{select}; {plan.epochs} epochs of {steps_per_epoch(q)} steps "
-                f"at q = {q:.4g} (B = {cfg.batch_size}, |S| = {size}), {rounds} selection round{'s' * (rounds != 1)}")
+    from crepe.training.rundir import caveat_tail, eps_parts
 
     cfg = new_run_config(given)
     labels = data.train_labels(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset)
@@ -140,10 +127,9 @@ def dry_run(given: dict[str, Any]) -> int:
     eps = epsilons(ledger, delta=cfg.delta, accountant=cfg.accountant)
     tail = caveat_tail(labels_public=plan.labels_public, reproducible=cfg.noise == "reproducible")
     print(f"crepe train --dry-run: {cfg.dataset}, --method {cfg.method}, {plan.n} training examples (labels only read)")
-    print(plan_line(plan))
-    print(f"crepe train: planned epsilon {fmt_eps(eps['total'])} (select {fmt_eps(eps['select'])}, train "
-          f"{fmt_eps(eps['train'])}) per {ledger.unit} at delta {cfg.delta:g} ({cfg.accountant} accountant), "
-          f"zero-out adjacency{tail}")
+    print(plan.line())
+    print(f"crepe train: planned epsilon {eps_parts(eps, (r.kind for r in ledger))} per {ledger.unit} at delta "
+          f"{cfg.delta:g} ({cfg.accountant} accountant), zero-out adjacency{tail}")
     print("crepe train: nothing was written (--dry-run)")
     return 0
 

@@ -292,6 +292,48 @@ class TrainConfig:
         kind="bool",
         machine=True,
     )
+    # users (DESIGN.md section 11)
+    privacy_unit: str = option(
+        "example", "what epsilon protects: one example, or one user (everything a user contributes; needs users)",
+        choices=("example", "user"), grid=True, section="users and user-level DP (DESIGN.md section 11)",
+    )
+    users: str | None = option(
+        None, "where the users come from: synthetic writers of the training split (sizes, label skew and a style per "
+        "user; --user-count, --user-alpha, --user-size-sigma, --user-seed); default: none (crepe.train takes user_ids)",
+        choices=("synthetic",),
+    )
+    user_count: int = option(1000, "synthetic writers: the number of users U", kind="int", low=1, grid=True)
+    user_alpha: float = option(10.0, "synthetic writers: Dirichlet concentration of label skew (smaller: more skewed)",
+                               kind="float", low=0, low_open=True)
+    user_size_sigma: float = option(0.5, "synthetic writers: log-normal sigma of user sizes (mean n/U)", kind="float", low=0)
+    user_seed: int = option(0, "synthetic writers: seed of the split (a data simulation, public)", kind="int", low=0)
+    max_per_user: int | None = option(
+        None, "the public maximum k of examples per user (default for synthetic writers: 2 ceil(n/U)); example-level "
+        "runs also report a user-level epsilon for it by group privacy", kind="int", low=1,
+    )
+    algorithm: str = option(
+        "dp-sgd", "user-level trainer: dp-sgd (each sampled user's mean gradient clipped), dp-fedavg (McMahan et al. "
+        "2018: local epochs, the model delta clipped) or dp-fedemb (Xu et al. 2022: virtual clients of "
+        "--virtual-client-size users, a local head, only the backbone delta clipped)",
+        choices=("dp-sgd", "dp-fedavg", "dp-fedemb"), grid=True,
+    )
+    users_per_round: int = option(100, "expected users per round (Poisson, q = users per round / U)", kind="int", low=1, grid=True)
+    local_epochs: int = option(1, "dp-fedavg, dp-fedemb: local epochs per round", kind="int", low=1, grid=True)
+    local_lr: float = option(0.05, "dp-fedavg, dp-fedemb: local SGD step size (the server's is --lr)", kind="float",
+                             low=0, low_open=True)
+    local_batch_size: int = option(16, "dp-fedavg, dp-fedemb: local minibatch size", kind="int", low=1)
+    max_local_steps: int | None = option(None, "dp-fedavg, dp-fedemb: at most this many local steps per round",
+                                         kind="int", low=1)
+    head_lr_scale: float = option(100.0, "dp-fedemb: the local head's step size over --local-lr (published: 100)",
+                                  kind="float", low=0, low_open=True)
+    virtual_client_size: int = option(
+        1, "dp-fedemb: users per virtual client K (K > 1 doubles the per-user sensitivity to 2C)", kind="int", low=1,
+        grid=True,
+    )
+    held_out_classes: int = option(
+        0, "hold the last N classes out of training and evaluate embeddings on their test examples (pair recall at "
+        "FAR 1e-3 and 0.1, 1-NN)", kind="int", low=0, high=9,
+    )
     seed: int = option(0, "seed of model initialisation (and, with --noise reproducible, of the noise)", kind="int", low=0, grid=True,
                        section="run")
     diagnostics: bool = option(
@@ -319,6 +361,7 @@ class TrainConfig:
         adaptive_only = ("clip_quantile", "clip_lr")
         if self.clipping != "adaptive" and any(getattr(self, k) != default(k) for k in adaptive_only):
             raise UsageError("--clip-quantile and --clip-lr apply to --clipping adaptive only")
+        self._check_users()
         if self.momentum and self.optimizer != "sgd":
             raise UsageError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
         if not self.dp:
@@ -327,6 +370,25 @@ class TrainConfig:
                 if s.dp_only and value != default(name) and not (name == "sigma" and value == 0.0):
                     shown = "" if isinstance(value, bool) else f" {value}"
                     raise UsageError(f"{s.flag}{shown} needs DP training (--no-dp adds no noise); drop one of them")
+
+    def _check_users(self) -> None:
+        """Options of users and user-level trainers only where they apply."""
+        def given(names: tuple[str, ...]) -> list[str]:
+            return [options()[k].flag for k in names if getattr(self, k) != default(k)]
+
+        rules = (
+            (self.users == "synthetic", SYNTHETIC_ONLY, "--users synthetic"),
+            (self.privacy_unit == "user", USER_LEVEL_ONLY, "--privacy-unit user"),
+            (self.algorithm in ("dp-fedavg", "dp-fedemb"), LOCAL_ONLY, "--algorithm dp-fedavg or dp-fedemb"),
+            (self.algorithm == "dp-fedemb", FEDEMB_ONLY, "--algorithm dp-fedemb"),
+        )
+        for applies, names, where in rules:
+            if not applies and given(names):
+                raise UsageError(f"{', '.join(given(names))} apply to {where} only")
+        if self.privacy_unit == "user":
+            if self.clipping != "flat" or self.diagnostics:
+                raise UsageError("--privacy-unit user clips each user's update flat: --clipping and --diagnostics "
+                                 "do not apply")
 
     def resolve(self) -> TrainConfig:
         """Fill the defaults that depend on other fields, except sigma from a target epsilon
@@ -370,6 +432,12 @@ class TrainConfig:
                 base.pop(k, None)
         base.update(given)
         return cls(**base)
+
+
+SYNTHETIC_ONLY = ("user_count", "user_alpha", "user_size_sigma", "user_seed")
+USER_LEVEL_ONLY = ("algorithm", "users_per_round")
+LOCAL_ONLY = ("local_epochs", "local_lr", "local_batch_size", "max_local_steps")
+FEDEMB_ONLY = ("head_lr_scale", "virtual_client_size")
 
 
 def default(name: str) -> Any:

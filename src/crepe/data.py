@@ -76,7 +76,16 @@ class LoadedData:
     y_test: torch.Tensor  # (m,) int64
     split: str
     source: str  # human-readable origin
-    fingerprint: str  # sha256 over the labels and shapes actually used
+    fingerprint: str  # sha256 over the labels and shapes actually used (and the user ids)
+    user_ids: torch.Tensor | None = None  # (n,) int64 in 0..U-1: each training example's user
+    max_per_user: int | None = None  # k, public: no user holds more than k training examples
+    max_per_user_public: bool = True  # False: k was read off the data (the largest user), not declared
+    x_held: torch.Tensor | None = None  # --held-out-classes: their test examples, for the embedding metrics
+    y_held: torch.Tensor | None = None
+
+    @property
+    def users(self) -> int | None:
+        return None if self.user_ids is None else int(self.user_ids.max()) + 1
 
 
 def _has(folder: Path, split: str) -> bool:
@@ -235,10 +244,11 @@ def load(
     return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=fingerprint(*tensors))
 
 
-def fingerprint(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> str:
-    """A checkpoint's check that a run resumes on the same data: the labels and every shape."""
+def fingerprint(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                user_ids: torch.Tensor | None = None) -> str:
+    """A checkpoint's check that a run resumes on the same data: the labels, every shape, the users."""
     h = hashlib.sha256()
-    for t in (y_train, y_test):
+    for t in (y_train, y_test) if user_ids is None else (y_train, y_test, user_ids):
         h.update(t.numpy().tobytes())
     h.update(repr([tuple(t.shape) for t in (x_train, y_train, x_test, y_test)]).encode())
     return h.hexdigest()[:16]

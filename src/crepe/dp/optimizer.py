@@ -13,6 +13,11 @@ count share the batch, so the step is ONE release at the joint multiplier
 (dp/clipping.py `joint_noise`), while the noise applied stays sigma C_t
 on the sum and sigma_b on the count.
 
+A user-level run (users/rounds.py) hands it one row per user (or virtual
+client) in `grad_sample`: the same clip, noise and normaliser, released per
+`unit` "user" at noise multiplier sigma / sensitivity (sensitivity 2 in units
+of C for a user of a virtual client of K > 1 users).
+
 `PlainOptimizer` gives non-private training the same interface (`Optimizer`:
 weights are applied to the loss by the caller; no clipping, no noise;
 releases recorded with noise 0, which makes epsilon infinite). Coreset
@@ -58,6 +63,8 @@ class DPOptimizer(OpacusDPOptimizer):
         generator: torch.Generator | None,
         on_release: OnRelease,
         count_noise: float = 0.0,
+        unit: str = "example",
+        sensitivity: float = 1.0,
     ) -> None:
         super().__init__(
             base,
@@ -70,6 +77,8 @@ class DPOptimizer(OpacusDPOptimizer):
         self.clip_rule = clip_rule
         self.on_release = on_release
         self.count_noise = count_noise  # adaptive clipping: noise std sigma_b of the unclipped count
+        self.unit = unit  # what one row of grad_sample belongs to: an example, or a user's (a virtual client's) update
+        self.sensitivity = sensitivity  # one unit's sensitivity in units of C (2: a user of a virtual client of K > 1)
         self.sample_weights: torch.Tensor | None = None
         self.sample_rate = 1.0
         self.expected_examples = 1.0
@@ -131,11 +140,11 @@ class DPOptimizer(OpacusDPOptimizer):
         joint multiplier of the gradient and the count drawn from the same batch."""
         if self.clip_rule.adaptive:
             return joint_noise(self.noise_multiplier, self.count_noise)
-        return self.noise_multiplier
+        return self.noise_multiplier / self.sensitivity
 
     def _after_noise(self) -> None:
         """Opacus' step hook: runs once per noisy step, after noise and scaling."""
-        self.on_release(Release("train", self.release_noise(), self.sample_rate))
+        self.on_release(Release("train", self.release_noise(), self.sample_rate, unit=self.unit))
         base = self.original_optimizer
         if hasattr(base, "noise_variance"):  # DP-AdamBC: the noise variance per coordinate
             base.noise_variance = (self.noise_multiplier * self.max_grad_norm / self.expected_batch_size) ** 2
@@ -156,9 +165,10 @@ class PlainOptimizer:
     """Non-private training behind the DP optimizer's interface: the loss the caller
     backpropagates is summed over the batch; step() divides by the normaliser."""
 
-    def __init__(self, base: torch.optim.Optimizer, *, on_release: OnRelease) -> None:
+    def __init__(self, base: torch.optim.Optimizer, *, on_release: OnRelease, unit: str = "example") -> None:
         self.original_optimizer = base
         self.on_release = on_release
+        self.unit = unit
         self.clip_rule = None
         self.sample_rate = 1.0
         self.normaliser = 1.0
@@ -178,7 +188,7 @@ class PlainOptimizer:
                 if p.grad is not None:
                     p.grad /= self.normaliser
         self.original_optimizer.step()
-        self.on_release(Release("train", 0.0, self.sample_rate))
+        self.on_release(Release("train", 0.0, self.sample_rate, unit=self.unit))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.original_optimizer.zero_grad(set_to_none=set_to_none)

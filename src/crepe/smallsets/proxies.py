@@ -44,25 +44,31 @@ def compute_proxies(
 
 
 HEAD_REQUIRED = (
-    "CRAIG's proxies need a model whose output (n, C) is the output of an nn.Linear applied last (the logits, "
-    "before any softmax), with a 2-D input (n, H)"
+    "CRAIG's proxies (and dp-fedemb's local head) need a model whose output (n, C) is the output of an nn.Linear "
+    "applied last (the logits, before any softmax), with a 2-D input (n, H)"
 )
 
 
 def head_input(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, logits): the model's output and the input of the nn.Linear that produced it; UsageError
     (HEAD_REQUIRED) when no nn.Linear's output is the model's output."""
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    _, h, logits = head_call(model, x)
+    return h, logits
+
+
+def head_call(model: nn.Module, x: torch.Tensor) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """(the head: the nn.Linear whose output is the model's output, its input h (n, H), the logits)."""
+    seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out)))
              for m in model.modules() if isinstance(m, nn.Linear)]
     try:
         logits = model(x)
     finally:
         for hook in hooks:
             hook.remove()
-    for h, out in seen:
+    for m, h, out in seen:
         if out is logits and h.ndim == 2 and logits.ndim == 2:
-            return h, logits
+            return m, h, logits
     why = "its output is not the output of an nn.Linear" if seen else "it has no nn.Linear"
     raise UsageError(f"{HEAD_REQUIRED}; {type(model).__name__}: {why} of 2-D input")
 

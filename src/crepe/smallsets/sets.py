@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from crepe.config import TrainConfig, check_choice, options
 from crepe.selection.problem import class_budget
+
+if TYPE_CHECKING:
+    import torch
 
 SCOPES = options()["selection_scope"].choices
 
@@ -51,6 +54,8 @@ def craig_coreset(
 
 def random_coreset(labels: np.ndarray, *, fraction: float, scope: str, generator: torch.Generator) -> Coreset:
     """A uniform subset with the same budgets as CRAIG; it reads no data beyond the labels."""
+    import torch
+
     check_choice("selection scope", scope, SCOPES)
     groups = [np.arange(len(labels))] if scope == "global" else [
         np.flatnonzero(labels == c) for c in np.unique(labels)
@@ -66,6 +71,8 @@ def random_coreset(labels: np.ndarray, *, fraction: float, scope: str, generator
 
 def poisson_subset(n: int, *, probability: float, generator: torch.Generator) -> Coreset:
     """Each of the n examples independently with `probability` (reads no data)."""
+    import torch
+
     keep = torch.rand(n, generator=generator) < probability  # (n,)
     idx = torch.nonzero(keep).flatten().numpy().astype(np.int64)
     return Coreset(idx, np.ones(len(idx), dtype=np.int64))

@@ -43,7 +43,8 @@ from crepe.config import USER, TrainConfig, UsageError, options
 from crepe.privacy.ledger import Ledger
 from crepe.training import export, rundir
 from crepe.training.loop import run
-from crepe.training.plan import Plan, class_counts, new_run_config, resolved_threads
+from crepe.training import inputs
+from crepe.training.plan import Plan, new_run_config, resolved_threads
 
 OWN = ("dataset", "data_dir", "train_subset", "test_subset", "model", "activation")  # what one's own model and data replace
 
@@ -89,16 +90,19 @@ def train(
     train_data: Any,
     *,
     test_data: Any = None,
+    user_ids: Any = None,
     out: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     **option_values: Any,
 ) -> Result:
-    """Train `model` on `train_data` with crepe's options (module docstring); `log` receives each
-    line `crepe train` prints (default: stderr)."""
+    """Train `model` on `train_data` with crepe's options (module docstring); `user_ids` (n,) gives
+    each training example's user (0..U-1; for privacy_unit="user", or a user-level epsilon by group
+    privacy with max_per_user); `log` receives each line `crepe train` prints (default: stderr)."""
     given = _given(option_values)
     ds = _data(train_data, test_data)
     cfg = new_run_config({**given, "dataset": USER, "model": USER})
-    plan = Plan.of(cfg, counts=class_counts(ds.y_train))  # sigma solved under a target
+    ds = inputs.prepare(ds, cfg, user_ids=user_ids)
+    plan = Plan.for_data(cfg, ds)  # sigma solved under a target
     check_model(model, plan, ds)
     cfg = resolved_threads(plan.cfg)
     name = f"{type(model).__module__}.{type(model).__qualname__}"

@@ -48,9 +48,9 @@ from crepe.dp.secret_rng import KEY_BYTES, keyed_generator, new_key
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
 from crepe.smallsets.method import Round
-from crepe.training import export, rundir, state as ckpt
+from crepe.training import export, inputs, rundir, state as ckpt
 from crepe.training.epoch import EpochStats, SetWeights, set_weights, train_epoch
-from crepe.training.plan import Plan, class_counts
+from crepe.training.plan import Plan
 from crepe.training.state import GENERATORS, RunState
 
 CHECKPOINT_NOTES = {  # summary.json's checkpoint_note, by --keep-secrets
@@ -76,6 +76,7 @@ class Run:
     gens: dict[str, torch.Generator]
     model_seed: int
     st: RunState = field(default_factory=RunState)
+    head: nn.Linear | None = None  # dp-fedemb: the layer each virtual client trains afresh and keeps
 
     @property
     def cfg(self) -> TrainConfig:
@@ -110,13 +111,13 @@ def run(
     assert cfg.sigma is not None and cfg.select_sigma is not None and cfg.lr is not None, "resolve the config first"
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    ds = data if data is not None else load_data(cfg)
+    ds = data if data is not None else inputs.load_data(cfg)
     announce(cfg, ds, say)
-    r = build(Plan.of(cfg, counts=class_counts(ds.y_train)), ds, Path(run_dir), say, model=model)
+    r = build(Plan.for_data(cfg, ds), ds, Path(run_dir), say, model=model)
     finished = resume(r)
     if finished is not None:  # finished, but stopped before summary.json was written
         return finished
-    say(plan_line(r.plan))
+    say(r.plan.line())
     st, plan, ran = r.st, r.plan, 0
     bar = _progress(log is None and sys.stderr.isatty())
     with warnings.catch_warnings():
@@ -129,8 +130,12 @@ def run(
             t_epoch = time.perf_counter()
             x, y = r.train_data()
             t0 = time.perf_counter()
-            sw = set_weights(st.coreset, batch_size=r.cfg.batch_size, dp=r.cfg.dp, weighting=r.cfg.weights, size=plan.set_size)
-            es = train_epoch(r.net, r.opt, x, y, st.coreset, sw, generator=r.gens["sampler"], progress=bar(st.epoch + 1))
+            if plan.user_level:
+                sw, es = None, user_epoch(r, bar(st.epoch + 1))
+            else:
+                sw = set_weights(st.coreset, batch_size=r.cfg.batch_size, dp=r.cfg.dp, weighting=r.cfg.weights,
+                                 size=plan.set_size)
+                es = train_epoch(r.net, r.opt, x, y, st.coreset, sw, generator=r.gens["sampler"], progress=bar(st.epoch + 1))
             train_time = time.perf_counter() - t0
             if not math.isfinite(es.loss_sum):  # nothing of this epoch is saved: the last checkpoint stays good
                 raise RuntimeError(f"training diverged in epoch {st.epoch + 1} (the loss is {es.loss_sum}); lower --lr. "
@@ -138,7 +143,8 @@ def run(
             plan.check(st.ledger, epochs_done=st.epoch + 1)  # planned = recorded, before any epsilon is printed
             t0 = time.perf_counter()
             last = st.epoch + 1 == plan.epochs
-            evaluate = len(r.ds.y_test) > 0 and (last or (st.epoch + 1) % r.cfg.eval_every == 0)
+            evaluate = len(r.ds.y_test) > 0 and plan.no_test_accuracy is None and (
+                last or (st.epoch + 1) % r.cfg.eval_every == 0)
             test_acc = accuracy(r.model, r.ds.x_test, r.ds.y_test) if evaluate else None
             diag = diagnostics(r, x, y, sw)  # not covered by epsilon
             eval_time = time.perf_counter() - t0
@@ -148,7 +154,7 @@ def run(
             st.eval_time_s += eval_time
             st.examples_seen += es.seen
             st.total_time_s += select_time + time.perf_counter() - t_epoch
-            row = epoch_row(r, es, sw, test_acc=test_acc, diag=diag, selected=selected,
+            row = epoch_row(r, es, test_acc=test_acc, diag=diag, selected=selected,
                             times=(select_time, train_time, eval_time))
             st.metrics.append(row)
             r.save()  # the checkpoint first: metrics.jsonl never holds an epoch the checkpoint lacks
@@ -157,27 +163,11 @@ def run(
     return finish(r)
 
 
-def load_data(cfg: TrainConfig) -> data_mod.LoadedData:
-    return data_mod.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
-
-
 def announce(cfg: TrainConfig, ds: data_mod.LoadedData, say: Callable[[str], None]) -> None:
     what = "your data" if cfg.dataset == USER else f"{cfg.dataset} from {ds.source}"
     say(f"crepe train: {what}: {len(ds.y_train)} train / {len(ds.y_test)} test examples")
     if ds.split != "standard":
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
-
-
-def plan_line(plan: Plan) -> str:
-    """sigma and the schedule, said before the first epoch (and by --dry-run)."""
-    cfg = plan.cfg
-    solved = f" (solved for --target-epsilon {cfg.target_epsilon:g})" if cfg.target_epsilon is not None else ""
-    rounds = sum(plan.redraws(e) for e in range(plan.epochs))
-    select = f", select sigma {cfg.select_sigma:.4g}" if any(r.kind == "select" for r in plan.round_releases()) else ""
-    q = plan.sample_rate
-    size = f"{plan.set_size:g}" if float(plan.set_size).is_integer() else f"{plan.set_size:.6g}"
-    return (f"crepe train: sigma {cfg.sigma:.4g}{solved}{select}; {plan.epochs} epochs of {steps_per_epoch(q)} steps at "
-            f"q = {q:.4g} (B = {cfg.batch_size}, |S| = {size}), {rounds} selection round{'s' * (rounds != 1)}")
 
 
 def seeds(cfg: TrainConfig) -> tuple[int, bytes]:
@@ -196,14 +186,27 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
     model = build_model(cfg.model, activation=cfg.activation) if model is None else model
     gens = {name: keyed_generator(key, name) for name in GENERATORS}
     st = RunState()
-    net, opt = build_optimizer(plan, model, gens["noise"], on_release=lambda release: st.ledger.record(release))
-    return Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st)
+    head = head_of(model, ds.x_train[:2]) if plan.user_level and cfg.algorithm == "dp-fedemb" else None
+    net, opt = build_optimizer(plan, model, gens["noise"], on_release=lambda release: st.ledger.record(release), head=head)
+    return Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head)
 
 
-def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *, on_release: Any) -> tuple[nn.Module, Optimizer]:
-    """The network to run batches through and the optimizer, DP or plain, sharing one interface."""
+def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *, on_release: Any,
+                    head: nn.Linear | None = None) -> tuple[nn.Module, Optimizer]:
+    """The network to run batches through and the optimizer, DP or plain, sharing one interface. A
+    user-level run's optimizer is the server's: over the parameters a unit's update covers."""
     cfg = plan.cfg
     assert cfg.lr is not None and cfg.sigma is not None
+    if plan.user_level:
+        from crepe.users.algorithms import sensitivity
+        from crepe.users.rounds import unit_parameters
+
+        base = make_base_optimizer(cfg.optimizer, [p for _, p in unit_parameters(model, cfg, head)], lr=cfg.lr,
+                                   momentum=cfg.momentum)
+        if not cfg.dp:
+            return model, PlainOptimizer(base, on_release=on_release, unit="user")
+        return model, DPOptimizer(base, noise_multiplier=cfg.sigma, clip_rule=make_clip_rule("flat", max_grad_norm=cfg.max_grad_norm),
+                                  generator=noise_gen, on_release=on_release, unit="user", sensitivity=sensitivity(cfg))
     base = make_base_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     if not plan.method.trains_privately:  # training on synthetic images reads no private data: no release
         return model, PlainOptimizer(base, on_release=lambda release: None)
@@ -281,6 +284,29 @@ def select_round(r: Run) -> tuple[bool, float]:
     return redraw, time.perf_counter() - t0[0]
 
 
+def user_epoch(r: Run, progress: Callable[[int, int], None]) -> EpochStats:
+    """One epoch of the user-level trainer (users/rounds.py)."""
+    from crepe.users.rounds import Users, user_epoch as rounds
+
+    assert r.ds.user_ids is not None
+    q = r.plan.sample_rate
+    st = rounds(r.model, r.opt, r.ds.x_train, r.ds.y_train, Users.of(r.ds.user_ids), cfg=r.cfg, head=r.head,
+                sample_rate=q, steps=steps_per_epoch(q), sampler=r.gens["sampler"], local=r.gens["select"],
+                dp=r.cfg.dp, progress=progress)
+    return EpochStats(steps=st.rounds)
+
+
+def head_of(model: nn.Module, probe: torch.Tensor) -> nn.Linear:
+    from crepe.smallsets.proxies import head_call
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        head = head_call(model, probe)[0]
+    model.train(was_training)
+    return head
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
@@ -289,16 +315,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / max(1, len(y))
 
 
-def diagnostics(r: Run, x: torch.Tensor, y: torch.Tensor, sw: SetWeights) -> dict[str, Any] | None:
+def diagnostics(r: Run, x: torch.Tensor, y: torch.Tensor, sw: SetWeights | None) -> dict[str, Any] | None:
     """Clipping diagnostics on a fixed probe of training examples (seeded by --seed: not a DP release)."""
-    if not r.cfg.diagnostics:
+    if not r.cfg.diagnostics or sw is None:  # a user-level run has none (refused with its options)
         return None
     probe = torch.randperm(len(y), generator=torch.Generator().manual_seed(r.model_seed))[:PROBE_SIZE]
     return clipping_diagnostics(r.net, list(r.model.parameters()), r.opt.clip_rule, x[probe], y[probe],
                                 sigma=r.cfg.sigma, batch_size=sw.normaliser)
 
 
-def epoch_row(r: Run, es: EpochStats, sw: SetWeights, *, test_acc: float | None, diag: dict[str, Any] | None,
+def epoch_row(r: Run, es: EpochStats, *, test_acc: float | None, diag: dict[str, Any] | None,
               selected: bool, times: tuple[float, float, float]) -> dict[str, Any]:
     """The metrics.jsonl line of the epoch just done. Training figures are not covered by epsilon;
     a Poisson subset's are withheld: correct/seen and loss/seen are rationals whose denominator
@@ -315,7 +341,7 @@ def epoch_row(r: Run, es: EpochStats, sw: SetWeights, *, test_acc: float | None,
         "delta": cfg.delta,
         "selected": selected,
         "coreset_size": r.plan.set_size,  # the public size (a Poisson subset's realised size is secret)
-        "sample_rate": sw.sample_rate,
+        "sample_rate": r.plan.sample_rate,
         "steps": es.steps,
         "clip_norm": r.opt.clip_rule.max_grad_norm if isinstance(r.opt, DPOptimizer) else None,
         "examples_seen": None if secret else es.seen,
@@ -354,6 +380,7 @@ def finish(r: Run) -> dict[str, Any]:
         "status": "complete",
         "epochs": plan.epochs,
         "test_acc": last["test_acc"],
+        "test_acc_note": plan.no_test_accuracy or (None if len(ds.y_test) else "no test data"),
         "train_acc": train_acc,  # the final model on the whole training split
         "train_acc_batches": last["train_acc"],  # the last epoch's Poisson batches, training mode (None: withheld)
         "train_acc_note": rundir.NOT_COVERED,
@@ -361,6 +388,7 @@ def finish(r: Run) -> dict[str, Any]:
         "delta": cfg.delta,
         "accountant": cfg.accountant,
         "unit": st.ledger.unit,
+        **user_level_by_group(r, eps_total=eps["total"]),
         "adjacency": "zero-out",
         "noise": cfg.noise,
         "labels_public": plan.labels_public,
@@ -389,6 +417,21 @@ def finish(r: Run) -> dict[str, Any]:
     export.write(r.run_dir, r.model.state_dict(), cfg, summary)  # the publishable model, before "complete"
     rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, summary)
     return summary
+
+
+def user_level_by_group(r: Run, *, eps_total: float) -> dict[str, Any]:
+    """An example-level run on data with users: epsilon per user of at most k examples by group
+    privacy (privacy/group.py), so that it compares with user-level runs."""
+    ds, cfg = r.ds, r.cfg
+    if r.plan.user_level or ds.max_per_user is None:
+        return {}
+    from crepe.privacy.group import GROUP_ACCOUNTANTS, user_epsilon
+
+    accountant = cfg.accountant if cfg.accountant in GROUP_ACCOUNTANTS else "pld"
+    k = ds.max_per_user
+    eps = eps_total if k == 1 else user_epsilon(r.st.ledger, k=k, delta=cfg.delta, accountant=accountant)
+    return {"eps_user": None if math.isinf(eps) else eps, "eps_user_infinite": math.isinf(eps), "max_per_user": k,
+            "max_per_user_public": ds.max_per_user_public, "eps_user_accountant": accountant}
 
 
 def _progress(enabled: bool) -> Callable[[int], Callable[[int, int], None]]:

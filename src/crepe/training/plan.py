@@ -19,12 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from crepe.config import USER, TrainConfig
+from crepe.config import USER, TrainConfig, UsageError
+from crepe.data import LoadedData
 from crepe.dp.clipping import step_noise
 from crepe.dp.sampling import sample_rate, steps_per_epoch
 from crepe.privacy.ledger import Ledger, Release
 from crepe.smallsets import methods
 from crepe.smallsets.method import Method
+from crepe.users import algorithms
 
 
 class PlanMismatch(RuntimeError):
@@ -38,11 +40,22 @@ class Plan:
     set_size: float  # the public |S| the sample rate comes from (a Poisson subset: its expected size)
 
     @classmethod
-    def of(cls, cfg: TrainConfig, *, counts: Sequence[int]) -> Plan:
-        """The plan of `cfg` on training data with these class counts, solved (`solved`)."""
+    def of(cls, cfg: TrainConfig, *, counts: Sequence[int], users: int | None = None) -> Plan:
+        """The plan of `cfg` on training data with these class counts (and U `users`, for a
+        user-level run: the public size it samples from), solved (`solved`)."""
         method = methods.get(cfg.method)
         method.check(cfg)
+        algorithms.check(cfg)
+        if cfg.privacy_unit == "user":
+            if users is None:
+                raise UsageError("--privacy-unit user needs users: --users synthetic, or user_ids with crepe.train")
+            return cls(cfg, int(sum(counts)), float(users)).solved()
         return cls(cfg, int(sum(counts)), method.public_size(cfg, counts)).solved()
+
+    @classmethod
+    def for_data(cls, cfg: TrainConfig, ds: LoadedData) -> Plan:
+        """The plan of `cfg` on loaded data: its class counts and, with users, U."""
+        return cls.of(cfg, counts=class_counts(ds.y_train), users=ds.users)
 
     def solved(self) -> Plan:
         """This plan with sigma solved from the target epsilon (and sigma_sel from --select-share)
@@ -66,7 +79,20 @@ class Plan:
 
     @property
     def sample_rate(self) -> float:
-        return sample_rate(self.cfg.batch_size, self.set_size)
+        """q = B/|S|; for a user-level run, users per round / U."""
+        per_step = self.cfg.users_per_round if self.user_level else self.cfg.batch_size
+        return sample_rate(per_step, self.set_size)
+
+    @property
+    def user_level(self) -> bool:
+        return self.cfg.privacy_unit == "user"
+
+    @property
+    def no_test_accuracy(self) -> str | None:
+        """Why the run has no test accuracy, if it has none by design."""
+        if self.user_level and self.cfg.algorithm == "dp-fedemb":
+            return "dp-fedemb trains no global head, each virtual client keeps its own; judged by its embeddings"
+        return None
 
     @property
     def schedule(self) -> tuple[int, int]:
@@ -100,6 +126,8 @@ class Plan:
             return chosen
         assert cfg.sigma is not None
         q = self.sample_rate
+        if self.user_level:  # one round per step: the ledger's multiplier is sigma C / sensitivity
+            return (*chosen, Release("train", cfg.sigma / algorithms.sensitivity(cfg), q, steps_per_epoch(q), unit="user"))
         noise = step_noise(cfg.sigma, clipping=cfg.clipping, batch_size=cfg.batch_size)
         return (*chosen, Release("train", noise, q, steps_per_epoch(q)))
 
@@ -121,6 +149,20 @@ class Plan:
                 "it did not plan: this is a bug in crepe, please report it"
             )
 
+    def line(self) -> str:
+        """sigma and the schedule, said before the first epoch (and by --dry-run)."""
+        cfg = self.cfg
+        solved = f" (solved for --target-epsilon {cfg.target_epsilon:g})" if cfg.target_epsilon is not None else ""
+        rounds = sum(self.redraws(e) for e in range(self.epochs))
+        select = f", select sigma {cfg.select_sigma:.4g}" if any(r.kind == "select" for r in self.round_releases()) else ""
+        q = self.sample_rate
+        size = f"{self.set_size:g}" if float(self.set_size).is_integer() else f"{self.set_size:.6g}"
+        per = (f"users per round {cfg.users_per_round}, U = {size}" if self.user_level
+               else f"B = {cfg.batch_size}, |S| = {size}")
+        return (f"crepe train: sigma {cfg.sigma:.4g}{solved}{select}; {self.epochs} epochs of {steps_per_epoch(q)} "
+                f"{'rounds' if self.user_level else 'steps'} at q = {q:.4g} ({per}), {rounds} selection "
+                f"round{'s' * (rounds != 1)}")
+
     # ---- what the run's outputs say about it
     @property
     def labels_public(self) -> bool:
@@ -129,8 +171,9 @@ class Plan:
 
     @property
     def secret_size(self) -> bool:
-        """The realised size of the set is a secret: figures whose denominator gives it back are withheld."""
-        return self.method.secret_size(self.cfg)
+        """The realised size of the set is a secret: figures whose denominator gives it back are withheld
+        (and the examples of a user-level round: its sampled users' sizes)."""
+        return self.method.secret_size(self.cfg) or self.user_level
 
     @property
     def private_selection(self) -> bool | None:

@@ -209,10 +209,15 @@ def caveat_tail(*, labels_public: bool, reproducible: bool) -> str:
 
 def final_line(summary: dict[str, Any]) -> str:
     tail = caveat_tail(labels_public=summary["labels_public"], reproducible=summary.get("noise") == "reproducible")
-    acc = summary["test_acc"]
+    acc, note = summary["test_acc"], summary.get("test_acc_note")
+    shown = f"{acc:.4f}" if acc is not None else "-" + (f" ({note})" if note else "")
+    user = ""
+    if "max_per_user" in summary:  # an example-level run on data with users
+        user = (f"; {fmt_eps(summary['eps_user'])} per user of at most {summary['max_per_user']} examples (group "
+                f"privacy{'' if summary['max_per_user_public'] else ', k read off the data: not public'})")
     return (
-        f"crepe train: test accuracy {'- (no test data)' if acc is None else f'{acc:.4f}'} | epsilon "
+        f"crepe train: test accuracy {shown} | epsilon "
         f"{eps_parts(summary, (r.get('kind') for r in summary.get('ledger', [])))} "
-        f"per {summary.get('unit', 'example')} "  # summaries before the unit existed protect one example
+        f"per {summary.get('unit', 'example')}{user} "  # summaries before the unit existed protect one example
         f"at delta {summary['delta']:g}, zero-out adjacency{tail} | sigma {summary['sigma']:.4g}"
     )

@@ -1,0 +1,74 @@
+"""What a run trains and evaluates on: the dataset, the classes held out of training, the users.
+
+- --held-out-classes N: the N largest class labels leave the training split
+  and the test split; their test examples are kept apart (`x_held`) for the
+  embedding metrics (DESIGN.md section 11). Held out before users are formed.
+- --users synthetic: the training split becomes synthetic writers
+  (users/synthetic.py: sizes, label skew and one style per user, seeded by
+  --user-seed; examples no user receives are dropped); the test split stays
+  as it is. crepe.train passes user ids of its own (`with_user_ids`).
+The user ids enter the data fingerprint, so a run resumes only on the same users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from crepe import data as data_mod
+from crepe.config import TrainConfig, UsageError
+
+
+def load_data(cfg: TrainConfig) -> data_mod.LoadedData:
+    """The dataset of `cfg`, with its held-out classes and users."""
+    ds = data_mod.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+    return prepare(ds, cfg)
+
+
+def prepare(ds: data_mod.LoadedData, cfg: TrainConfig, *, user_ids: Any = None) -> data_mod.LoadedData:
+    """Classes held out, then the users (synthetic writers, or `user_ids` for the training examples)."""
+    ds = hold_out(ds, cfg.held_out_classes)
+    if cfg.users == "synthetic":
+        from crepe.users.synthetic import synthetic_writers
+
+        w = synthetic_writers(ds.x_train, ds.y_train, users=cfg.user_count, size_sigma=cfg.user_size_sigma,
+                              max_per_user=cfg.max_per_user, alpha=cfg.user_alpha, seed=cfg.user_seed)
+        ds = replace(ds, x_train=w.x, y_train=torch.as_tensor(w.y, dtype=torch.int64),
+                     source=f"{ds.source}, as {cfg.user_count} synthetic writers (--user-seed {cfg.user_seed}; "
+                     f"{w.stats['dropped']} examples no user received dropped)")
+        return _with(ds, torch.tensor(w.partition.user_ids), w.partition.max_per_user, public=True)
+    if user_ids is not None:
+        from crepe.users.partition import Partition
+
+        if cfg.held_out_classes:
+            raise UsageError("held_out_classes with user_ids of your own: hold the classes out of your data yourself, "
+                             "so that the ids stay one per training example")
+        p = Partition.from_ids(np.asarray(user_ids), len(ds.y_train), max_per_user=cfg.max_per_user)
+        return _with(ds, torch.tensor(p.user_ids), p.max_per_user, public=p.k_source == "declared")
+    if cfg.max_per_user is not None:
+        raise UsageError("--max-per-user is the most examples one user holds: it needs users (--users synthetic, "
+                         "or user_ids with crepe.train)")
+    return ds
+
+
+def hold_out(ds: data_mod.LoadedData, n: int) -> data_mod.LoadedData:
+    if n == 0:
+        return ds
+    classes = torch.unique(torch.cat([ds.y_train, ds.y_test]))
+    if n >= len(classes):
+        raise UsageError(f"--held-out-classes {n} leaves no class to train on: allowed 0..{len(classes) - 1}")
+    held = classes[-n:]
+    train = ~torch.isin(ds.y_train, held)
+    test = ~torch.isin(ds.y_test, held)
+    ds = replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train], x_test=ds.x_test[test],
+                 y_test=ds.y_test[test], x_held=ds.x_test[~test], y_held=ds.y_test[~test])
+    return _with(ds, None, None, public=True)
+
+
+def _with(ds: data_mod.LoadedData, user_ids: torch.Tensor | None, k: int | None, *, public: bool) -> data_mod.LoadedData:
+    ids = None if user_ids is None else user_ids.to(torch.int64)
+    return replace(ds, user_ids=ids, max_per_user=k, max_per_user_public=public,
+                   fingerprint=data_mod.fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ids))
