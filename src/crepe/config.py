@@ -384,7 +384,8 @@ class TrainConfig:
         )
         for applies, names, where in rules:
             if not applies and given(names):
-                raise UsageError(f"{', '.join(given(names))} apply to {where} only")
+                flags = given(names)
+                raise UsageError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} to {where} only")
         if self.privacy_unit == "user":
             if self.clipping != "flat" or self.diagnostics:
                 raise UsageError("--privacy-unit user clips each user's update flat: --clipping and --diagnostics "
