@@ -230,7 +230,6 @@ class LargestValues:
         return self.buffer[: self.used].copy()
 
 
-
 @dataclass(frozen=True)
 class PairVerification:
     """Exact verification over all unordered pairs i < j, one entry per FAR (in the order given)."""
@@ -247,8 +246,8 @@ def pair_verification(
     emb: Any, labels: Any, fars: Sequence[float] = (1e-3, 0.1), *, block_rows: int | None = None
 ) -> PairVerification:
     """Thresholds, achieved FARs and recalls over all pairs (rules in the module docstring).
-    `block_rows` (default: as many rows as keep a block at 2^22 similarities) changes memory
-    and speed only, never the result."""
+    `block_rows` (default: as many rows as keep a block at 2^21 similarities) changes memory
+    and speed, and the similarities only by BLAS last-bit rounding (module docstring)."""
     y = check_labels(labels)
     e = unit_rows(emb, y.size)
     fs = check_fars(fars)
