@@ -108,6 +108,8 @@ def cmd_train(argv: list[str]) -> int:
         cfg = resolved_threads(Plan.for_data(cfg, data).cfg)  # sigma solved under a target
         summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
     print(rundir.final_line(summary))
+    if rundir.embedding_line(summary):
+        print(rundir.embedding_line(summary))
     if summary["labels_public"]:
         print(f"crepe train: note: {summary['caveat']}", file=sys.stderr)
     return 0
@@ -121,12 +123,17 @@ def dry_run(given: dict[str, Any]) -> int:
     from crepe.training.rundir import caveat_tail, eps_parts
 
     cfg = new_run_config(given)
-    labels = data.train_labels(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset)
-    plan = Plan.of(cfg, counts=class_counts(labels))
+    if cfg.users is not None or cfg.held_out_classes:  # the split the run trains on: its images are read
+        from crepe.training.inputs import load_data
+
+        plan, read = Plan.for_data(cfg, load_data(cfg)), "its users formed from the images"
+    else:
+        labels = data.train_labels(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset)
+        plan, read = Plan.of(cfg, counts=class_counts(labels)), "labels only read"
     ledger = plan.ledger()
     eps = epsilons(ledger, delta=cfg.delta, accountant=cfg.accountant)
     tail = caveat_tail(labels_public=plan.labels_public, reproducible=cfg.noise == "reproducible")
-    print(f"crepe train --dry-run: {cfg.dataset}, --method {cfg.method}, {plan.n} training examples (labels only read)")
+    print(f"crepe train --dry-run: {cfg.dataset}, --method {cfg.method}, {plan.n} training examples ({read})")
     print(plan.line())
     print(f"crepe train: planned epsilon {eps_parts(eps, (r.kind for r in ledger))} per {ledger.unit} at delta "
           f"{cfg.delta:g} ({cfg.accountant} accountant), zero-out adjacency{tail}")

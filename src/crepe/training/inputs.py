@@ -57,12 +57,14 @@ def prepare(ds: data_mod.LoadedData, cfg: TrainConfig, *, user_ids: Any = None) 
 def hold_out(ds: data_mod.LoadedData, n: int) -> data_mod.LoadedData:
     if n == 0:
         return ds
+    from crepe.users.embedding import held_out_split
+
     classes = torch.unique(torch.cat([ds.y_train, ds.y_test]))
     if n >= len(classes):
         raise UsageError(f"--held-out-classes {n} leaves no class to train on: allowed 0..{len(classes) - 1}")
-    held = classes[-n:]
-    train = ~torch.isin(ds.y_train, held)
-    test = ~torch.isin(ds.y_test, held)
+    held = classes[-n:].tolist()
+    train = torch.from_numpy(held_out_split(ds.y_train, held)[0])
+    test = torch.from_numpy(held_out_split(ds.y_test, held)[0])
     ds = replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train], x_test=ds.x_test[test],
                  y_test=ds.y_test[test], x_held=ds.x_test[~test], y_held=ds.y_test[~test])
     return _with(ds, None, None, public=True)

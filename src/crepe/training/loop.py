@@ -409,6 +409,7 @@ def finish(r: Run) -> dict[str, Any]:
         "data_split": ds.split,
         "data_source": ds.source,
         **export.architecture(r.model, ds.x_train),
+        **embedding_metrics(r),
         "ledger": st.ledger.to_list(),
     }
     if not cfg.keep_secrets:
@@ -417,6 +418,26 @@ def finish(r: Run) -> dict[str, Any]:
     export.write(r.run_dir, r.model.state_dict(), cfg, summary)  # the publishable model, before "complete"
     rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, summary)
     return summary
+
+
+def embedding_metrics(r: Run) -> dict[str, Any]:
+    """--held-out-classes: the model's embeddings (the input of its last nn.Linear, L2-normalised) of
+    the held-out classes' test examples: exact pair recall at FAR 1e-3 and 0.1 over all their pairs,
+    1-NN accuracy with the first test example of each class as the gallery (users/embedding.py)."""
+    ds = r.ds
+    if ds.x_held is None or ds.y_held is None or len(ds.y_held) == 0:
+        return {}
+    from crepe.smallsets.proxies import head_input
+    from crepe.users.embedding import embed, nearest_neighbour_accuracy, pair_recall_at_far
+
+    emb = embed(lambda xb: head_input(r.model, xb)[0], ds.x_held)
+    recall = pair_recall_at_far(emb, ds.y_held, fars=(1e-3, 0.1))
+    return {"embedding": {
+        "classes": sorted(int(c) for c in torch.unique(ds.y_held)), "test_examples": len(ds.y_held),
+        "recall_at_far_1e-3": recall[1e-3], "recall_at_far_0.1": recall[0.1],
+        "nn1_accuracy": nearest_neighbour_accuracy(emb, ds.y_held, gallery_per_class=1),
+        "nn1_gallery": "the first test example of each held-out class (by index); the rest are probes",
+        "note": "held-out classes never trained on; their test examples only"}}
 
 
 def user_level_by_group(r: Run, *, eps_total: float) -> dict[str, Any]:

@@ -227,5 +227,5 @@ def check_reachable(given: dict[str, Any], counts_of: Callable[[TrainConfig], Se
     target; `counts_of(cfg)` gives its class counts."""
     cfg = new_run_config(given)
     if cfg.sigma is None:
-        Plan.of(cfg, counts=counts_of(cfg))
+        Plan.of(cfg, counts=counts_of(cfg), users=cfg.user_count if cfg.users == "synthetic" else None)
 

@@ -192,6 +192,15 @@ def fmt_eps(eps: float | None) -> str:
     return "inf" if eps is None or math.isinf(eps) else f"{eps:.3f}"
 
 
+def embedding_line(summary: dict[str, Any]) -> str | None:
+    e = summary.get("embedding")
+    if not e:
+        return None
+    return (f"crepe train: embeddings of held-out classes {', '.join(map(str, e['classes']))} ({e['test_examples']} test "
+            f"examples, never trained on): pair recall {e['recall_at_far_1e-3']:.4f} at FAR 1e-3, "
+            f"{e['recall_at_far_0.1']:.4f} at FAR 0.1; 1-NN accuracy {e['nn1_accuracy']:.4f} (gallery: one per class)")
+
+
 def eps_parts(eps: dict[str, Any], kinds: Iterable[str]) -> str:
     """'total (select s, train t)' from eps_json or epsilons; the select part is called what the
     releases of its kinds are (private set generation: "generation")."""
