@@ -131,7 +131,7 @@ def start(cfg: TrainConfig, run_dir: Path, *, data: data_mod.LoadedData, model: 
         return run(cfg, run_dir, data=data, model=model, log=log)
     except BaseException:
         if state == "new" and not (run_dir / rundir.CHECKPOINT).exists():
-            for name in (rundir.CONFIG, rundir.METRICS):  # nothing was saved: no folder offers a resume
+            for name in (rundir.CONFIG, rundir.METRICS, rundir.PRETRAIN):  # nothing saved: no folder offers a resume
                 (run_dir / name).unlink(missing_ok=True)
             try:
                 run_dir.rmdir()

@@ -26,7 +26,8 @@ MODEL_CARD = "model.json"
 FORMAT = "crepe-model-1"
 # What model.json copies from summary.json: what the weights are worth and what protects them.
 FROM_SUMMARY = ("test_acc", "eps_total", "eps_select", "eps_train", "eps_infinite", "delta", "accountant", "unit",
-                "adjacency", "noise", "labels_public", "caveat", "noise_caveat", "sigma", "select_sigma", "epochs")
+                "adjacency", "noise", "labels_public", "caveat", "noise_caveat", "sigma", "select_sigma", "epochs",
+                "pretrain")
 
 
 BUILT_IN = {"cnn": "crepe.models.CNN", "resnet": "crepe.models.ResNet", "convnet": "crepe.models.ConvNet"}

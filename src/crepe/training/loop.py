@@ -184,6 +184,10 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
     model_seed, key = seeds(cfg)
     torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
     model = build_model(cfg.model, activation=cfg.activation) if model is None else model
+    if cfg.pretrain is not None and not (run_dir / rundir.CHECKPOINT).is_file():  # a resumed run loads its weights
+        from crepe.training.pretrain import pretrain
+
+        rundir.atomic_write_json(run_dir / rundir.PRETRAIN, pretrain(model, cfg, seed=model_seed, say=say))
     gens = {name: keyed_generator(key, name) for name in GENERATORS}
     st = RunState()
     head = head_of(model, ds.x_train[:2]) if plan.user_level and cfg.algorithm == "dp-fedemb" else None
@@ -409,6 +413,7 @@ def finish(r: Run) -> dict[str, Any]:
         "data_split": ds.split,
         "data_source": ds.source,
         **export.architecture(r.model, ds.x_train),
+        "pretrain": rundir.read_json(r.run_dir / rundir.PRETRAIN) if cfg.pretrain is not None else None,
         **embedding_metrics(r),
         "ledger": st.ledger.to_list(),
     }

@@ -25,6 +25,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+PRETRAIN = "pretrain.json"  # --pretrain: the public pretraining's provenance
 
 LABELS_CAVEAT = (
     "per-class selection reads the true labels and class sizes without noise: labels and the class "
@@ -224,6 +225,8 @@ def final_line(summary: dict[str, Any]) -> str:
     if "max_per_user" in summary:  # an example-level run on data with users
         user = (f"; {fmt_eps(summary['eps_user'])} per user of at most {summary['max_per_user']} examples (group "
                 f"privacy{'' if summary['max_per_user_public'] else ', k read off the data: not public'})")
+    if summary.get("pretrain"):
+        tail += f", pretrained on public {summary['pretrain']['dataset']} (not covered)"
     return (
         f"crepe train: test accuracy {shown} | epsilon "
         f"{eps_parts(summary, (r.get('kind') for r in summary.get('ledger', [])))} "

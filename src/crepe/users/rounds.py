@@ -114,7 +114,10 @@ def user_epoch(
 
 def update(model: nn.Module, named: list[tuple[str, nn.Parameter]], x: torch.Tensor, y: torch.Tensor, *,
            cfg: TrainConfig, head: nn.Linear | None, generator: torch.Generator) -> list[torch.Tensor]:
-    """One unit's update, per parameter of `named` (what the server treats as a gradient)."""
+    """One unit's update, per parameter of `named` (what the server treats as a gradient); a unit
+    without examples (a null user) updates nothing."""
+    if len(y) == 0:
+        return [torch.zeros_like(p) for _, p in named]
     if cfg.algorithm == "dp-sgd":  # the gradient of the user's mean loss
         loss = nn.functional.cross_entropy(model(x), y)
         return [g.detach() for g in torch.autograd.grad(loss, [p for _, p in named])]
