@@ -34,6 +34,7 @@ from typing import Any
 from crepe.config import TrainConfig, UsageError
 from crepe.study.grid import REPLICATE, fmt
 from crepe.study.plan import MANIFEST, Plan, RunSpec, load_manifest
+from crepe.study.tables import count
 from crepe.training import rundir
 
 LOGS = "logs"
@@ -298,8 +299,8 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
     threads = threads or default_threads(jobs)
     runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads, jobs=jobs, python=python or sys.executable,
                     eval_every=eval_every)
-    print(f"crepe sweep: {len(plan.runs)} runs in {sweep_dir} ({skipped} complete, {len(todo)} to run, "
-          f"{len(floors)} unreachable; {jobs} job(s) x {threads} thread(s))", file=out, flush=True)
+    print(f"crepe sweep: {count(len(plan.runs), 'run')} in {sweep_dir} ({skipped} complete, {len(todo)} to run, "
+          f"{len(floors)} unreachable; {count(jobs, 'job')} x {count(threads, 'thread')})", file=out, flush=True)
     for spec in plan.runs:
         if spec.name in floors:
             print(f"crepe sweep: {spec.name} not run: {unreachable_text(spec, floors[spec.name])}", file=out, flush=True)
