@@ -74,7 +74,7 @@ def test_pretraining_moves_the_weights_away_from_their_initialisation(data_root:
 
 def test_the_private_dataset_cannot_be_its_own_public_pretraining(capsys) -> None:
     assert main(["train", "--dry-run", "--dataset", "mnist", "--pretrain", "mnist"]) == 2
-    assert "--pretrain mnist is the private --dataset" in capsys.readouterr().err
+    assert "--pretrain mnist holds the images of the private --dataset mnist" in capsys.readouterr().err
 
 
 def _given(args: list[str]) -> dict:

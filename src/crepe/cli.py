@@ -123,7 +123,7 @@ def dry_run(given: dict[str, Any]) -> int:
     from crepe.training.rundir import caveat_tail, eps_parts
 
     cfg = new_run_config(given)
-    if cfg.users is not None or cfg.held_out_classes:  # the split the run trains on: its images are read
+    if cfg.users is not None or cfg.held_out_classes or cfg.dataset == "qmnist":  # its images are read
         from crepe.training.inputs import load_data
 
         plan, read = Plan.for_data(cfg, load_data(cfg)), "its users formed from the images"

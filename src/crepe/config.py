@@ -133,7 +133,10 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = option("mnist", "dataset", choices=("mnist", "fashion-mnist"), grid=True, api=USER, section="data")
+    dataset: str = option(
+        "mnist", "dataset; qmnist: MNIST's digits traced to their NIST writers, who are its users (k = 150 digits each)",
+        choices=("mnist", "fashion-mnist", "qmnist"), grid=True, api=USER, section="data",
+    )
     data_dir: str | None = option(
         None,
         "folder of the original IDX .gz files (or with a <dataset>/ subfolder); "
@@ -391,9 +394,11 @@ class TrainConfig:
             (self.algorithm == "dp-fedemb", FEDEMB_ONLY, "--algorithm dp-fedemb"),
             (self.pretrain is not None, PRETRAIN_ONLY, "--pretrain"),
         )
-        if self.pretrain is not None and self.pretrain == self.dataset:
-            raise UsageError(f"--pretrain {self.pretrain} is the private --dataset: public pretraining needs "
-                             "another dataset")
+        if self.pretrain is not None and (self.pretrain == self.dataset or {self.pretrain, self.dataset} == {"mnist", "qmnist"}):
+            raise UsageError(f"--pretrain {self.pretrain} holds the images of the private --dataset {self.dataset}: "
+                             "public pretraining needs another dataset")
+        if self.dataset == "qmnist" and self.users is not None:
+            raise UsageError(f"--users {self.users} with --dataset qmnist: QMNIST's users are its writers already")
         for applies, names, where in rules:
             if not applies and given(names):
                 flags = given(names)

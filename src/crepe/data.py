@@ -10,6 +10,11 @@ canonical test digits), the training split does not exist. Then, for
 (numpy PCG64 seeded with MNIST_T10K_SPLIT_SEED, independent of --seed):
 the first 8,000 permuted examples train, the last 2,000 test. The split is
 announced and recorded (`LoadedData.split`).
+
+QMNIST (`--dataset qmnist`, users/qmnist.py): MNIST's 60,000 training digits and its 10,000
+test digits (the first 10,000 of QMNIST's test split), read from QMNIST's own files with each
+training digit's NIST writer as its user; `user_ids` are the positions of the writers present
+(after subsets), k = 150 digits per writer by the dataset's documentation.
 """
 
 from __future__ import annotations
@@ -31,12 +36,18 @@ if TYPE_CHECKING:
 
 # Normalisation constants are the customary published ones, fixed in advance
 # (computing them from the training data would be a non-private release).
-NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530), "qmnist": (0.1307, 0.3081)}
 TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+QMNIST_FILES = {  # as torchvision.datasets.QMNIST downloads them (facebookresearch/qmnist)
+    "train": ("qmnist-train-images-idx3-ubyte.gz", "qmnist-train-labels-idx2-int.gz"),
+    "test": ("qmnist-test-images-idx3-ubyte.gz", "qmnist-test-labels-idx2-int.gz"),
+}
+QMNIST_SPLIT = "qmnist-train/test10k"  # QMNIST's train split; the first 10,000 of its test split (MNIST's test set)
+QMNIST_TEST = 10000
 MNIST_T10K_SPLIT_SEED = 20240601
 MNIST_T10K_TRAIN = 8000
 DEFAULT_CACHE = Path.home() / ".cache" / "crepe"
@@ -50,12 +61,15 @@ DEBIAN = {"fashion-mnist": "; Fashion-MNIST is also the Debian package dataset-f
 
 def how_to_get(dataset: str, *, offline: bool) -> str:
     """The ways out that apply: with --data-dir given, or after torchvision's download failed."""
+    files = IDX_FILES
+    if dataset == "qmnist":
+        files = "QMNIST's own files " + ", ".join(f for pair in QMNIST_FILES.values() for f in pair) + " (or a qmnist/ subfolder of them)"
     if offline:
-        first = "point --data-dir at a folder holding " + IDX_FILES
+        first = "point --data-dir at a folder holding " + files
         second = ", or run without --data-dir on a machine with network access (torchvision downloads into ~/.cache/crepe)"
     else:
         first = "torchvision could not download it: run where the network is reachable"
-        second = ", or pass --data-dir with a folder holding " + IDX_FILES
+        second = ", or pass --data-dir with a folder holding " + files
     return first + second + DEBIAN.get(dataset, "")
 
 
@@ -65,7 +79,7 @@ class DataSource:
 
     dataset: str
     folder: Path | None  # IDX folder, or None for torchvision
-    split: str  # "standard" or "mnist-t10k-8000/2000"
+    split: str  # "standard", "mnist-t10k-8000/2000" or QMNIST_SPLIT
 
 
 @dataclass(frozen=True)
@@ -96,10 +110,15 @@ def resolve_source(dataset: str, data_dir: str | None) -> DataSource:
     """Find the files for `dataset`; raise a clear error if they are missing."""
     check_choice("dataset", dataset, DATASETS)
     if data_dir is None:
-        return DataSource(dataset, None, "standard")
+        return DataSource(dataset, None, QMNIST_SPLIT if dataset == "qmnist" else "standard")
     root = Path(data_dir)
     if not root.is_dir():
         raise UsageError(f"--data-dir {root} is not a directory; {how_to_get(dataset, offline=True)}")
+    if dataset == "qmnist":
+        for folder in (root, root / dataset):
+            if all((folder / f).is_file() for pair in QMNIST_FILES.values() for f in pair):
+                return DataSource(dataset, folder, QMNIST_SPLIT)
+        raise UsageError(f"no QMNIST files in {root} or {root / dataset}; {how_to_get(dataset, offline=True)}")
     for folder in (root, root / dataset):
         if _has(folder, "train") and _has(folder, "test"):
             return DataSource(dataset, folder, "standard")
@@ -121,6 +140,12 @@ def split_sizes(src: DataSource) -> dict[str, int]:
     """Examples per split, from the IDX headers alone (milliseconds, no torch)."""
     if src.folder is None:
         return dict(STANDARD_SIZES)
+    if src.split == QMNIST_SPLIT:
+        rows = {}
+        for split, (_, labels) in QMNIST_FILES.items():
+            with gzip.open(src.folder / labels, "rb") as f:
+                rows[split] = int.from_bytes(f.read(8)[4:8], "big")
+        return {"train": rows["train"], "test": min(rows["test"], QMNIST_TEST)}
     if src.split != "standard":
         return {"train": MNIST_T10K_TRAIN, "test": 10000 - MNIST_T10K_TRAIN}
     sizes = {}
@@ -188,8 +213,8 @@ def train_labels(dataset: str, *, data_dir: str | None = None, train_subset: int
     """The training labels alone (n,) uint8, exactly those `load` trains on, without reading an image
     (IDX folders; through torchvision the whole dataset is needed)."""
     src = resolve_source(dataset, data_dir)
-    if src.folder is None:
-        return load(dataset, train_subset=train_subset).y_train.numpy()
+    if src.folder is None or dataset == "qmnist":
+        return load(dataset, data_dir=data_dir, train_subset=train_subset).y_train.numpy()
     if src.split == "standard":
         labels = read_idx(src.folder / FILES["train"][1])
     else:  # the t10k split: the same fixed permutation as `load`
@@ -214,6 +239,8 @@ def load(
     import torch
 
     src = resolve_source(dataset, data_dir)
+    if dataset == "qmnist":
+        return _load_qmnist(src, train_subset=train_subset, test_subset=test_subset, cache=cache)
     if src.folder is None:
         arrays = _torchvision_arrays(dataset, cache)
         origin = f"torchvision {TORCHVISION_CLASS[dataset]} in {cache}"
@@ -242,6 +269,30 @@ def load(
         tensors += [x, y]
     x_tr, y_tr, x_te, y_te = tensors
     return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=fingerprint(*tensors))
+
+
+def _load_qmnist(src: DataSource, *, train_subset: int | None, test_subset: int | None, cache: Path) -> LoadedData:
+    """QMNIST's training digits with their writers as users, and MNIST's test digits (module docstring)."""
+    import torch
+
+    from crepe.users.partition import renumber
+    from crepe.users.qmnist import MAX_PER_WRITER, load_qmnist
+
+    train = load_qmnist(split="train", folder=src.folder, cache=cache)
+    test = load_qmnist(split="test10k", folder=src.folder, cache=cache, max_per_user=QMNIST_TEST)  # its users unused
+    x, y, ids = train.x, train.y, train.partition.user_ids
+    x_te, y_te = test.x, test.y
+    for split, subset, n in (("train", train_subset, len(y)), ("test", test_subset, len(y_te))):
+        if subset is not None and subset > n:
+            raise UsageError(f"--{split}-subset {subset} exceeds the {n} {split} examples")
+    if train_subset is not None:
+        x, y, ids = x[:train_subset], y[:train_subset], renumber(ids[:train_subset])
+    if test_subset is not None:
+        x_te, y_te = x_te[:test_subset], y_te[:test_subset]
+    users = torch.from_numpy(ids.astype(np.int64))
+    source = f"{train.source}: {len(y)} train digits of {int(users.max()) + 1} NIST writers (the users) / {len(y_te)} test"
+    return LoadedData(x, y, x_te, y_te, split=src.split, source=source,
+                      fingerprint=fingerprint(x, y, x_te, y_te, users), user_ids=users, max_per_user=MAX_PER_WRITER)
 
 
 def fingerprint(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,

@@ -56,13 +56,13 @@ def run_state(run_dir: Path) -> str:
 # Targets a schedule cannot reach.
 
 
-def _floor(given: dict[str, Any], counts_of: Callable[[TrainConfig], list[int]]) -> float | None:
+def _floor(given: dict[str, Any], sizes_of: Callable[[TrainConfig], tuple[list[int], int | None]]) -> float | None:
     """The smallest reachable epsilon if `crepe train` would refuse this run's target as unreachable, else None."""
     from crepe.privacy.calibration import Unreachable
     from crepe.training.plan import check_reachable
 
     try:
-        check_reachable(given, counts_of)
+        check_reachable(given, sizes_of)
     except Unreachable as e:
         return e.floor
     except UsageError:  # not this check's to report: the run fails with the message in its log
@@ -74,21 +74,24 @@ def unreachable(specs: Sequence[RunSpec], *, data_dir: str | None) -> dict[str, 
     """name -> smallest reachable epsilon, for each run whose schedule cannot reach its target epsilon.
 
     Each run with a target is planned in-process exactly as `crepe train` plans it
-    (crepe.training.plan: its config, then its plan solved from the class counts); runs that differ
+    (crepe.training.plan: its config, then its plan solved from the class counts and users); runs that differ
     only in their seed share one check (calibration does not depend on the seed), and each dataset's
-    labels are loaded once. Imports torch only when a run has a target.
+    split is loaded once. Imports torch only when a run has a target.
     """
-    counts: dict[tuple[Any, ...], list[int]] = {}
+    sizes: dict[tuple[Any, ...], tuple[list[int], int | None]] = {}
 
-    def counts_of(cfg: TrainConfig) -> list[int]:  # the class counts of a run's training split, once per split
+    def sizes_of(cfg: TrainConfig) -> tuple[list[int], int | None]:  # class counts and users U, once per split
         from crepe import data
+        from crepe.training.inputs import hold_out
         from crepe.training.plan import class_counts
 
-        split = (cfg.dataset, cfg.data_dir, cfg.train_subset)
-        if split not in counts:
+        split = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.held_out_classes)
+        if split not in sizes:
             ds = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
-            counts[split] = class_counts(ds.y_train)
-        return counts[split]
+            ds = hold_out(ds, cfg.held_out_classes)
+            sizes[split] = (class_counts(ds.y_train), ds.users)
+        counts, users = sizes[split]
+        return counts, cfg.user_count if cfg.users == "synthetic" else users
 
     floors: dict[tuple[tuple[str, Any], ...], float | None] = {}
     out: dict[str, float] = {}
@@ -96,7 +99,7 @@ def unreachable(specs: Sequence[RunSpec], *, data_dir: str | None) -> dict[str, 
         given = spec.given() | ({} if data_dir is None else {"data_dir": data_dir})
         cell = tuple((k, v) for k, v in given.items() if k != REPLICATE)
         if cell not in floors:
-            floors[cell] = _floor(given, counts_of)
+            floors[cell] = _floor(given, sizes_of)
         floor = floors[cell]
         if floor is not None:
             out[spec.name] = floor

@@ -2,7 +2,9 @@
 
 - --held-out-classes N: the N largest class labels leave the training split
   and the test split; their test examples are kept apart (`x_held`) for the
-  embedding metrics (DESIGN.md section 11). Held out before users are formed.
+  embedding metrics (DESIGN.md section 11). Held out before users are formed;
+  a dataset with users of its own (qmnist) keeps them, renumbered over the
+  writers left.
 - --users synthetic: the training split becomes synthetic writers
   (users/synthetic.py: sizes, label skew and one style per user, seeded by
   --user-seed; examples no user receives are dropped); the test split stays
@@ -40,6 +42,12 @@ def prepare(ds: data_mod.LoadedData, cfg: TrainConfig, *, user_ids: Any = None) 
                      source=f"{ds.source}, as {cfg.user_count} synthetic writers (--user-seed {cfg.user_seed}; "
                      f"{w.stats['dropped']} examples no user received dropped)")
         return _with(ds, torch.tensor(w.partition.user_ids), w.partition.max_per_user, public=True)
+    if ds.user_ids is not None:  # the dataset's own users (qmnist's writers): k declared by --max-per-user or the dataset
+        from crepe.users.partition import Partition
+
+        k = ds.max_per_user if cfg.max_per_user is None else cfg.max_per_user
+        p = Partition(ds.user_ids.numpy(), int(ds.user_ids.max()) + 1, k)
+        return _with(ds, torch.tensor(p.user_ids), p.max_per_user, public=True)
     if user_ids is not None:
         from crepe.users.partition import Partition
 
@@ -50,7 +58,7 @@ def prepare(ds: data_mod.LoadedData, cfg: TrainConfig, *, user_ids: Any = None) 
         return _with(ds, torch.tensor(p.user_ids), p.max_per_user, public=p.k_source == "declared")
     if cfg.max_per_user is not None:
         raise UsageError("--max-per-user is the most examples one user holds: it needs users (--users synthetic, "
-                         "or user_ids with crepe.train)")
+                         "--dataset qmnist, or user_ids with crepe.train)")
     return ds
 
 
@@ -67,7 +75,12 @@ def hold_out(ds: data_mod.LoadedData, n: int) -> data_mod.LoadedData:
     test = torch.from_numpy(held_out_split(ds.y_test, held)[0])
     ds = replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train], x_test=ds.x_test[test],
                  y_test=ds.y_test[test], x_held=ds.x_test[~test], y_held=ds.y_test[~test])
-    return _with(ds, None, None, public=True)
+    if ds.user_ids is None:
+        return _with(ds, None, None, public=True)
+    from crepe.users.partition import renumber
+
+    users = torch.from_numpy(renumber(ds.user_ids[train].numpy()))
+    return _with(ds, users, ds.max_per_user, public=ds.max_per_user_public)
 
 
 def _with(ds: data_mod.LoadedData, user_ids: torch.Tensor | None, k: int | None, *, public: bool) -> data_mod.LoadedData:

@@ -166,7 +166,7 @@ def run(
 def announce(cfg: TrainConfig, ds: data_mod.LoadedData, say: Callable[[str], None]) -> None:
     what = "your data" if cfg.dataset == USER else f"{cfg.dataset} from {ds.source}"
     say(f"crepe train: {what}: {len(ds.y_train)} train / {len(ds.y_test)} test examples")
-    if ds.split != "standard":
+    if ds.split.startswith("mnist-t10k"):
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
 
 

@@ -48,7 +48,7 @@ class Plan:
         algorithms.check(cfg)
         if cfg.privacy_unit == "user":
             if users is None:
-                raise UsageError("--privacy-unit user needs users: --users synthetic, or user_ids with crepe.train")
+                raise UsageError("--privacy-unit user needs users: --users synthetic, --dataset qmnist, or user_ids with crepe.train")
             return cls(cfg, int(sum(counts)), float(users)).solved()
         return cls(cfg, int(sum(counts)), method.public_size(cfg, counts)).solved()
 
@@ -222,10 +222,11 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def check_reachable(given: dict[str, Any], counts_of: Callable[[TrainConfig], Sequence[int]]) -> None:
+def check_reachable(given: dict[str, Any], sizes_of: Callable[[TrainConfig], tuple[Sequence[int], int | None]]) -> None:
     """Unreachable (with the smallest reachable epsilon) if `crepe train` would refuse this run's
-    target; `counts_of(cfg)` gives its class counts."""
+    target; `sizes_of(cfg)` gives its class counts and its users U (None without users)."""
     cfg = new_run_config(given)
     if cfg.sigma is None:
-        Plan.of(cfg, counts=counts_of(cfg), users=cfg.user_count if cfg.users == "synthetic" else None)
+        counts, users = sizes_of(cfg)
+        Plan.of(cfg, counts=counts, users=users)
 

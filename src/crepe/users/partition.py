@@ -5,7 +5,7 @@ Rules a caller can trip on (each breach is a UsageError naming it):
 - users are 0..U-1 and every one of them holds at least one example: an id in 0..U-1 with no
   example is refused, not silently dropped. Arbitrary ids (names, NIST writer numbers) are
   remapped by the caller to the positions of their sorted unique values,
-  `np.unique(ids, return_inverse=True)[1]`, as qmnist.py does;
+  `renumber(ids)` (`np.unique(ids, return_inverse=True)[1]`), as qmnist.py does;
 - no user holds more than k examples. k is public only when it is fixed without looking at
   the data (`k_source="declared"`). `from_ids` without `max_per_user` takes k as the largest
   user's size (`k_source="data"`): a fact about the data, public only if the ids themselves
@@ -42,6 +42,12 @@ def int_array(what: str, values: Any) -> np.ndarray:
             f"{what} must be a non-empty 1-D array of integers; got shape {a.shape} of dtype {a.dtype}"
         )
     return a.astype(np.int64)
+
+
+def renumber(ids: Any) -> np.ndarray:
+    """Arbitrary user ids (NIST writer numbers, the ids left after a subset) as 0..U-1: the
+    positions of their sorted unique values."""
+    return np.unique(int_array("user ids", ids), return_inverse=True)[1].astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)

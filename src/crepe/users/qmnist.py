@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crepe.config import UsageError, check_choice
-from crepe.data import DEFAULT_CACHE, NORMALISATION, read_idx
-from crepe.users.partition import Partition
+from crepe.data import DEFAULT_CACHE, NORMALISATION, QMNIST_FILES, read_idx
+from crepe.users.partition import Partition, renumber
 
 if TYPE_CHECKING:
     import torch
@@ -38,10 +38,7 @@ if TYPE_CHECKING:
 COLUMNS = ("class", "hsf_series", "writer", "writer_digit", "nist_class", "nist_index", "duplicate", "unused")
 WRITER = COLUMNS.index("writer")
 MAX_PER_WRITER = 150
-FILES = {
-    "train": ("qmnist-train-images-idx3-ubyte.gz", "qmnist-train-labels-idx2-int.gz"),
-    "test": ("qmnist-test-images-idx3-ubyte.gz", "qmnist-test-labels-idx2-int.gz"),
-}
+FILES = QMNIST_FILES
 SPLITS = {"train": ("train", slice(None)), "test": ("test", slice(None)),  # torchvision's `what`
           "test10k": ("test", slice(0, 10000)), "test50k": ("test", slice(10000, None))}
 
@@ -89,7 +86,8 @@ def load_qmnist(
     classes = extended[:, COLUMNS.index("class")].copy()
     if classes.min() < 0 or classes.max() > 9:
         raise UsageError(f"{source}: class column holds {classes.min()}..{classes.max()}, not 0..9")
-    writers, user_ids = np.unique(extended[:, WRITER], return_inverse=True)
+    writers = np.unique(extended[:, WRITER])
+    user_ids = renumber(extended[:, WRITER])
     partition = Partition.from_ids(user_ids, len(user_ids), max_per_user=max_per_user)
     mean, std = NORMALISATION["mnist"]
     x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0).sub_(mean).div_(std).unsqueeze(1)
