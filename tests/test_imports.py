@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("crepe.config", "crepe._core", "crepe._cuda", "crepe._version"),
     ("crepe.privacy.ledger", "crepe.selection", "crepe.select", "crepe.parser"),
-    ("crepe.dp", "crepe.data", "crepe.models"),
+    ("crepe.dp", "crepe.data", "crepe.models", "crepe.features"),
     ("crepe.smallsets", "crepe.users"),
     ("crepe.privacy",),
     ("crepe.training",),

@@ -11,10 +11,8 @@ canonical test digits), the training split does not exist. Then, for
 the first 8,000 permuted examples train, the last 2,000 test. The split is
 announced and recorded (`LoadedData.split`).
 
-QMNIST (`--dataset qmnist`, users/qmnist.py): MNIST's 60,000 training digits and its 10,000
-test digits (the first 10,000 of QMNIST's test split), read from QMNIST's own files with each
-training digit's NIST writer as its user; `user_ids` are the positions of the writers present
-(after subsets), k = 150 digits per writer by the dataset's documentation.
+QMNIST (`--dataset qmnist`): its files and sizes are found here; it is read with its writers as
+users by crepe.training.inputs (users/qmnist.py), never by `load`.
 """
 
 from __future__ import annotations
@@ -213,8 +211,8 @@ def train_labels(dataset: str, *, data_dir: str | None = None, train_subset: int
     """The training labels alone (n,) uint8, exactly those `load` trains on, without reading an image
     (IDX folders; through torchvision the whole dataset is needed)."""
     src = resolve_source(dataset, data_dir)
-    if src.folder is None or dataset == "qmnist":
-        return load(dataset, data_dir=data_dir, train_subset=train_subset).y_train.numpy()
+    if src.folder is None:
+        return load(dataset, train_subset=train_subset).y_train.numpy()
     if src.split == "standard":
         labels = read_idx(src.folder / FILES["train"][1])
     else:  # the t10k split: the same fixed permutation as `load`
@@ -240,7 +238,7 @@ def load(
 
     src = resolve_source(dataset, data_dir)
     if dataset == "qmnist":
-        return _load_qmnist(src, train_subset=train_subset, test_subset=test_subset, cache=cache)
+        raise UsageError("qmnist's writers are its users: load it with crepe.training.inputs.load_data")
     if src.folder is None:
         arrays = _torchvision_arrays(dataset, cache)
         origin = f"torchvision {TORCHVISION_CLASS[dataset]} in {cache}"
@@ -269,30 +267,6 @@ def load(
         tensors += [x, y]
     x_tr, y_tr, x_te, y_te = tensors
     return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=fingerprint(*tensors))
-
-
-def _load_qmnist(src: DataSource, *, train_subset: int | None, test_subset: int | None, cache: Path) -> LoadedData:
-    """QMNIST's training digits with their writers as users, and MNIST's test digits (module docstring)."""
-    import torch
-
-    from crepe.users.partition import renumber
-    from crepe.users.qmnist import MAX_PER_WRITER, load_qmnist
-
-    train = load_qmnist(split="train", folder=src.folder, cache=cache)
-    test = load_qmnist(split="test10k", folder=src.folder, cache=cache, max_per_user=QMNIST_TEST)  # its users unused
-    x, y, ids = train.x, train.y, train.partition.user_ids
-    x_te, y_te = test.x, test.y
-    for split, subset, n in (("train", train_subset, len(y)), ("test", test_subset, len(y_te))):
-        if subset is not None and subset > n:
-            raise UsageError(f"--{split}-subset {subset} exceeds the {n} {split} examples")
-    if train_subset is not None:
-        x, y, ids = x[:train_subset], y[:train_subset], renumber(ids[:train_subset])
-    if test_subset is not None:
-        x_te, y_te = x_te[:test_subset], y_te[:test_subset]
-    users = torch.from_numpy(ids.astype(np.int64))
-    source = f"{train.source}: {len(y)} train digits of {int(users.max()) + 1} NIST writers (the users) / {len(y_te)} test"
-    return LoadedData(x, y, x_te, y_te, split=src.split, source=source,
-                      fingerprint=fingerprint(x, y, x_te, y_te, users), user_ids=users, max_per_user=MAX_PER_WRITER)
 
 
 def fingerprint(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,

@@ -1,8 +1,12 @@
-"""Classifiers for 28x28 grey images, both accepted by Opacus' ModuleValidator.
+"""Classifiers for images of any channel count and size (28x28 grey by default), all accepted by
+Opacus' ModuleValidator.
 
 Every model is `head(features(x))`: `features` gives the penultimate activation
 h (n, H) and `head` is the final nn.Linear(H, classes), so the last-layer
-gradient proxies (crepe.proxies) have a closed form.
+gradient proxies (crepe.proxies) have a closed form. `linear` and `scatter-cnn`
+are Tramer & Boneh's (2021) models for ScatterNet features (crepe.features),
+optionally behind a GroupNorm without affine parameters (per example, no data
+statistics).
 """
 
 from __future__ import annotations
@@ -18,22 +22,43 @@ MODELS = options()["model"].choices
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-class CNN(nn.Module):
-    """The Opacus MNIST example's CNN: conv 16x8x8/2 -> pool -> conv 32x4x4/2 -> pool -> fc 32 -> fc 10."""
+Shape = tuple[int, int, int]  # (channels, height, width) of one input
 
-    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU) -> None:
+
+def flat_size(layers: nn.Module, shape: Shape, what: str) -> int:
+    """Features per example after `layers` on an input of `shape`; UsageError if the input is too small."""
+    try:
+        with torch.no_grad():
+            return int(layers(torch.zeros(1, *shape)).numel())
+    except RuntimeError as e:
+        raise UsageError(f"--model {what} cannot take inputs of shape {shape}: {str(e).splitlines()[0]}") from e
+
+
+def input_norm(shape: Shape, groups: int | None) -> nn.Module:
+    """GroupNorm over the channels without affine parameters (Tramer & Boneh's input normalisation), or none."""
+    if groups is None:
+        return nn.Identity()
+    if shape[0] % groups:
+        raise UsageError(f"--norm-groups {groups} does not divide the input's {shape[0]} channels")
+    return nn.GroupNorm(groups, shape[0], affine=False)
+
+
+class CNN(nn.Module):
+    """The Opacus MNIST example's CNN: conv 16x8x8/2 -> pool -> conv 32x4x4/2 -> pool -> fc 32 -> fc 10
+    (for 1 x 28 x 28: 32 x 4 x 4 features before fc 32)."""
+
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU, shape: Shape = (1, 28, 28)) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 8, stride=2, padding=3),  # (n,16,14,14)
+        conv = nn.Sequential(
+            nn.Conv2d(shape[0], 16, 8, stride=2, padding=3),  # (n,16,14,14)
             act(),
             nn.MaxPool2d(2, 1),  # (n,16,13,13)
             nn.Conv2d(16, 32, 4, stride=2),  # (n,32,5,5)
             act(),
             nn.MaxPool2d(2, 1),  # (n,32,4,4)
             nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 32),
-            act(),  # h: (n, 32)
         )
+        self.features = nn.Sequential(*conv, nn.Linear(flat_size(conv, shape, "cnn"), 32), act())  # h: (n, 32)
         self.head = nn.Linear(32, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,11 +90,12 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A small ResNet for 28x28: stem 16 -> blocks 16, 32/2, 64/2 -> global average pool -> fc."""
 
-    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU, width: int = 16) -> None:
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU, width: int = 16,
+                 shape: Shape = (1, 28, 28)) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1, bias=False),  # (n,w,28,28)
+            nn.Conv2d(shape[0], w, 3, padding=1, bias=False),  # (n,w,28,28)
             nn.GroupNorm(8, w),
             act(),
             BasicBlock(w, w, 1, act),
@@ -134,16 +160,56 @@ class ConvNet(nn.Module):
         return self.head(self.features(x))
 
 
-def _convnet(classes: int, act: type[nn.Module]) -> nn.Module:
-    """The private-set paper's ConvNet (instance norm, ReLU; `act` does not apply), width 32, depth 3."""
-    return ConvNet(32, 3, classes)
+class Linear(nn.Module):
+    """A linear classifier on the flattened input, after an optional input GroupNorm (ScatterNet + linear)."""
+
+    def __init__(self, classes: int = 10, shape: Shape = (1, 28, 28), norm_groups: int | None = None) -> None:
+        super().__init__()
+        self.features = nn.Sequential(input_norm(shape, norm_groups), nn.Flatten())  # h: the input, normalised
+        self.head = nn.Linear(math.prod(shape), classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
-_BUILDERS = {"cnn": CNN, "resnet": ResNet, "convnet": _convnet}
+class ScatterCNN(nn.Module):
+    """Tramer & Boneh's small CNN on ScatterNet features: input GroupNorm -> conv 16x3x3/2 -> conv 32x3x3
+    -> fc 32 -> fc classes (for 81 x 7 x 7 features: 32 x 4 x 4 before fc 32)."""
+
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.Tanh, shape: Shape = (81, 7, 7),
+                 norm_groups: int | None = None) -> None:
+        super().__init__()
+        conv = nn.Sequential(
+            input_norm(shape, norm_groups),
+            nn.Conv2d(shape[0], 16, 3, stride=2, padding=1),
+            act(),
+            nn.Conv2d(16, 32, 3, stride=1, padding=1),
+            act(),
+            nn.Flatten(),
+        )
+        self.features = nn.Sequential(*conv, nn.Linear(flat_size(conv, shape, "scatter-cnn"), 32), act())
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
-def build_model(name: str, *, activation: str = "relu", classes: int = 10) -> nn.Module:
-    """A fresh model (initialised from the global torch RNG: seed it first)."""
+def build_model(name: str, *, activation: str = "relu", classes: int = 10, shape: Shape = (1, 28, 28),
+                norm_groups: int | None = None) -> nn.Module:
+    """A fresh model for inputs of `shape` (initialised from the global torch RNG: seed it first).
+    `activation` applies to cnn, resnet and scatter-cnn; `norm_groups` to linear and scatter-cnn."""
     check_choice("model", name, MODELS)
     check_choice("activation", activation, tuple(ACTIVATIONS))
-    return _BUILDERS[name](classes=classes, act=ACTIVATIONS[activation])
+    shape = tuple(int(v) for v in shape)  # type: ignore[assignment]
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"a model's input shape is (channels, height, width); got {shape}")
+    act = ACTIVATIONS[activation]
+    if name == "convnet":  # the private-set paper's (instance norm, ReLU): width 32, depth 3
+        if shape[1] != shape[2]:
+            raise UsageError(f"--model convnet takes square images; got {shape[1]}x{shape[2]}")
+        return ConvNet(32, 3, classes, channels=shape[0], size=shape[1])
+    if name == "linear":
+        return Linear(classes, shape, norm_groups)
+    if name == "scatter-cnn":
+        return ScatterCNN(classes, act, shape, norm_groups)
+    return {"cnn": CNN, "resnet": ResNet}[name](classes=classes, act=act, shape=shape)

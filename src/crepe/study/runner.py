@@ -81,14 +81,12 @@ def unreachable(specs: Sequence[RunSpec], *, data_dir: str | None) -> dict[str, 
     sizes: dict[tuple[Any, ...], tuple[list[int], int | None]] = {}
 
     def sizes_of(cfg: TrainConfig) -> tuple[list[int], int | None]:  # class counts and users U, once per split
-        from crepe import data
-        from crepe.training.inputs import hold_out
+        from crepe.training.inputs import hold_out, load_dataset
         from crepe.training.plan import class_counts
 
         split = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.held_out_classes)
         if split not in sizes:
-            ds = data.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
-            ds = hold_out(ds, cfg.held_out_classes)
+            ds = hold_out(load_dataset(cfg), cfg.held_out_classes)
             sizes[split] = (class_counts(ds.y_train), ds.users)
         counts, users = sizes[split]
         return counts, cfg.user_count if cfg.users == "synthetic" else users

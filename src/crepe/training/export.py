@@ -30,7 +30,8 @@ FROM_SUMMARY = ("test_acc", "eps_total", "eps_select", "eps_train", "eps_infinit
                 "pretrain")
 
 
-BUILT_IN = {"cnn": "crepe.models.CNN", "resnet": "crepe.models.ResNet", "convnet": "crepe.models.ConvNet"}
+BUILT_IN = {"cnn": "crepe.models.CNN", "resnet": "crepe.models.ResNet", "convnet": "crepe.models.ConvNet",
+            "linear": "crepe.models.Linear", "scatter-cnn": "crepe.models.ScatterCNN"}
 
 
 def architecture(model: Any, x: Any) -> dict[str, Any]:
@@ -52,9 +53,15 @@ def card(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
     own = cfg.model == USER
     mean_std = NORMALISATION.get(cfg.dataset)
     model_class = summary.get("model_class", BUILT_IN.get(cfg.model))
+    shape = summary.get("input_shape", [1, 28, 28])
+    built = f"{cfg.model!r}, activation={cfg.activation!r}" + ("" if shape == [1, 28, 28] else f", shape={tuple(shape)}") + (
+        "" if cfg.norm_groups is None else f", norm_groups={cfg.norm_groups}")
     load = (f"construct {model_class} as for training, then model.load_state_dict(torch.load('{MODEL}', weights_only=True))"
-            if own else f"torch.load('{MODEL}', weights_only=True) is a state_dict for "
-            f"crepe.models.build_model({cfg.model!r}, activation={cfg.activation!r})")
+            if own else f"torch.load('{MODEL}', weights_only=True) is a state_dict for crepe.models.build_model({built})")
+    if cfg.features is not None:  # the model's input is the front end's output
+        unit = "x as given to crepe.train" if own else "images x = pixel / 255, (n, C, H, W)"
+        features = {"name": cfg.features, "input": f"crepe.features.apply({cfg.features!r}, x) of {unit}"}
+        mean_std = None
     return {
         "format": FORMAT,
         "model": cfg.model,
@@ -65,6 +72,7 @@ def card(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
         "dataset": cfg.dataset,
         # x = (pixel / 255 - mean) / std; a run on data of one's own was given its input normalised
         "normalisation": None if mean_std is None else {"mean": mean_std[0], "std": mean_std[1]},
+        "features": None if cfg.features is None else features,
         "method": cfg.method,
         **{k: summary.get(k, "example" if k == "unit" else None) for k in FROM_SUMMARY},
         "how_to_load": load,

@@ -9,13 +9,20 @@
   (users/synthetic.py: sizes, label skew and one style per user, seeded by
   --user-seed; examples no user receives are dropped); the test split stays
   as it is. crepe.train passes user ids of its own (`with_user_ids`).
+- --features scatternet: every image (train, test, held out) becomes its
+  ScatterNet features (crepe/features.py), after the users are formed; crepe's
+  datasets are mapped back to pixels in [0, 1] first, as the features' paper
+  feeds them. No parameters, no data statistics: no privacy cost.
 The user ids enter the data fingerprint, so a run resumes only on the same users.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+import sys
 
 import numpy as np
 import torch
@@ -25,14 +32,67 @@ from crepe.config import TrainConfig, UsageError
 
 
 def load_data(cfg: TrainConfig) -> data_mod.LoadedData:
-    """The dataset of `cfg`, with its held-out classes and users."""
-    ds = data_mod.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
-    return prepare(ds, cfg)
+    """The dataset of `cfg`, with its held-out classes, users and features."""
+    return prepare(load_dataset(cfg), cfg)
+
+
+def load_dataset(cfg: TrainConfig) -> data_mod.LoadedData:
+    """The dataset as it is stored (qmnist with its writers), before anything `prepare` does."""
+    if cfg.dataset == "qmnist":
+        return qmnist(cfg)
+    return data_mod.load(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+
+
+def qmnist(cfg: TrainConfig, *, cache: Path = data_mod.DEFAULT_CACHE) -> data_mod.LoadedData:
+    """QMNIST's training digits with their NIST writers as users (the positions of the writers present,
+    after --train-subset), k = 150 digits per writer as the dataset documents it, and its first 10,000
+    test digits (MNIST's test set) as the test split."""
+    from crepe.users.partition import renumber
+    from crepe.users.qmnist import MAX_PER_WRITER, load_qmnist
+
+    src = data_mod.resolve_source("qmnist", cfg.data_dir)
+    train_subset, test_subset = cfg.train_subset, cfg.test_subset
+    train = load_qmnist(split="train", folder=src.folder, cache=cache)
+    test = load_qmnist(split="test10k", folder=src.folder, cache=cache, max_per_user=data_mod.QMNIST_TEST)  # its users unused
+    x, y, ids = train.x, train.y, train.partition.user_ids
+    x_te, y_te = test.x, test.y
+    for split, subset, n in (("train", train_subset, len(y)), ("test", test_subset, len(y_te))):
+        if subset is not None and subset > n:
+            raise UsageError(f"--{split}-subset {subset} exceeds the {n} {split} examples")
+    if train_subset is not None:
+        x, y, ids = x[:train_subset], y[:train_subset], renumber(ids[:train_subset])
+    if test_subset is not None:
+        x_te, y_te = x_te[:test_subset], y_te[:test_subset]
+    users = torch.from_numpy(ids.astype(np.int64))
+    source = f"{train.source}: {len(y)} train digits of {int(users.max()) + 1} NIST writers (the users) / {len(y_te)} test"
+    return data_mod.LoadedData(x, y, x_te, y_te, split=src.split, source=source, user_ids=users,
+                               fingerprint=data_mod.fingerprint(x, y, x_te, y_te, users), max_per_user=MAX_PER_WRITER)
 
 
 def prepare(ds: data_mod.LoadedData, cfg: TrainConfig, *, user_ids: Any = None) -> data_mod.LoadedData:
-    """Classes held out, then the users (synthetic writers, or `user_ids` for the training examples)."""
-    ds = hold_out(ds, cfg.held_out_classes)
+    """Classes held out, then the users (synthetic writers, or `user_ids` for the training examples),
+    then the features."""
+    ds = with_users(hold_out(ds, cfg.held_out_classes), cfg, user_ids)
+    return ds if cfg.features is None else featurise(ds, cfg)
+
+
+def featurise(ds: data_mod.LoadedData, cfg: TrainConfig) -> data_mod.LoadedData:
+    """Every image as its features (--features); crepe's datasets back in [0, 1] first."""
+    from crepe import features
+
+    mean, std = data_mod.NORMALISATION.get(cfg.dataset, (0.0, 1.0))  # data of one's own: as given
+    say = (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def f(x: torch.Tensor | None, show: bool = False) -> torch.Tensor | None:
+        return None if x is None else features.apply(cfg.features, x * std + mean, say=say if show else None)
+
+    ds = replace(ds, x_train=f(ds.x_train, True), x_test=f(ds.x_test), x_held=f(ds.x_held),
+                 source=f"{ds.source}, as {cfg.features} features")
+    return _with(ds, ds.user_ids, ds.max_per_user, public=ds.max_per_user_public)
+
+
+def with_users(ds: data_mod.LoadedData, cfg: TrainConfig, user_ids: Any) -> data_mod.LoadedData:
+    """The users: synthetic writers, the dataset's own (qmnist), or `user_ids` of the caller."""
     if cfg.users == "synthetic":
         from crepe.users.synthetic import synthetic_writers
 
