@@ -27,7 +27,7 @@ def fails(argv: list[str], capsys, match: str) -> str:
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        (["--dataset", "cifar10"], "unknown dataset 'cifar10'; valid: mnist, fashion-mnist"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: mnist, fashion-mnist, qmnist, kmnist, emnist-balanced, emnist-byclass, cifar10"),
         (["--model", "vgg"], "unknown model 'vgg'; valid: cnn, resnet"),
         (["--method", "kmeans"], "unknown method 'kmeans'; valid: full, random, craig, private-set"),
         (["--proxy", "full-grad"], "valid: logits, last-layer"),

@@ -53,7 +53,7 @@ def test_missing_files_say_how_to_get_data(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a directory"):
         data.resolve_source("mnist", str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="valid: mnist, fashion-mnist"):
-        data.resolve_source("cifar10", None)
+        data.resolve_source("imagenet", None)
 
 
 def test_corrupt_idx_file(tmp_path) -> None:

@@ -134,8 +134,11 @@ class TrainConfig:
 
     # data
     dataset: str = option(
-        "mnist", "dataset; qmnist: MNIST's digits traced to their NIST writers, who are its users (k = 150 digits each)",
-        choices=("mnist", "fashion-mnist", "qmnist"), grid=True, api=USER, section="data",
+        "mnist", "dataset (its files in --data-dir, or torchvision's download); qmnist: MNIST's digits traced to their "
+        "NIST writers, who are its users (k = 150 digits each); emnist-balanced: 47 classes, emnist-byclass: 62; "
+        "cifar10: 3 x 32 x 32",
+        choices=("mnist", "fashion-mnist", "qmnist", "kmnist", "emnist-balanced", "emnist-byclass", "cifar10"),
+        grid=True, api=USER, section="data",
     )
     data_dir: str | None = option(
         None,
@@ -148,8 +151,9 @@ class TrainConfig:
     # model
     model: str = option(
         "cnn", "classifier: the Opacus example CNN, a GroupNorm ResNet, the private-set paper's ConvNet, a linear "
-        "model, or Tramer & Boneh's small CNN for ScatterNet features (all of them for any channels and image size)",
-        choices=("cnn", "resnet", "convnet", "linear", "scatter-cnn"), grid=True, api=USER, section="model",
+        "model, Tramer & Boneh's small CNN for ScatterNet features or their CIFAR-10 CNN (all of them for any "
+        "channels and image size)",
+        choices=("cnn", "resnet", "convnet", "linear", "scatter-cnn", "cifar-cnn"), grid=True, api=USER, section="model",
     )
     features: str | None = option(
         None, "a fixed front end applied to every image before the model: scatternet (Kymatio's Scattering2D, J = 2, "
@@ -495,7 +499,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # large batches. The published sigma comes from --target-epsilon (3 in the paper).
     "dp-recipe": {
         "activation": "tanh", "epochs": 40, "max_grad_norm": 0.1, "optimizer": "sgd", "momentum": 0.9,
-        "by_dataset": {"mnist": {"batch_size": 512, "lr": 0.5}, "fashion-mnist": {"batch_size": 2048, "lr": 4.0}},
+        "by_dataset": {"mnist": {"batch_size": 512, "lr": 0.5}, "fashion-mnist": {"batch_size": 2048, "lr": 4.0},
+                       # their CIFAR-10 end-to-end CNN (cnns.py --dataset=cifar10): B 1024, lr 1, 30 epochs
+                       "cifar10": {"model": "cifar-cnn", "batch_size": 1024, "lr": 1.0, "epochs": 30}},
     },
     # Tramer & Boneh (2021), ScatterNet + linear (ftramer/Handcrafted-DP README, baselines.py): GroupNorm of 27
     # groups over the 81 ScatterNet channels, C = 0.1, momentum 0.9, 40 epochs. (Their MNIST row normalises by

@@ -1,4 +1,10 @@
-"""MNIST-family data as whole tensors: IDX .gz files read directly, or torchvision.
+"""Image datasets as whole tensors: their files read directly, or torchvision's download.
+
+MNIST, Fashion-MNIST, KMNIST and EMNIST (balanced, byclass) are IDX .gz files; CIFAR-10 is
+the pickled batches of cifar-10-batches-py. A --data-dir may hold the files itself, a
+<dataset>/ subfolder of them, or be laid out as torchvision lays them (MNIST/raw/,
+FashionMNIST/raw/, KMNIST/raw/, EMNIST/raw/, cifar-10-batches-py/), so a torchvision root
+works as it is. EMNIST's files store each image transposed; they are turned upright here.
 
 Reading the original IDX files with gzip + numpy and normalising the whole
 split once costs ~0.5 s; iterating a torchvision dataset with transforms costs
@@ -21,7 +27,7 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,14 +38,25 @@ DATASETS = options()["dataset"].choices
 if TYPE_CHECKING:
     import torch
 
-# Normalisation constants are the customary published ones, fixed in advance
-# (computing them from the training data would be a non-private release).
-NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530), "qmnist": (0.1307, 0.3081)}
-TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+# Normalisation constants are fixed in advance, never computed from the private training data (that
+# would be a release): the customary published ones for MNIST and Fashion-MNIST; ImageNet's for
+# CIFAR-10 (another dataset's, as Tramer & Boneh use them); 0.5/0.5 (no statistics at all) for KMNIST
+# and EMNIST. x = (pixel / 255 - mean) / std, per channel.
+NORMALISATION: dict[str, tuple[Any, Any]] = {
+    "mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530), "qmnist": (0.1307, 0.3081),
+    "kmnist": (0.5, 0.5), "emnist-balanced": (0.5, 0.5), "emnist-byclass": (0.5, 0.5),
+    "cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST", "qmnist": "QMNIST",
+                     "emnist-balanced": "EMNIST", "emnist-byclass": "EMNIST", "cifar10": "CIFAR10"}
+CLASSES = {"emnist-balanced": 47, "emnist-byclass": 62}  # every other dataset: 10
+SHAPES = {"cifar10": (3, 32, 32)}  # every other dataset: (1, 28, 28)
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 QMNIST_FILES = {  # as torchvision.datasets.QMNIST downloads them (facebookresearch/qmnist)
     "train": ("qmnist-train-images-idx3-ubyte.gz", "qmnist-train-labels-idx2-int.gz"),
     "test": ("qmnist-test-images-idx3-ubyte.gz", "qmnist-test-labels-idx2-int.gz"),
@@ -50,18 +67,47 @@ MNIST_T10K_SPLIT_SEED = 20240601
 MNIST_T10K_TRAIN = 8000
 DEFAULT_CACHE = Path.home() / ".cache" / "crepe"
 
-IDX_FILES = (
-    "the original IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (or a folder with a <dataset>/ subfolder of them)"
-)
+
+
+def classes(dataset: str) -> int:
+    return CLASSES.get(dataset, 10)
+
+
+def shape(dataset: str) -> tuple[int, int, int]:
+    return SHAPES.get(dataset, (1, 28, 28))
+
+
+def idx_files(dataset: str) -> dict[str, tuple[str, str]]:
+    """The IDX file names (images, labels) of each split of an IDX dataset."""
+    if dataset.startswith("emnist-"):
+        split = dataset.removeprefix("emnist-")
+        return {s: (f"emnist-{split}-{s}-images-idx3-ubyte.gz", f"emnist-{split}-{s}-labels-idx1-ubyte.gz")
+                for s in ("train", "test")}
+    return FILES
+
+
+def folders(root: Path, dataset: str) -> tuple[Path, ...]:
+    """Where in a --data-dir the files of `dataset` may lie: itself, <dataset>/, torchvision's layout."""
+    if dataset == "cifar10":
+        return (root, root / CIFAR_FOLDER)
+    return (root, root / dataset, root / TORCHVISION_CLASS[dataset] / "raw")
+
+
+def expected_files(dataset: str) -> str:
+    if dataset == "cifar10":
+        return ("CIFAR-10's pickled batches " + ", ".join(CIFAR_BATCHES["train"] + CIFAR_BATCHES["test"])
+                + f" (or a torchvision root holding {CIFAR_FOLDER}/)")
+    if dataset == "qmnist":
+        return "QMNIST's own files " + ", ".join(f for pair in QMNIST_FILES.values() for f in pair) + " (or a qmnist/ subfolder of them)"
+    names = ", ".join(f for pair in idx_files(dataset).values() for f in pair)
+    return (f"the original IDX files {names} (or a folder with a {dataset}/ subfolder of them, or a torchvision "
+            f"root holding {TORCHVISION_CLASS[dataset]}/raw/)")
 DEBIAN = {"fashion-mnist": "; Fashion-MNIST is also the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"}
 
 
 def how_to_get(dataset: str, *, offline: bool) -> str:
     """The ways out that apply: with --data-dir given, or after torchvision's download failed."""
-    files = IDX_FILES
-    if dataset == "qmnist":
-        files = "QMNIST's own files " + ", ".join(f for pair in QMNIST_FILES.values() for f in pair) + " (or a qmnist/ subfolder of them)"
+    files = expected_files(dataset)
     if offline:
         first = "point --data-dir at a folder holding " + files
         second = ", or run without --data-dir on a machine with network access (torchvision downloads into ~/.cache/crepe)"
@@ -76,15 +122,15 @@ class DataSource:
     """Where a dataset comes from, resolved before anything is written."""
 
     dataset: str
-    folder: Path | None  # IDX folder, or None for torchvision
+    folder: Path | None  # the folder of the files, or None for torchvision
     split: str  # "standard", "mnist-t10k-8000/2000" or QMNIST_SPLIT
 
 
 @dataclass(frozen=True)
 class LoadedData:
-    x_train: torch.Tensor  # (n, 1, 28, 28) float32, normalised
+    x_train: torch.Tensor  # (n, C, H, W) float32, normalised (1 x 28 x 28 but for CIFAR-10)
     y_train: torch.Tensor  # (n,) int64
-    x_test: torch.Tensor  # (m, 1, 28, 28) float32
+    x_test: torch.Tensor  # (m, C, H, W) float32
     y_test: torch.Tensor  # (m,) int64
     split: str
     source: str  # human-readable origin
@@ -100,8 +146,18 @@ class LoadedData:
         return None if self.user_ids is None else int(self.user_ids.max()) + 1
 
 
-def _has(folder: Path, split: str) -> bool:
-    return all((folder / f).is_file() for f in FILES[split])
+def find(folder: Path, name: str) -> Path | None:
+    """`name` (.gz) in `folder`, or the same file uncompressed (torchvision's EMNIST keeps only that)."""
+    for path in (folder / name, folder / name.removesuffix(".gz")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _has(folder: Path, dataset: str, split: str) -> bool:
+    if dataset == "cifar10":
+        return all((folder / b).is_file() for b in CIFAR_BATCHES[split])
+    return all(find(folder, f) is not None for f in idx_files(dataset)[split])
 
 
 def resolve_source(dataset: str, data_dir: str | None) -> DataSource:
@@ -117,27 +173,31 @@ def resolve_source(dataset: str, data_dir: str | None) -> DataSource:
             if all((folder / f).is_file() for pair in QMNIST_FILES.values() for f in pair):
                 return DataSource(dataset, folder, QMNIST_SPLIT)
         raise UsageError(f"no QMNIST files in {root} or {root / dataset}; {how_to_get(dataset, offline=True)}")
-    for folder in (root, root / dataset):
-        if _has(folder, "train") and _has(folder, "test"):
+    places = folders(root, dataset)
+    for folder in places:
+        if _has(folder, dataset, "train") and _has(folder, dataset, "test"):
             return DataSource(dataset, folder, "standard")
-    for folder in (root, root / dataset):
-        if _has(folder, "test") and not any((folder / f).is_file() for f in FILES["train"]):
-            if dataset == "mnist":
+    if dataset == "mnist":
+        for folder in places:
+            if _has(folder, dataset, "test") and not any(find(folder, f) for f in FILES["train"]):
                 return DataSource(dataset, folder, f"mnist-t10k-{MNIST_T10K_TRAIN}/{10000 - MNIST_T10K_TRAIN}")
-            raise UsageError(
-                f"{folder} holds only the t10k (test) split of {dataset}; the t10k split "
-                f"fallback exists for mnist only; {how_to_get(dataset, offline=True)}"
-            )
-    raise UsageError(f"no {dataset} IDX files in {root} or {root / dataset}; {how_to_get(dataset, offline=True)}")
+    partial = [f for f in places if _has(f, dataset, "test") or _has(f, dataset, "train")]
+    if partial:
+        raise UsageError(f"{partial[0]} holds only one split of {dataset} (the t10k split fallback exists for mnist "
+                         f"only); {how_to_get(dataset, offline=True)}")
+    kind = "CIFAR-10 batch" if dataset == "cifar10" else "IDX"
+    raise UsageError(f"no {dataset} {kind} files in {', '.join(str(f) for f in places)}; {how_to_get(dataset, offline=True)}")
 
 
-STANDARD_SIZES = {"train": 60000, "test": 10000}  # both datasets, as torchvision downloads them
+STANDARD_SIZES = {"train": 60000, "test": 10000}  # as torchvision downloads MNIST, Fashion-MNIST, KMNIST
+TORCHVISION_SIZES = {"cifar10": {"train": 50000, "test": 10000}, "emnist-balanced": {"train": 112800, "test": 18800},
+                     "emnist-byclass": {"train": 697932, "test": 116323}}
 
 
 def split_sizes(src: DataSource) -> dict[str, int]:
-    """Examples per split, from the IDX headers alone (milliseconds, no torch)."""
+    """Examples per split, from the IDX headers alone (milliseconds, no torch; CIFAR-10 reads its labels)."""
     if src.folder is None:
-        return dict(STANDARD_SIZES)
+        return dict(TORCHVISION_SIZES.get(src.dataset, STANDARD_SIZES))
     if src.split == QMNIST_SPLIT:
         rows = {}
         for split, (_, labels) in QMNIST_FILES.items():
@@ -146,9 +206,11 @@ def split_sizes(src: DataSource) -> dict[str, int]:
         return {"train": rows["train"], "test": min(rows["test"], QMNIST_TEST)}
     if src.split != "standard":
         return {"train": MNIST_T10K_TRAIN, "test": 10000 - MNIST_T10K_TRAIN}
+    if src.dataset == "cifar10":
+        return {split: len(read_cifar(src.folder, split)[1]) for split in CIFAR_BATCHES}
     sizes = {}
-    for split, (_, labels) in FILES.items():
-        with gzip.open(src.folder / labels, "rb") as f:
+    for split, (_, labels) in idx_files(src.dataset).items():
+        with _open(find(src.folder, labels)) as f:  # type: ignore[arg-type]
             sizes[split] = int.from_bytes(f.read(8)[4:8], "big")
     return sizes
 
@@ -161,10 +223,17 @@ def check_subsets(src: DataSource, *, train_subset: int | None, test_subset: int
             raise UsageError(f"--{split}-subset {subset} exceeds the {sizes[split]} {split} examples of {src.dataset}")
 
 
+def _open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (.gz) as a uint8 array: images (n, 28, 28) or labels (n,)."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    """An IDX file (.gz, or uncompressed) as a uint8 array: images (n, H, W) or labels (n,)."""
+    try:
+        with _open(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a damaged gzip stream
+        raise UsageError(f"{path} cannot be read ({type(e).__name__}: {e})") from e
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UsageError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
@@ -176,10 +245,44 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def _read_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = (read_idx(folder / f) for f in FILES[split])
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise UsageError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
+def read_cifar(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10's pickled batches of `split` as (n, 3, 32, 32) uint8 images and (n,) labels. The
+    batches are Python pickles, as CIFAR-10 publishes them: read only files you trust."""
+    import pickle
+
+    images, labels = [], []
+    for name in CIFAR_BATCHES[split]:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            x, y = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
+        except Exception as e:  # unpickling errors come in many types
+            raise UsageError(f"{path} is not a CIFAR-10 batch (a pickled dict of b'data' and b'labels'): "
+                             f"{type(e).__name__}: {e}") from e
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
+            raise UsageError(f"{path}: a CIFAR-10 batch holds n x 3072 bytes and n labels; got {x.shape} and {y.shape}")
+        images.append(x.reshape(-1, 3, 32, 32))
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _read_pair(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C, H, W) uint8 images and (n,) labels of one split."""
+    if dataset == "cifar10":
+        images, labels = read_cifar(folder, split)
+    else:
+        images, labels = (read_idx(find(folder, f)) for f in idx_files(dataset)[split])  # type: ignore[arg-type]
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise UsageError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
+        if dataset.startswith("emnist-"):
+            images = images.transpose(0, 2, 1)  # EMNIST's files hold each image transposed
+        images = images[:, None]
+    if images.shape[1:] != shape(dataset):
+        raise UsageError(f"{folder}: {dataset} images are {shape(dataset)}; the files hold {images.shape[1:]}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes(dataset)):
+        raise UsageError(f"{folder}: {dataset} labels are 0..{classes(dataset) - 1}; the files hold "
+                         f"{int(labels.min())}..{int(labels.max())}")
     return images, labels
 
 
@@ -187,17 +290,25 @@ def _torchvision_arrays(dataset: str, cache: Path) -> dict[str, tuple[np.ndarray
     import torchvision
 
     cls = getattr(torchvision.datasets, TORCHVISION_CLASS[dataset])
+    extra = {"split": dataset.removeprefix("emnist-")} if dataset.startswith("emnist-") else {}
     out = {}
     for split in ("train", "test"):
         try:
-            ds = cls(root=str(cache), train=split == "train", download=True)
+            ds = cls(root=str(cache), train=split == "train", download=True, **extra)
         except Exception as e:  # network errors come in many types; re-raise with the way out
             raise RuntimeError(
                 f"could not load {dataset} through torchvision into {cache} ({type(e).__name__}: {e}); "
                 f"{how_to_get(dataset, offline=False)}"
             ) from e
-        # The raw uint8 tensors: no per-item transform loop.
-        out[split] = (ds.data.numpy(), ds.targets.numpy())
+        # The raw uint8 arrays: no per-item transform loop.
+        images, labels = np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
+        if dataset == "cifar10":
+            images = images.transpose(0, 3, 1, 2)  # torchvision holds CIFAR-10 as (n, 32, 32, 3)
+        elif dataset.startswith("emnist-"):
+            images = images.transpose(0, 2, 1)[:, None]
+        else:
+            images = images[:, None]
+        out[split] = (images, labels)
     return out
 
 
@@ -208,15 +319,15 @@ def t10k_split(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_labels(dataset: str, *, data_dir: str | None = None, train_subset: int | None = None) -> np.ndarray:
-    """The training labels alone (n,) uint8, exactly those `load` trains on, without reading an image
-    (IDX folders; through torchvision the whole dataset is needed)."""
+    """The training labels alone (n,), exactly those `load` trains on, without reading an image
+    (IDX folders; CIFAR-10 and torchvision's download read the whole dataset)."""
     src = resolve_source(dataset, data_dir)
-    if src.folder is None:
-        return load(dataset, train_subset=train_subset).y_train.numpy()
+    if src.folder is None or dataset == "cifar10":
+        return load(dataset, data_dir=data_dir, train_subset=train_subset).y_train.numpy()
     if src.split == "standard":
-        labels = read_idx(src.folder / FILES["train"][1])
+        labels = read_idx(find(src.folder, idx_files(dataset)["train"][1]))  # type: ignore[arg-type]
     else:  # the t10k split: the same fixed permutation as `load`
-        test = read_idx(src.folder / FILES["test"][1])
+        test = read_idx(find(src.folder, FILES["test"][1]))  # type: ignore[arg-type]
         labels = test[t10k_split(len(test))[0]]
     if train_subset is not None:
         if train_subset > len(labels):
@@ -243,17 +354,17 @@ def load(
         arrays = _torchvision_arrays(dataset, cache)
         origin = f"torchvision {TORCHVISION_CLASS[dataset]} in {cache}"
     elif src.split == "standard":
-        arrays = {s: _read_pair(src.folder, s) for s in ("train", "test")}
-        origin = f"IDX files in {src.folder}"
+        arrays = {s: _read_pair(src.folder, dataset, s) for s in ("train", "test")}
+        origin = f"{'CIFAR-10 batches' if dataset == 'cifar10' else 'IDX files'} in {src.folder}"
     else:
-        images, labels = _read_pair(src.folder, "test")
+        images, labels = _read_pair(src.folder, dataset, "test")
         tr, te = t10k_split(len(labels))
         arrays = {"train": (images[tr], labels[tr]), "test": (images[te], labels[te])}
         origin = (
             f"IDX t10k files in {src.folder}, split by a fixed permutation "
             f"(seed {MNIST_T10K_SPLIT_SEED}) into {len(tr)} train / {len(te)} test"
         )
-    mean, std = NORMALISATION[dataset]
+    mean, std = channel_stats(dataset)
     tensors = []
     for split, subset in (("train", train_subset), ("test", test_subset)):
         images, labels = arrays[split]
@@ -262,11 +373,21 @@ def load(
                 raise UsageError(f"--{split}-subset {subset} exceeds the {len(labels)} {split} examples")
             images, labels = images[:subset], labels[:subset]
         x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(torch.float32).div_(255.0)  # a writable copy
-        x = x.sub_(mean).div_(std).unsqueeze(1)  # (n, 1, 28, 28)
+        x = x.sub_(mean).div_(std)  # (n, C, H, W)
         y = torch.from_numpy(labels.astype(np.int64))
         tensors += [x, y]
     x_tr, y_tr, x_te, y_te = tensors
     return LoadedData(x_tr, y_tr, x_te, y_te, split=src.split, source=origin, fingerprint=fingerprint(*tensors))
+
+
+def channel_stats(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """NORMALISATION[dataset] as (C, 1, 1) tensors (mean, std), to broadcast over (n, C, H, W) images;
+    data of one's own (not a crepe dataset): 0 and 1, as given."""
+    import torch
+
+    mean, std = NORMALISATION.get(dataset, (0.0, 1.0))
+    return (torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1))
 
 
 def fingerprint(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,

@@ -194,10 +194,31 @@ class ScatterCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class CifarCNN(nn.Module):
+    """Tramer & Boneh's end-to-end CIFAR-10 CNN (after Papernot et al.'s tempered-sigmoid model):
+    [conv 3x3 -> act] x 2 -> maxpool 2, with 32, 64, 128 channels -> fc 128 -> fc classes (tanh in
+    their recipe); for 3 x 32 x 32: 128 x 4 x 4 features before fc 128."""
+
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.Tanh, shape: Shape = (3, 32, 32)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = shape[0]
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(c, width, 3, padding=1), act(), nn.Conv2d(width, width, 3, padding=1), act(),
+                       nn.MaxPool2d(2, 2)]
+            c = width
+        conv = nn.Sequential(*layers, nn.Flatten())
+        self.features = nn.Sequential(*conv, nn.Linear(flat_size(conv, shape, "cifar-cnn"), 128), act())
+        self.head = nn.Linear(128, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def build_model(name: str, *, activation: str = "relu", classes: int = 10, shape: Shape = (1, 28, 28),
                 norm_groups: int | None = None) -> nn.Module:
     """A fresh model for inputs of `shape` (initialised from the global torch RNG: seed it first).
-    `activation` applies to cnn, resnet and scatter-cnn; `norm_groups` to linear and scatter-cnn."""
+    `activation` applies to cnn, resnet, cifar-cnn and scatter-cnn; `norm_groups` to linear and scatter-cnn."""
     check_choice("model", name, MODELS)
     check_choice("activation", activation, tuple(ACTIVATIONS))
     shape = tuple(int(v) for v in shape)  # type: ignore[assignment]
@@ -212,4 +233,4 @@ def build_model(name: str, *, activation: str = "relu", classes: int = 10, shape
         return Linear(classes, shape, norm_groups)
     if name == "scatter-cnn":
         return ScatterCNN(classes, act, shape, norm_groups)
-    return {"cnn": CNN, "resnet": ResNet}[name](classes=classes, act=act, shape=shape)
+    return {"cnn": CNN, "resnet": ResNet, "cifar-cnn": CifarCNN}[name](classes=classes, act=act, shape=shape)

@@ -31,7 +31,7 @@ FROM_SUMMARY = ("test_acc", "eps_total", "eps_select", "eps_train", "eps_infinit
 
 
 BUILT_IN = {"cnn": "crepe.models.CNN", "resnet": "crepe.models.ResNet", "convnet": "crepe.models.ConvNet",
-            "linear": "crepe.models.Linear", "scatter-cnn": "crepe.models.ScatterCNN"}
+            "linear": "crepe.models.Linear", "scatter-cnn": "crepe.models.ScatterCNN", "cifar-cnn": "crepe.models.CifarCNN"}
 
 
 def architecture(model: Any, x: Any) -> dict[str, Any]:
@@ -54,8 +54,9 @@ def card(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
     mean_std = NORMALISATION.get(cfg.dataset)
     model_class = summary.get("model_class", BUILT_IN.get(cfg.model))
     shape = summary.get("input_shape", [1, 28, 28])
+    classes = summary.get("classes", 10)
     built = f"{cfg.model!r}, activation={cfg.activation!r}" + ("" if shape == [1, 28, 28] else f", shape={tuple(shape)}") + (
-        "" if cfg.norm_groups is None else f", norm_groups={cfg.norm_groups}")
+        "" if classes == 10 else f", classes={classes}") + ("" if cfg.norm_groups is None else f", norm_groups={cfg.norm_groups}")
     load = (f"construct {model_class} as for training, then model.load_state_dict(torch.load('{MODEL}', weights_only=True))"
             if own else f"torch.load('{MODEL}', weights_only=True) is a state_dict for crepe.models.build_model({built})")
     if cfg.features is not None:  # the model's input is the front end's output
@@ -67,7 +68,7 @@ def card(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
         "model": cfg.model,
         "model_class": model_class,
         "activation": None if own else cfg.activation,
-        "classes": summary.get("classes", 10),
+        "classes": classes,
         "input_shape": summary.get("input_shape", [1, 28, 28]),
         "dataset": cfg.dataset,
         # x = (pixel / 255 - mean) / std; a run on data of one's own was given its input normalised

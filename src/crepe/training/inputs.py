@@ -80,7 +80,7 @@ def featurise(ds: data_mod.LoadedData, cfg: TrainConfig) -> data_mod.LoadedData:
     """Every image as its features (--features); crepe's datasets back in [0, 1] first."""
     from crepe import features
 
-    mean, std = data_mod.NORMALISATION.get(cfg.dataset, (0.0, 1.0))  # data of one's own: as given
+    mean, std = data_mod.channel_stats(cfg.dataset)  # data of one's own: as given
     say = (lambda line: print(line, file=sys.stderr, flush=True))
 
     def f(x: torch.Tensor | None, show: bool = False) -> torch.Tensor | None:

@@ -184,7 +184,8 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
     model_seed, key = seeds(cfg)
     torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
     if model is None:
-        model = build_model(cfg.model, activation=cfg.activation, shape=tuple(ds.x_train.shape[1:]), norm_groups=cfg.norm_groups)
+        model = build_model(cfg.model, activation=cfg.activation, shape=tuple(ds.x_train.shape[1:]),
+                            classes=data_mod.classes(cfg.dataset), norm_groups=cfg.norm_groups)
     if cfg.pretrain is not None and not (run_dir / rundir.CHECKPOINT).is_file():  # a resumed run loads its weights
         from crepe.training.pretrain import pretrain
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from crepe.config import TrainConfig, UsageError
+from crepe.config import USER, TrainConfig, UsageError
 from crepe.privacy.ledger import Release
 from crepe.smallsets.method import Chosen, Method, Round
 
@@ -42,6 +42,10 @@ class PrivateSet(Method):
     trains_privately = False
 
     def check(self, cfg: TrainConfig) -> None:
+        from crepe import data
+
+        if cfg.dataset != USER and (data.classes(cfg.dataset) != CLASSES or data.shape(cfg.dataset) != (1, 28, 28)):
+            raise UsageError(f"--method private-set generates {CLASSES} classes of 28x28 grey images: not {cfg.dataset}")
         if cfg.clipping != "flat" or cfg.diagnostics:
             raise UsageError("--method private-set clips flat in generation and trains on synthetic data: "
                              "--clipping and --diagnostics do not apply")
