@@ -110,6 +110,8 @@ def cmd_train(argv: list[str]) -> int:
     print(rundir.final_line(summary))
     if rundir.embedding_line(summary):
         print(rundir.embedding_line(summary))
+    if rundir.audit_line(summary.get("audit")):
+        print(rundir.audit_line(summary.get("audit")))
     if summary["labels_public"]:
         print(f"crepe train: note: {summary['caveat']}", file=sys.stderr)
     return 0
