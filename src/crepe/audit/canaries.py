@@ -121,7 +121,7 @@ class WhiteBox:
 
 
 def record(state: dict[str, Any], *, guesses: int, delta: float, eps_upper: float | None, epochs_done: int,
-           epochs: int) -> dict[str, Any]:
+           complete: bool) -> dict[str, Any]:
     """audit.json: the guesses made from the scores, how many were right, and eps_lb. Nothing secret:
     no score, no coordinate, no inclusion bit."""
     scores = state["scores"].numpy()
@@ -144,8 +144,7 @@ def record(state: dict[str, Any], *, guesses: int, delta: float, eps_upper: floa
         "eps_upper": None if eps_upper is None or math.isinf(eps_upper) else eps_upper,
         "steps": int(state["steps"]),
         "epochs_done": epochs_done,
-        "epochs": epochs,
-        "complete": epochs_done == epochs,
+        "complete": complete,  # False: computed by crepe audit from an unfinished run's checkpoint
         "score": SCORE,
         "meaning": MEANING,
     }

@@ -20,3 +20,11 @@ def check(cfg: TrainConfig, method: Method, n: int) -> None:
         raise UsageError(f"--audit-canaries with --method {method.name} --random-draw poisson: the ledger amplifies "
                          "epsilon by the secret Poisson draw of the subset, which the canaries do not go through, "
                          "so the audit would not test that epsilon; use --random-draw fixed or another --method")
+
+
+def check_parameters(cfg: TrainConfig, trainable: int) -> None:
+    """UsageError if white-box canaries cannot each have their own coordinate of the model."""
+    m = cfg.audit_canaries
+    if m is not None and m > trainable:
+        raise UsageError(f"--audit-canaries {m}: white-box canaries need distinct coordinates and the model has "
+                         f"{trainable} trainable parameters; give at most {trainable}")
