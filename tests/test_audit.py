@@ -139,7 +139,7 @@ def test_more_canaries_than_parameters_is_refused() -> None:
     from crepe.config import UsageError
 
     params = [torch.zeros(3, 2), torch.zeros(4)]
-    with pytest.raises(UsageError, match="10 trainable parameters"):
+    with pytest.raises(UsageError, match="the model has 10 trainable parameters; give at most 10"):
         canaries_mod.WhiteBox.draw(11, params, torch.Generator().manual_seed(0))
 
 
@@ -294,3 +294,20 @@ def test_crepe_audit_refuses_a_folder_without_canaries(data_root, tmp_path, caps
     assert cli.main(["audit", str(tmp_path / "nowhere")]) == 2
     assert "is not a crepe run folder" in capsys.readouterr().err
     assert not (tmp_path / "run" / rundir.AUDIT).exists()
+
+
+def test_crepe_train_audits_ones_own_model_and_refuses_more_canaries_than_it_has_parameters(tmp_path) -> None:
+    import crepe
+    from crepe.config import UsageError
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 1, 8, 8, generator=g), torch.randint(0, 3, (60,), generator=g)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))  # 195 parameters
+    with pytest.raises(UsageError, match="the model has 195 trainable parameters; give at most 195"):
+        crepe.train(model, (x, y), method="full", epochs=1, audit_canaries=196, out=tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+    result = crepe.train(model, (x, y), method="full", sigma=2.0, epochs=3, batch_size=30, audit_canaries=195,
+                         audit_guesses=20, out=tmp_path / "run", log=lambda s: None)
+    audit = result.summary["audit"]
+    assert (audit["canaries"], audit["guesses"]) == (195, 20) and audit["eps_upper"] == result.epsilons["train"]
+    assert json.loads((tmp_path / "run" / rundir.AUDIT).read_text())["eps_lb"] == audit["eps_lb"] <= result.epsilon

@@ -111,7 +111,7 @@ def cmd_train(argv: list[str]) -> int:
             from crepe.models import build_model
 
             model = build_model(cfg.model, activation=cfg.activation)
-            check_parameters(cfg, sum(p.numel() for p in model.parameters() if p.requires_grad))
+            check_parameters(cfg.audit_canaries, sum(p.numel() for p in model.parameters() if p.requires_grad))
         summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
     print(rundir.final_line(summary))
     if rundir.embedding_line(summary):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from crepe.audit.bound import epsilon_lower_bound, guess
+from crepe.audit.rules import check_parameters
 from crepe.config import UsageError
 
 CONFIDENCE = 0.95
@@ -78,9 +79,7 @@ class WhiteBox:
         """m canaries on distinct coordinates of `params`; UsageError if they have fewer than m."""
         sizes = [p.numel() for p in params]
         d = sum(sizes)
-        if m > d:
-            raise UsageError(f"--audit-canaries {m}: white-box canaries need distinct coordinates and the model "
-                             f"has {d} trainable parameters; give at most {d}")
+        check_parameters(m, d)
         coords = torch.randperm(d, generator=generator)[:m].to(torch.int64)
         included = torch.rand(m, generator=generator, dtype=torch.float64) < 0.5
         return cls(coords, included, torch.zeros(m, dtype=torch.float64), 0, generator, sizes)

@@ -22,9 +22,8 @@ def check(cfg: TrainConfig, method: Method, n: int) -> None:
                          "so the audit would not test that epsilon; use --random-draw fixed or another --method")
 
 
-def check_parameters(cfg: TrainConfig, trainable: int) -> None:
-    """UsageError if white-box canaries cannot each have their own coordinate of the model."""
-    m = cfg.audit_canaries
+def check_parameters(m: int | None, trainable: int) -> None:
+    """UsageError if m white-box canaries cannot each have their own coordinate of the model."""
     if m is not None and m > trainable:
         raise UsageError(f"--audit-canaries {m}: white-box canaries need distinct coordinates and the model has "
                          f"{trainable} trainable parameters; give at most {trainable}")
