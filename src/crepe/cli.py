@@ -108,9 +108,9 @@ def cmd_train(argv: list[str]) -> int:
         cfg = resolved_threads(Plan.for_data(cfg, data).cfg)  # sigma solved under a target
         if cfg.audit_canaries is not None:  # each white-box canary needs a coordinate of its own
             from crepe.audit.rules import check_parameters
-            from crepe.models import build_model
+            from crepe.training.loop import new_model
 
-            model = build_model(cfg.model, activation=cfg.activation)
+            model = new_model(cfg, data)  # the run builds its own again from --seed
             check_parameters(cfg.audit_canaries, sum(p.numel() for p in model.parameters() if p.requires_grad))
         summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
     print(rundir.final_line(summary))

@@ -188,8 +188,7 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
     model_seed, key = seeds(cfg)
     torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
     if model is None:
-        model = build_model(cfg.model, activation=cfg.activation, shape=tuple(ds.x_train.shape[1:]),
-                            classes=data_mod.classes(cfg.dataset), norm_groups=cfg.norm_groups)
+        model = new_model(cfg, ds)
     if cfg.pretrain is not None and not (run_dir / rundir.CHECKPOINT).is_file():  # a resumed run loads its weights
         from crepe.training.pretrain import pretrain
 
@@ -205,6 +204,12 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
         canaries = audit.WhiteBox.draw(cfg.audit_canaries, opt.params, gens["audit"])
         opt.canaries = canaries
     return Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries)
+
+
+def new_model(cfg: TrainConfig, ds: data_mod.LoadedData) -> nn.Module:
+    """--model for the images of `ds` (initialised from the global torch RNG: seed it first)."""
+    return build_model(cfg.model, activation=cfg.activation, shape=tuple(ds.x_train.shape[1:]),
+                       classes=data_mod.classes(cfg.dataset), norm_groups=cfg.norm_groups)
 
 
 def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *, on_release: Any,
