@@ -105,16 +105,19 @@ class WhiteBox:
         return out
 
     def inject(self, params: list[torch.Tensor], *, max_grad_norm: float, sample_rate: float) -> int:
+        """Before the noise: note the real clipped sum at each j_i, then add C e_{j_i} for each included
+        canary that this step's Poisson draw (rate q, one uniform per canary) samples."""
         self._real = self._gather([p.summed_grad for p in params])
         u = torch.rand(len(self.coords), generator=self.generator, dtype=torch.float64)
         hit = (u < sample_rate) & self.included  # (m,) this step's sampled canaries
         for k, local, ids in self._groups:
             summed = params[k].summed_grad
-            add = (hit[ids].to(summed.dtype) * max_grad_norm)
+            add = hit[ids].to(summed.dtype) * max_grad_norm
             params[k].summed_grad = summed.reshape(-1).index_add(0, local, add).view_as(summed)
         return int(hit.sum())
 
     def observe(self, params: list[torch.Tensor]) -> None:
+        """After the noise: each score gains the released noisy sum at j_i minus the real part noted."""
         self.scores += self._gather([p.grad for p in params]) - self._real
         self.steps += 1
 
