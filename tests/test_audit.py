@@ -177,6 +177,22 @@ def test_without_noise_every_guess_is_right_and_the_audit_reaches_its_ceiling(da
     assert summary["audit"]["eps_lb"] == audit["eps_lb"]
 
 
+@pytest.mark.parametrize("kw", [dict(method="craig", fraction=0.5, select_every=5, batch_size=75),
+                                dict(method="random", random_draw="fixed", fraction=0.5, batch_size=75,
+                                     clipping="adaptive")], ids=["craig", "random-fixed-adaptive"])
+def test_canaries_ride_the_small_set_paths_too(data_root, tmp_path, monkeypatch, kw) -> None:
+    """CRAIG (weighted clip-then-scale, a new set and q per round) and a fixed random subset under
+    adaptive clipping (C moves, the canary counts as unclipped): noise removed, every guess right;
+    the ceiling is above the train part of epsilon only because the noise is gone."""
+    import opacus.optimizers.optimizer as opacus_optimizer
+
+    monkeypatch.setattr(opacus_optimizer, "_generate_noise", lambda std, reference, **kw: torch.zeros_like(reference))
+    summary = train(config(data_root, audit_canaries=400, **kw), tmp_path / "run")
+    audit = summary["audit"]
+    assert (audit["guesses"], audit["correct"]) == (200, 200)
+    assert audit["eps_upper"] == summary["eps_train"]
+
+
 def replayed_noise(cfg: TrainConfig, params: list[torch.Tensor], coords: torch.Tensor, steps: int) -> np.ndarray:
     """What anyone who reads --seed of a reproducible-noise run can compute: the noise generator's key
     (loop.seeds), and from it every draw Opacus made, step by step, parameter by parameter."""
