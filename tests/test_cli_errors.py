@@ -148,7 +148,7 @@ def test_out_and_resume_are_exclusive(tmp_path, capsys) -> None:
 
 def test_help_and_unknown_command(capsys) -> None:
     assert cli.main(["--help"]) == 0
-    assert "{train,sweep,report,epsilon,export}" in capsys.readouterr().out
+    assert "{train,sweep,report,epsilon,export,audit}" in capsys.readouterr().out
     assert cli.main(["train", "--help"]) == 0
     assert "--select-sigma" in capsys.readouterr().out
     assert cli.main(["fly"]) == 2

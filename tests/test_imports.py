@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("crepe.privacy.ledger", "crepe.selection", "crepe.select", "crepe.parser"),
     ("crepe.dp", "crepe.data", "crepe.models", "crepe.features"),
     ("crepe.smallsets", "crepe.users"),
-    ("crepe.privacy",),
+    ("crepe.privacy", "crepe.audit"),
     ("crepe.training",),
     ("crepe.cli", "crepe.study", "crepe.__main__", "crepe"),  # crepe: crepe.train imports the training API
 ]

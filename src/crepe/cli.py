@@ -1,4 +1,4 @@
-"""Command line: crepe train | sweep | report | epsilon | export.
+"""Command line: crepe train | sweep | report | epsilon | export | audit.
 
 Convention for all three commands: `main(argv)` returns an exit status and
 never raises for bad input: 0 success; 2 bad input (`UsageError`: one line on
@@ -106,10 +106,18 @@ def cmd_train(argv: list[str]) -> int:
 
         data = load_data(cfg)  # once per run: the plan counts its labels, the loop trains on it
         cfg = resolved_threads(Plan.for_data(cfg, data).cfg)  # sigma solved under a target
+        if cfg.audit_canaries is not None:  # each white-box canary needs a coordinate of its own
+            from crepe.audit.rules import check_parameters
+            from crepe.training.loop import new_model
+
+            model = new_model(cfg, data)  # the run builds its own again from --seed
+            check_parameters(cfg.audit_canaries, sum(p.numel() for p in model.parameters() if p.requires_grad))
         summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
     print(rundir.final_line(summary))
     if rundir.embedding_line(summary):
         print(rundir.embedding_line(summary))
+    if rundir.audit_line(summary.get("audit")):
+        print(rundir.audit_line(summary.get("audit")))
     if summary["labels_public"]:
         print(f"crepe train: note: {summary['caveat']}", file=sys.stderr)
     return 0
@@ -178,18 +186,38 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "epsilon": cmd_epsilon, "export": cmd_export}
+def cmd_audit(argv: list[str]) -> int:
+    """`crepe audit RUN`: the one-run audit of a run trained with --audit-canaries (audit.json)."""
+    p = Parser(prog="crepe audit", description=(
+        "the one-run audit (Steinke, Nasr & Jagielski 2023) of a run trained with --audit-canaries: a 95% lower "
+        "bound eps_lb on epsilon. A finished run wrote audit.json itself before its secrets were removed; an "
+        "unfinished one is audited from its checkpoint, after the epochs done, and audit.json is (re)written"))
+    p.add_argument("run", type=Path, help="a run folder trained with --audit-canaries")
+    run_dir = p.parse_args(argv).run
+    from crepe.training import rundir
+    from crepe.training.audit import audit_folder
+
+    result, how = audit_folder(run_dir)
+    print(rundir.audit_line(result))
+    partial = "" if result.get("complete") else f" (unfinished run: after {result['epochs_done']} epochs)"
+    print(f"crepe audit: {how} {(run_dir / rundir.AUDIT).resolve()}{partial}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "epsilon": cmd_epsilon, "export": cmd_export, "audit": cmd_audit}
 
 
 def top_parser() -> argparse.ArgumentParser:
     p = Parser(prog="crepe", description="CRAIG coresets for differentially private training.")
     p.add_argument("--version", action="version", version=f"crepe {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,sweep,report,epsilon,export}")
+    sub = p.add_subparsers(dest="command", metavar="{train,sweep,report,epsilon,export,audit}")
     sub.add_parser("train", help="DP-SGD on a small private training set (crepe train --help)", add_help=False)
     sub.add_parser("sweep", help="grids of crepe train runs (crepe sweep --help)", add_help=False)
     sub.add_parser("report", help="tables and plots from run folders (crepe report --help)", add_help=False)
     sub.add_parser("epsilon", help="epsilon of a finished run at another delta (crepe epsilon --help)", add_help=False)
     sub.add_parser("export", help="model.pt and model.json of a finished run (crepe export --help)", add_help=False)
+    sub.add_parser("audit", help="the one-run audit of a run trained with --audit-canaries (crepe audit --help)",
+                   add_help=False)
     return p
 
 

@@ -310,6 +310,21 @@ class TrainConfig:
         kind="bool",
         machine=True,
     )
+    # empirical audit (DESIGN.md section 14)
+    audit_canaries: int | None = option(
+        None, "audit this run in one go (Steinke, Nasr & Jagielski 2023): M canaries, each included with "
+        "probability 1/2 from the secret generator, sampled at each step like an example; the run ends with a "
+        "95% lower bound eps_lb on epsilon in audit.json, beside the accountant's epsilon (crepe audit RUN)",
+        kind="int", low=1, dp_only=True, section="empirical audit (DESIGN.md section 14; docs/privacy.md section 12)",
+    )
+    audit: str = option(
+        "white-box", "canaries: white-box (canary i adds C e_j to the clipped gradient sum before the noise, on its "
+        "own coordinate j of the parameters; scored by the released noisy sums at j)", choices=("white-box",),
+    )
+    audit_guesses: int | None = option(
+        None, "the auditor's guesses r <= M: 'included' for the ceil(r/2) highest scores, 'excluded' for the "
+        "floor(r/2) lowest, no guess for the rest (default: M/2, at least 1)", kind="int", low=1,
+    )
     # users (DESIGN.md section 11)
     privacy_unit: str = option(
         "example", "what epsilon protects: one example, or one user (everything a user contributes; needs users)",
@@ -388,6 +403,7 @@ class TrainConfig:
         if self.clipping != "adaptive" and any(getattr(self, k) != default(k) for k in adaptive_only):
             raise UsageError("--clip-quantile and --clip-lr apply to --clipping adaptive only")
         self._check_users()
+        self._check_audit()
         if self.momentum and self.optimizer != "sgd":
             raise UsageError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
         if not self.dp:
@@ -428,6 +444,28 @@ class TrainConfig:
             if self.clipping != "flat" or self.diagnostics:
                 raise UsageError("--privacy-unit user clips each user's update flat: --clipping and --diagnostics "
                                  "do not apply")
+
+    def _check_audit(self) -> None:
+        """The audit's options only with canaries, r <= M, and only where its game is defined."""
+        m = self.audit_canaries
+        if m is None:
+            extra = [options()[k].flag for k in AUDIT_ONLY if getattr(self, k) != default(k)]
+            if extra:
+                raise UsageError(f"{', '.join(extra)} {'applies' if len(extra) == 1 else 'apply'} to "
+                                 "--audit-canaries only")
+            return
+        if self.audit_guesses is not None and self.audit_guesses > m:
+            raise UsageError(f"--audit-guesses {self.audit_guesses} is more than the {m} canaries of "
+                             f"--audit-canaries: the auditor guesses about canaries, at most one guess each")
+        if self.privacy_unit == "user":
+            raise UsageError("--audit-canaries audits example-level DP-SGD: a canary is one example; "
+                             "--privacy-unit user is not supported")
+
+    @property
+    def guesses(self) -> int:
+        """The audit's r: --audit-guesses, or M/2 (at least 1)."""
+        assert self.audit_canaries is not None
+        return self.audit_guesses if self.audit_guesses is not None else max(1, self.audit_canaries // 2)
 
     def resolve(self) -> TrainConfig:
         """Fill the defaults that depend on other fields, except sigma from a target epsilon
@@ -479,6 +517,7 @@ LOCAL_ONLY = ("local_epochs", "local_lr", "local_batch_size", "max_local_steps")
 FEDEMB_ONLY = ("head_lr_scale", "virtual_client_size")
 PRETRAIN_ONLY = ("pretrain_epochs", "pretrain_lr")
 NORMALISED = ("linear", "scatter-cnn")  # the models that take --norm-groups
+AUDIT_ONLY = ("audit", "audit_guesses")
 
 
 def default(name: str) -> Any:

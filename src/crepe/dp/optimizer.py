@@ -22,6 +22,11 @@ of C for a user of a virtual client of K > 1 users).
 weights are applied to the loss by the caller; no clipping, no noise;
 releases recorded with noise 0, which makes epsilon infinite). Coreset
 weights reach a step as `step(sample_weights=w)`, (b,) in [0, 1].
+
+Audit canaries (crepe/audit, `--audit-canaries`): when `canaries` is set, each
+step adds the sampled canaries' contributions C e_j to the clipped sum before
+the noise (`Canaries.inject`: one more example of the mechanism each, drawn at
+the same q) and hands the noisy sum to them after it (`Canaries.observe`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ from crepe.dp.clipping import ClipRule, joint_noise
 from crepe.privacy.ledger import Release
 
 OnRelease = Callable[[Release], None]
+
+
+class Canaries(Protocol):
+    """What the DP optimizer calls of audit canaries (crepe.audit.canaries.WhiteBox)."""
+
+    def inject(self, params: list[torch.Tensor], *, max_grad_norm: float, sample_rate: float) -> int:
+        """Add the canaries sampled this step to each p.summed_grad; how many were sampled."""
+        ...
+
+    def observe(self, params: list[torch.Tensor]) -> None:
+        """Read the released noisy sums (p.grad before scaling) at the canaries' coordinates."""
+        ...
 
 
 class Optimizer(Protocol):
@@ -83,6 +100,7 @@ class DPOptimizer(OpacusDPOptimizer):
         self.sample_rate = 1.0
         self.expected_examples = 1.0
         self._unclipped = 0.0
+        self.canaries: Canaries | None = None  # audit canaries (crepe/audit), set by the training loop
         self.attach_step_hook(lambda opt: self._after_noise())
 
     def start_set(self, *, sample_rate: float, normaliser: float, expected_examples: float) -> None:
@@ -134,6 +152,14 @@ class DPOptimizer(OpacusDPOptimizer):
             grad = torch.einsum("i,i...", factor.to(gs.device, p.dtype), gs)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
             _mark_as_processed(p.grad_sample)
+        if self.canaries is not None:  # before the noise: a sampled canary is one more clipped example
+            sampled = self.canaries.inject(self.params, max_grad_norm=self.max_grad_norm, sample_rate=self.sample_rate)
+            self._unclipped += sampled  # |C e_j| = C: unclipped, as a real example of norm C counts
+
+    def add_noise(self) -> None:
+        super().add_noise()
+        if self.canaries is not None:  # p.grad is the noisy sum here, not yet divided by the normaliser
+            self.canaries.observe(self.params)
 
     def release_noise(self) -> float:
         """The noise multiplier the ledger records for one step: sigma, or under adaptive clipping the

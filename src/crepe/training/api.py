@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from crepe import data as data_mod
+from crepe.audit.rules import check_parameters
 from crepe.config import USER, TrainConfig, UsageError, options
 from crepe.privacy.ledger import Ledger
 from crepe.training import export, rundir
@@ -175,6 +176,7 @@ def check_model(model: nn.Module, plan: Plan, ds: data_mod.LoadedData) -> None:
                              + "; ".join(str(e).split(". ")[0] for e in errors)  # Opacus' first sentences
                              + " (opacus.validators.ModuleValidator.fix(model) replaces BatchNorm by GroupNorm)")
     plan.method.check_own(cfg, model, probe)
+    check_parameters(cfg.audit_canaries, sum(p.numel() for p in params if p.requires_grad))
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from crepe import data as data_mod
+from crepe.audit import canaries as audit
 from crepe.config import USER, TrainConfig, UsageError
 from crepe.dp.clipping import count_noise, make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
@@ -77,6 +78,7 @@ class Run:
     model_seed: int
     st: RunState = field(default_factory=RunState)
     head: nn.Linear | None = None  # dp-fedemb: the layer each virtual client trains afresh and keeps
+    canaries: audit.WhiteBox | None = None  # --audit-canaries: inside the DP optimizer's steps
 
     @property
     def cfg(self) -> TrainConfig:
@@ -89,6 +91,8 @@ class Run:
         return self.ds.x_train, self.ds.y_train
 
     def save(self) -> None:
+        if self.canaries is not None:  # their scores move every step: the checkpoint holds the current ones
+            self.st.canaries = self.canaries.state()
         ckpt.save(self.run_dir / rundir.CHECKPOINT, config=self.cfg.to_dict(), fingerprint=self.ds.fingerprint,
                   model=self.model, optimizer=self.opt, generators=self.gens, state=self.st)
 
@@ -184,8 +188,7 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
     model_seed, key = seeds(cfg)
     torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
     if model is None:
-        model = build_model(cfg.model, activation=cfg.activation, shape=tuple(ds.x_train.shape[1:]),
-                            classes=data_mod.classes(cfg.dataset), norm_groups=cfg.norm_groups)
+        model = new_model(cfg, ds)
     if cfg.pretrain is not None and not (run_dir / rundir.CHECKPOINT).is_file():  # a resumed run loads its weights
         from crepe.training.pretrain import pretrain
 
@@ -194,7 +197,19 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
     st = RunState()
     head = head_of(model, ds.x_train[:2]) if plan.user_level and cfg.algorithm == "dp-fedemb" else None
     net, opt = build_optimizer(plan, model, gens["noise"], on_release=lambda release: st.ledger.record(release), head=head)
-    return Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head)
+    canaries = None
+    if cfg.audit_canaries is not None:  # drawn from the run's key: secret unless the noise is reproducible
+        assert isinstance(opt, DPOptimizer)
+        gens["audit"] = keyed_generator(key, "audit")
+        canaries = audit.WhiteBox.draw(cfg.audit_canaries, opt.params, gens["audit"])
+        opt.canaries = canaries
+    return Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries)
+
+
+def new_model(cfg: TrainConfig, ds: data_mod.LoadedData) -> nn.Module:
+    """--model for the images of `ds` (initialised from the global torch RNG: seed it first)."""
+    return build_model(cfg.model, activation=cfg.activation, shape=tuple(ds.x_train.shape[1:]),
+                       classes=data_mod.classes(cfg.dataset), norm_groups=cfg.norm_groups)
 
 
 def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *, on_release: Any,
@@ -254,6 +269,8 @@ def resume(r: Run) -> dict[str, Any] | None:
     r.opt.load_state_dict(ck["optimizer"])
     for name, g in r.gens.items():
         g.set_state(ck["generators"][name])
+    if r.canaries is not None:
+        r.canaries.load(restored.canaries)
     r.st.ledger.extend(restored.ledger)  # the optimizer records into this very ledger
     restored.ledger = r.st.ledger
     r.st = restored
@@ -417,6 +434,7 @@ def finish(r: Run) -> dict[str, Any]:
         **export.architecture(r.model, ds.x_train),
         "pretrain": rundir.read_json(r.run_dir / rundir.PRETRAIN) if cfg.pretrain is not None else None,
         **embedding_metrics(r),
+        **audit_of(r, eps_train=eps["train"]),
         "ledger": st.ledger.to_list(),
     }
     if not cfg.keep_secrets:
@@ -425,6 +443,18 @@ def finish(r: Run) -> dict[str, Any]:
     export.write(r.run_dir, r.model.state_dict(), cfg, summary)  # the publishable model, before "complete"
     rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, summary)
     return summary
+
+
+def audit_of(r: Run, *, eps_train: float) -> dict[str, Any]:
+    """--audit-canaries: audit.json, computed while the canaries are still there (finish removes them
+    with the other secrets), and what summary.json repeats of it."""
+    if r.canaries is None:
+        return {}
+    result = audit.record(r.canaries.state(), guesses=r.cfg.guesses, delta=r.cfg.delta, eps_upper=eps_train,
+                          epochs_done=r.st.epoch, complete=True)
+    rundir.atomic_write_json(r.run_dir / rundir.AUDIT, result)
+    return {"audit": {k: result[k] for k in ("method", "canaries", "guesses", "correct", "confidence", "eps_lb",
+                                             "eps_upper")}}
 
 
 def embedding_metrics(r: Run) -> dict[str, Any]:

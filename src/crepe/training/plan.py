@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from crepe.audit import rules as audit_rules
 from crepe.config import USER, TrainConfig, UsageError
 from crepe.data import LoadedData
 from crepe.dp.clipping import step_noise
@@ -46,6 +47,7 @@ class Plan:
         method = methods.get(cfg.method)
         method.check(cfg)
         algorithms.check(cfg)
+        audit_rules.check(cfg, method, int(sum(counts)))
         if cfg.privacy_unit == "user":
             if users is None:
                 raise UsageError("--privacy-unit user needs users: --users synthetic, --dataset qmnist, or user_ids with crepe.train")

@@ -7,6 +7,7 @@
     RUN_DIR/summary.json    final figures and the whole privacy ledger
     RUN_DIR/model.pt        finished: the trained model's state_dict, and model.json what it is (training/export.py)
     RUN_DIR/synthetic.npz   private-set: the synthetic images and labels (and synthetic.png)
+    RUN_DIR/audit.json      --audit-canaries: the one-run audit (guesses, correct, eps_lb; crepe audit)
 
 cli, sweep and report read run folders only through this module.
 """
@@ -26,6 +27,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PRETRAIN = "pretrain.json"  # --pretrain: the public pretraining's provenance
+AUDIT = "audit.json"  # --audit-canaries: the one-run audit's result (nothing secret in it)
 
 LABELS_CAVEAT = (
     "per-class selection reads the true labels and class sizes without noise: labels and the class "
@@ -200,6 +202,15 @@ def embedding_line(summary: dict[str, Any]) -> str | None:
     return (f"crepe train: embeddings of held-out classes {', '.join(map(str, e['classes']))} ({e['test_examples']} test "
             f"examples, never trained on): pair recall {e['recall_at_far_1e-3']:.4f} at FAR 1e-3, "
             f"{e['recall_at_far_0.1']:.4f} at FAR 0.1; 1-NN accuracy {e['nn1_accuracy']:.4f} (gallery: one per class)")
+
+
+def audit_line(audit: dict[str, Any] | None) -> str | None:
+    """The audit's eps_lb beside epsilon, and what it means (summary.json's or audit.json's "audit")."""
+    if not audit:
+        return None
+    return (f"crepe audit: eps_lb {audit['eps_lb']:.3f} at {audit['confidence']:.0%} from {audit['correct']} of "
+            f"{audit['guesses']} guesses right about {audit['canaries']} {audit['method']} canaries: a lower bound "
+            f"from this one run; epsilon {fmt_eps(audit['eps_upper'])} (train part) is the accountant's upper bound")
 
 
 def eps_parts(eps: dict[str, Any], kinds: Iterable[str]) -> str:
