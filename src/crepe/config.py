@@ -310,6 +310,21 @@ class TrainConfig:
         kind="bool",
         machine=True,
     )
+    # sparsity (DESIGN.md section 13)
+    sparsity: float = option(
+        0.0, "prune this fraction of the weights of every conv and linear layer by magnitude (0: dense); the pruned "
+        "coordinates get no gradient and no noise and stay zero", kind="float", low=0, high=0.99, grid=True,
+        section="sparsity (DESIGN.md section 13; docs/privacy.md section 13)",
+    )
+    prune_at: str = option(
+        "init", "where the mask comes from: init (the initial weights: public) or warmup (the DP-trained weights after "
+        "--prune-warmup epochs: post-processing of the noisy releases; no epsilon either way)",
+        choices=("init", "warmup"), grid=True,
+    )
+    prune_warmup: int = option(1, "--prune-at warmup: dense DP epochs before the mask is taken (< --epochs)",
+                               kind="int", low=1)
+    prune_scope: str = option("global", "one magnitude threshold over all prunable weights, or one per layer",
+                              choices=("global", "layer"))
     # empirical audit (DESIGN.md section 14)
     audit_canaries: int | None = option(
         None, "audit this run in one go (Steinke, Nasr & Jagielski 2023): M canaries, each included with "
@@ -403,6 +418,7 @@ class TrainConfig:
         if self.clipping != "adaptive" and any(getattr(self, k) != default(k) for k in adaptive_only):
             raise UsageError("--clip-quantile and --clip-lr apply to --clipping adaptive only")
         self._check_users()
+        self._check_sparsity()
         self._check_audit()
         if self.momentum and self.optimizer != "sgd":
             raise UsageError(f"--momentum applies to --optimizer sgd only, not {self.optimizer}")
@@ -444,6 +460,24 @@ class TrainConfig:
             if self.clipping != "flat" or self.diagnostics:
                 raise UsageError("--privacy-unit user clips each user's update flat: --clipping and --diagnostics "
                                  "do not apply")
+
+    def _check_sparsity(self) -> None:
+        """Pruning options only with a sparsity, a warm-up inside the run, and only where masks are built."""
+        if self.sparsity == 0:
+            extra = [options()[k].flag for k in PRUNE_ONLY if getattr(self, k) != default(k)]
+            if extra:
+                raise UsageError(f"{', '.join(extra)} {'applies' if len(extra) == 1 else 'apply'} to --sparsity > 0 only")
+            return
+        if self.prune_at != "warmup" and self.prune_warmup != default("prune_warmup"):
+            raise UsageError("--prune-warmup applies to --prune-at warmup only")
+        if self.prune_at == "warmup" and self.prune_warmup >= self.epochs:
+            raise UsageError(f"--prune-warmup {self.prune_warmup} is not shorter than the run's --epochs {self.epochs}: "
+                             f"allowed 1..{self.epochs - 1}")
+        for applies, what in ((self.privacy_unit == "user", "--privacy-unit user"),
+                              (self.audit_canaries is not None, "--audit-canaries (a canary's coordinate may be pruned)"),
+                              (self.method == "private-set", "--method private-set")):
+            if applies:
+                raise UsageError(f"--sparsity with {what} is not supported")
 
     def _check_audit(self) -> None:
         """The audit's options only with canaries, r <= M, and only where its game is defined."""
@@ -516,6 +550,7 @@ USER_LEVEL_ONLY = ("algorithm", "users_per_round")
 LOCAL_ONLY = ("local_epochs", "local_lr", "local_batch_size", "max_local_steps")
 FEDEMB_ONLY = ("head_lr_scale", "virtual_client_size")
 PRETRAIN_ONLY = ("pretrain_epochs", "pretrain_lr")
+PRUNE_ONLY = ("prune_at", "prune_warmup", "prune_scope")
 NORMALISED = ("linear", "scatter-cnn")  # the models that take --norm-groups
 AUDIT_ONLY = ("audit", "audit_guesses")
 

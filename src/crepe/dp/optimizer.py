@@ -27,6 +27,14 @@ Audit canaries (crepe/audit, `--audit-canaries`): when `canaries` is set, each
 step adds the sampled canaries' contributions C e_j to the clipped sum before
 the noise (`Canaries.inject`: one more example of the mechanism each, drawn at
 the same q) and hands the noisy sum to them after it (`Canaries.observe`).
+
+Pruning masks (dp/pruning.py, `--sparsity`; `set_masks`): every per-example
+gradient is multiplied by its parameter's mask before the norms are taken, the
+noisy sum after the noise (a pruned coordinate gets neither), and the weights
+after the step, so pruned weights stay exactly zero. Each DP step also keeps
+the norm of its clipped sum for the epoch's noise-to-signal ratio
+sigma C sqrt(d_eff) / |sum| (`take_noise_to_signal`: computed from the clipped
+private gradients, not covered by epsilon).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import torch
 from opacus.optimizers import DPOptimizer as OpacusDPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
 
+from crepe.dp import pruning
 from crepe.dp.clipping import ClipRule, joint_noise
 from crepe.privacy.ledger import Release
 
@@ -64,6 +73,8 @@ class Optimizer(Protocol):
     def empty_batch(self) -> None: ...
     def step(self, sample_weights: torch.Tensor | None = None) -> Any: ...
     def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def set_masks(self, masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None: ...
+    def take_noise_to_signal(self) -> float | None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -101,7 +112,22 @@ class DPOptimizer(OpacusDPOptimizer):
         self.expected_examples = 1.0
         self._unclipped = 0.0
         self.canaries: Canaries | None = None  # audit canaries (crepe/audit), set by the training loop
+        self.masks: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # pruning (set_masks)
+        self._ratios: list[float] = []  # noise-to-signal of this epoch's steps
         self.attach_step_hook(lambda opt: self._after_noise())
+
+    def set_masks(self, masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+        """Prune: (parameter, bool mask) pairs over the parameters this optimizer steps."""
+        ids = {id(p) for p in self.params}
+        if any(id(p) not in ids for p, _ in masks):
+            raise ValueError("a mask names a parameter this optimizer does not step")
+        self.masks = masks
+
+    def take_noise_to_signal(self) -> float | None:
+        """The mean noise-to-signal ratio of the steps since the last call (None if none stepped)."""
+        ratios, self._ratios = self._ratios, []
+        finite = [r for r in ratios if r != float("inf")]
+        return sum(finite) / len(finite) if finite else None
 
     def start_set(self, *, sample_rate: float, normaliser: float, expected_examples: float) -> None:
         """Before the steps over a (new) training set: q, q * sum(w), and q * m."""
@@ -121,6 +147,7 @@ class DPOptimizer(OpacusDPOptimizer):
             return super().step(closure)
         finally:
             self.sample_weights = None
+            _mask_weights(self.masks)
 
     def per_example_norms(self) -> torch.Tensor:
         grads = self.grad_samples
@@ -145,6 +172,8 @@ class DPOptimizer(OpacusDPOptimizer):
     def clip_and_accumulate(self) -> None:
         self._unclipped = 0.0
         self.max_grad_norm = self.clip_rule.max_grad_norm  # the noise std below is sigma times this C
+        for p, m in self.masks:  # a pruned coordinate counts in no norm and no sum
+            p.grad_sample = p.grad_sample * m
         factor = self.contribution_factors()
         for p in self.params:
             _check_processed_flag(p.grad_sample)
@@ -155,11 +184,16 @@ class DPOptimizer(OpacusDPOptimizer):
         if self.canaries is not None:  # before the noise: a sampled canary is one more clipped example
             sampled = self.canaries.inject(self.params, max_grad_norm=self.max_grad_norm, sample_rate=self.sample_rate)
             self._unclipped += sampled  # |C e_j| = C: unclipped, as a real example of norm C counts
+        signal = float(torch.sqrt(sum((p.summed_grad.double() ** 2).sum() for p in self.params)))
+        d_eff = pruning.effective_dimension(self.params, self.masks)
+        self._ratios.append(pruning.noise_to_signal(self.noise_multiplier, self.max_grad_norm, d_eff, signal))
 
     def add_noise(self) -> None:
         super().add_noise()
         if self.canaries is not None:  # p.grad is the noisy sum here, not yet divided by the normaliser
             self.canaries.observe(self.params)
+        for p, m in self.masks:  # the noise lives in the kept coordinates only
+            p.grad.mul_(m)
 
     def release_noise(self) -> float:
         """The noise multiplier the ledger records for one step: sigma, or under adaptive clipping the
@@ -198,6 +232,13 @@ class PlainOptimizer:
         self.clip_rule = None
         self.sample_rate = 1.0
         self.normaliser = 1.0
+        self.masks: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+
+    def set_masks(self, masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+        self.masks = masks
+
+    def take_noise_to_signal(self) -> float | None:
+        return None  # no noise
 
     def start_set(self, *, sample_rate: float, normaliser: float, expected_examples: float) -> None:
         self.sample_rate, self.normaliser = sample_rate, normaliser
@@ -213,7 +254,11 @@ class PlainOptimizer:
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad /= self.normaliser
+        for p, m in self.masks:
+            if p.grad is not None:
+                p.grad.mul_(m)
         self.original_optimizer.step()
+        _mask_weights(self.masks)
         self.on_release(Release("train", 0.0, self.sample_rate, unit=self.unit))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -224,3 +269,11 @@ class PlainOptimizer:
 
     def load_state_dict(self, state) -> None:  # type: ignore[no-untyped-def]
         self.original_optimizer.load_state_dict(state["base"])
+
+
+def _mask_weights(masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+    """Pruned weights back to exactly zero after a step (their update is zero already: no gradient,
+    no noise; this also holds under optimizers whose state could move them)."""
+    with torch.no_grad():
+        for p, m in masks:
+            p.mul_(m)

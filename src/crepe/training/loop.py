@@ -40,6 +40,7 @@ from torch import nn
 from crepe import data as data_mod
 from crepe.audit import canaries as audit
 from crepe.config import USER, TrainConfig, UsageError
+from crepe.dp import pruning
 from crepe.dp.clipping import count_noise, make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, Optimizer, PlainOptimizer
@@ -130,6 +131,8 @@ def run(
         while st.epoch < plan.epochs:
             if stop_after_epochs is not None and ran >= stop_after_epochs:
                 return {"status": "incomplete", "epoch": st.epoch}
+            if r.cfg.sparsity > 0 and r.cfg.prune_at == "warmup" and st.epoch == r.cfg.prune_warmup and st.masks is None:
+                prune(r)
             selected, select_time = select_round(r)  # the method chooses the set when the plan says so
             t_epoch = time.perf_counter()
             x, y = r.train_data()
@@ -203,7 +206,26 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
         gens["audit"] = keyed_generator(key, "audit")
         canaries = audit.WhiteBox.draw(cfg.audit_canaries, opt.params, gens["audit"])
         opt.canaries = canaries
-    return Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries)
+    r = Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries)
+    if cfg.sparsity > 0 and cfg.prune_at == "init":  # from the initial weights: no data (a resume loads its own)
+        prune(r)
+    return r
+
+
+def prune(r: Run) -> None:
+    """Take the run's mask from the model's weights now (--prune-at init: the initial ones; warmup: the
+    DP-trained ones, post-processing) and prune with it."""
+    r.st.masks = pruning.magnitude_masks(r.model, r.cfg.sparsity, scope=r.cfg.prune_scope)
+    use_masks(r)
+    if r.cfg.prune_at == "warmup":
+        r.say(f"crepe train: pruned {r.cfg.sparsity:g} of the weights ({r.cfg.prune_scope}) by magnitude after "
+              f"{r.st.epoch} dense epochs (the DP-trained weights: no epsilon)")
+
+
+def use_masks(r: Run) -> None:
+    assert r.st.masks is not None
+    pruning.apply(r.model, r.st.masks)
+    r.opt.set_masks(pruning.pairs(r.model, r.st.masks))
 
 
 def new_model(cfg: TrainConfig, ds: data_mod.LoadedData) -> nn.Module:
@@ -274,6 +296,8 @@ def resume(r: Run) -> dict[str, Any] | None:
     r.st.ledger.extend(restored.ledger)  # the optimizer records into this very ledger
     restored.ledger = r.st.ledger
     r.st = restored
+    if r.st.masks is not None:  # the mask taken before the checkpoint, never recomputed
+        use_masks(r)
     rundir.write_metrics(r.run_dir / rundir.METRICS, r.st.metrics)  # at most the last line was missing
     if rundir.read_config(r.run_dir) != cfg:  # --resume with new machine flags
         rundir.write_config(r.run_dir, cfg, rundir.read_json(r.run_dir / rundir.CONFIG).get("provenance", {}))
@@ -372,7 +396,10 @@ def epoch_row(r: Run, es: EpochStats, *, test_acc: float | None, diag: dict[str,
         "select_time_s": times[0],
         "train_time_s": times[1],
         "eval_time_s": times[2],
+        "noise_to_signal": r.opt.take_noise_to_signal(),  # of the clipped sums: not covered by epsilon
     }
+    if cfg.sparsity > 0:
+        row["sparsity"] = pruning.realised(r.model)
     if diag is not None:
         row["diagnostics"] = diag
     return row

@@ -54,6 +54,7 @@ class RunState:
     progress: dict[str, Any] | None = None  # a selection round saved part way (private-set: its generation state)
     synthetic: dict[str, Any] | None = None  # private-set: {"images", "labels"} once generated
     canaries: dict[str, Any] | None = None  # --audit-canaries: coordinates, inclusion, scores (secret)
+    masks: dict[str, torch.Tensor] | None = None  # --sparsity: kept weights once the mask is taken (not secret)
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives and tensors for the checkpoint (the coreset is saved apart)."""
