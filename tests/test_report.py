@@ -520,3 +520,33 @@ def test_bars_and_bands_stay_inside_their_axes(tmp_path: Path) -> None:
         assert band and lo <= min(band) and max(band) <= hi
     finally:
         plt.close("all")
+
+
+def test_a_sweep_over_sparsity_gets_accuracy_and_noise_to_signal_against_it(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "s"
+    accs = {0.0: 0.80, 0.5: 0.82, 0.9: 0.78}
+    for s, acc in accs.items():
+        for seed in (0, 1):
+            d = write_run(root, f"full_{s}_{seed}", method="full", sigma=1.0, seed=seed, sparsity=s, test_acc=acc + seed / 100)
+            rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for row in rows:
+                row["noise_to_signal"] = 10.0 * (1 - s) + seed  # the last epoch's, averaged over seeds, is plotted
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = results.aggregate(results.find_runs(root)[0])
+    assert plots.SPARSITY_PLOT in plots.figure_names(rows)
+    fig = report.figures(rows)[plots.SPARSITY_PLOT]
+    try:
+        acc_ax, nsr_ax = (ax for ax in fig.axes if ax.get_visible())
+        (acc_line,), (nsr_line,) = ([line for line in ax.get_lines() if line.get_linestyle() != "None"]  # no caps
+                                     for ax in (acc_ax, nsr_ax))
+        assert list(acc_line.get_xdata()) == [0.0, 50.0, 90.0]
+        assert list(acc_line.get_ydata()) == pytest.approx([80.5, 82.5, 78.5])
+        assert list(nsr_line.get_ydata()) == pytest.approx([10.5, 5.5, 1.5])
+        assert "not covered by ε" in nsr_ax.get_ylabel()
+    finally:
+        plt.close("all")
+    dense = tmp_path / "dense"
+    write_run(dense, "full_0", method="full", sigma=1.0, seed=0, test_acc=0.8)
+    assert plots.SPARSITY_PLOT not in plots.figure_names(results.aggregate(results.find_runs(dense)[0]))

@@ -12,6 +12,10 @@ which of them a sweep gets (figure_names: only the figures that say something ab
     diagnostics.png    clipping diagnostics per epoch, a panel per quantity (in words, with its unit),
                        a line per row (mean over seeds; colour: method, marker: privacy level where
                        that tells the rows apart). Only for runs with --diagnostics
+    sparsity.png       test accuracy (top) and the last epoch's noise-to-signal ratio (bottom, not
+                       covered by ε) against --sparsity, a column per (dataset, model), a line per
+                       method and privacy level (mean, bars ± 1 std over seeds). Only when the sweep
+                       has two sparsities or more
 
 and the pieces the verdict's figures share (a panel of accuracy vs epsilon, axes,
 legend, styles, error bars). Plots keep differences in proportion: an accuracy axis
@@ -38,6 +42,7 @@ from crepe.study.results import (FEW, MIN_SEEDS, Row, method_rank, Stat, extra_l
 
 PLOTS = ("acc_vs_eps.png", "acc_vs_time.png", "acc_per_epoch.png")
 DIAGNOSTICS_PLOT = "diagnostics.png"
+SPARSITY_PLOT = "sparsity.png"
 MIN_SPAN = 5.0  # accuracy points: the narrowest y-range of an accuracy plot
 MIN_SIZE = (6.4, 4.0)  # inches: the smallest figure (titles and labels fit)
 FEW_FIGURE_NOTE = (f"Dashed bars ({FEW}): fewer than {MIN_SEEDS} seeds, very uncertain: a 95% interval from 2 seeds is "
@@ -58,6 +63,8 @@ def figure_names(rows: Sequence[Row]) -> list[str]:
     names += [PLOTS[1], PLOTS[2]]
     if _diagnostic_keys(rows):
         names.append(DIAGNOSTICS_PLOT)
+    if len({r.k.get("sparsity", 0.0) for r in rows}) > 1:
+        names.append(SPARSITY_PLOT)
     return names
 
 
@@ -319,7 +326,7 @@ def draw_acc_vs_eps(ax: Any, rows: Sequence[Row], axes_cols: Sequence[str], *, e
 def figures(plt: Any, rows: Sequence[Row]) -> dict[str, Any]:
     """file name -> matplotlib Figure of each plot (the caller saves and closes them)."""
     draw = {PLOTS[0]: acc_vs_eps_figure, PLOTS[1]: acc_vs_time_figure, PLOTS[2]: acc_per_epoch_figure,
-            DIAGNOSTICS_PLOT: diagnostics_figure}
+            DIAGNOSTICS_PLOT: diagnostics_figure, SPARSITY_PLOT: sparsity_figure}
     return {name: draw[name](plt, rows) for name in figure_names(rows)}
 
 
@@ -572,4 +579,40 @@ def diagnostics_figure(plt: Any, rows: Sequence[Row]) -> Any:
                    title_fontsize=8)
     else:
         legend(fig)
+    return fig
+
+
+def _last_noise_to_signal(run: Any) -> float | None:
+    values = [m.get("noise_to_signal") for m in run.metrics]
+    return next((v for v in reversed(values) if v is not None), None)
+
+
+def sparsity_figure(plt: Any, rows: Sequence[Row]) -> Any:
+    """Accuracy and noise-to-signal against sparsity: a column per (dataset, model)."""
+    panels = panels_of(rows)
+    fig, axs = figure(plt, 2, len(panels), (6.0, 3.6))
+    for col, panel in enumerate(panels):
+        here = [r for r in rows if _in_panel(r, panel)]
+        lines: dict[tuple[str, str], list[Row]] = {}
+        for r in here:
+            lines.setdefault((str(r.k["method"]), privacy_label(r.k)), []).append(r)
+        for (method, level), line in sorted(lines.items()):
+            line.sort(key=lambda r: r.k.get("sparsity", 0.0))
+            xs = [100 * r.k.get("sparsity", 0.0) for r in line]
+            accs = [acc_pct(r, std_or_0) for r in line]
+            colour, marker = style(method)
+            label = f"{method}, {level}"
+            axs[0][col].errorbar(xs, [a for a, _ in accs], yerr=[e for _, e in accs], color=colour, marker=marker,
+                                 capsize=3, label=label)
+            ratios = [[v for v in (_last_noise_to_signal(run) for run in r.runs) if v is not None] for r in line]
+            pts = [(x, statistics.fmean(v)) for x, v in zip(xs, ratios) if v]
+            if pts:
+                axs[1][col].plot([x for x, _ in pts], [y for _, y in pts], color=colour, marker=marker, label=label)
+        axs[0][col].set_title(f"{panel[0]}, {panel[1]}")
+        axs[0][col].set_ylabel("test accuracy (%)")
+        axs[1][col].set_ylabel("noise-to-signal, last epoch\n(σC√d_eff / |clipped sum|; not covered by ε)")
+        axs[1][col].set_xlabel("sparsity (% of conv and linear weights pruned)")
+    fig.suptitle("Test accuracy and noise-to-signal against sparsity (bars: ± 1 std over seeds)", fontsize=10,
+                 x=0.01, ha="left")
+    legend(fig, "method, privacy")
     return fig
