@@ -21,8 +21,11 @@ CHUNK = 64  # picks (or candidates) per n x CHUNK block of float64 distances
 
 
 def widen(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(X as float64, its squared row norms): what the block distances read."""
-    X64 = np.ascontiguousarray(Xc, dtype=np.float64)
+    """(X as float64, centred, and its squared row norms): what the block
+    distances read. Centring keeps |x|^2 small, and with it the expansion's
+    cancellation error (about 1e-16 |x|^2 in d^2)."""
+    X64 = np.asarray(Xc, dtype=np.float64)
+    X64 = np.ascontiguousarray(X64 - X64.mean(axis=0))
     return X64, np.einsum("ij,ij->i", X64, X64)
 
 
@@ -30,6 +33,7 @@ def block_distances(X64: np.ndarray, sq: np.ndarray, cols: np.ndarray) -> np.nda
     """(n, len(cols)) float64 Euclidean distances of every point to the points `cols`."""
     d2 = sq[:, None] + sq[cols][None, :] - 2.0 * (X64 @ X64[cols].T)
     np.maximum(d2, 0.0, out=d2)  # the expansion can round a tiny square below zero
+    d2[cols, np.arange(len(cols))] = 0.0  # d(x, x) = 0 exactly (the expansion leaves ~1e-8 |x|)
     return np.sqrt(d2, out=d2)
 
 
