@@ -8,6 +8,7 @@ the merge never below the unmerged selection.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -78,6 +79,26 @@ def test_stochastic_with_every_candidate_is_exact() -> None:
     np.testing.assert_allclose(st.objective, exact.objective, rtol=1e-12)
     np.testing.assert_allclose(st.gains, exact.gains, rtol=1e-9)
     np.testing.assert_array_equal(st.weights.sum(), 300)
+
+
+def test_lazy_evaluation_picks_what_a_full_evaluation_picks() -> None:
+    """Loose but valid bounds (true gain plus slack): the lazy scan must still
+    return the sample's best gain, lowest index on ties, whatever block it is in."""
+    from crepe.selection.stochastic import _lazy_best
+    from crepe.selection.trace import block_distances, widen
+
+    rng = np.random.default_rng(0)
+    X, _ = blobs(500, seed=3)
+    X64, sq = widen(X)
+    for trial in range(20):
+        cur = block_distances(X64, sq, rng.choice(500, 5, replace=False)).min(axis=1)
+        sample = rng.choice(500, 300, replace=False)
+        gains = np.maximum(cur[:, None] - block_distances(X64, sq, sample), 0.0).sum(axis=0)
+        bound = np.full(500, np.inf)
+        bound[sample] = gains + rng.exponential(gains.max() * (trial % 4), size=300)
+        e, g = _lazy_best(X64, sq, cur, bound, sample)
+        top = np.isclose(gains, gains.max(), rtol=1e-13, atol=0)  # block shapes round the sums differently
+        assert g == pytest.approx(gains.max(), rel=1e-13) and e == sample[top].min()
 
 
 def test_stochastic_outputs_are_consistent_and_seeded() -> None:
@@ -163,10 +184,32 @@ def test_merge_is_never_below_no_merge_and_counts_over_the_class() -> None:
             rows = np.flatnonzero(y == c)
             mine = merged.indices[merged.labels == c]
             assert merged.objective[c] == pytest.approx(class_value(X[rows], np.searchsorted(rows, mine)), rel=1e-12)
-            assert merged.objective[c] >= plain.objective[c] * (1 - 1e-12)
+            assert merged.objective[c] >= class_value(X[rows], np.searchsorted(rows, plain.indices[plain.labels == c])) * (1 - 1e-12)
             d = distances(X[rows])[:, np.searchsorted(rows, mine)]
             np.testing.assert_array_equal(merged.weights[merged.labels == c], np.bincount(d.argmin(axis=1), minlength=20))
         np.testing.assert_array_equal([merged.weights[merged.labels == c].sum() for c in range(2)], np.bincount(y))
+
+
+def test_merge_falls_back_to_the_shard_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merge that chooses badly (here: the union's k points farthest out)
+    loses to the shards' own picks, which are then returned."""
+    real = sharded.select_shard
+    calls = []
+
+    def bad_merge(Xs: np.ndarray, budget: int, **kw: object) -> crepe.Selection:
+        calls.append(len(Xs))
+        if len(calls) < 6:  # 5 shards, then the merge
+            return real(Xs, budget, **kw)
+        far = np.argsort(-np.linalg.norm(Xs - Xs.mean(axis=0), axis=1))[:budget]
+        return dataclasses.replace(real(Xs[far], budget, **kw), indices=far)
+
+    X, _ = blobs(300, seed=9)
+    plain = crepe.select(X, k=20, engine="sharded", shard_size=60, seed=1)
+    monkeypatch.setattr(sharded, "select_shard", bad_merge)
+    merged = crepe.select(X, k=20, engine="sharded", shard_size=60, merge=True, seed=1)
+    assert len(calls) == 6
+    np.testing.assert_array_equal(np.sort(merged.indices), np.sort(plain.indices))
+    assert merged.objective[0] == pytest.approx(class_value(X, plain.indices), rel=1e-12)
 
 
 def test_budgets_are_proportional_and_sum_to_k() -> None:
