@@ -101,6 +101,14 @@ def test_lazy_evaluation_picks_what_a_full_evaluation_picks() -> None:
         assert g == pytest.approx(gains.max(), rel=1e-13) and e == sample[top].min()
 
 
+def test_stochastic_weights_go_to_the_earliest_of_equally_near_picks() -> None:
+    X = np.random.default_rng(4).integers(-2, 3, size=(400, 3)).astype(np.float64)  # many exact ties
+    for seed in range(3):
+        st = crepe.select(X, k=15, engine="stochastic", epsilon=0.2, seed=seed)
+        nearest = distances(X)[:, st.indices].argmin(axis=1)  # argmin: the first (earliest) pick on ties
+        np.testing.assert_array_equal(st.weights, np.bincount(nearest, minlength=15))
+
+
 def test_stochastic_outputs_are_consistent_and_seeded() -> None:
     X, y = blobs(500, classes=2, seed=2)
     a = crepe.select(X, y, k=25, engine="stochastic", epsilon=0.3, seed=7)
@@ -151,14 +159,19 @@ def test_split_does_not_depend_on_the_data() -> None:
 def test_shard_weights_and_gains_are_counted_within_shards() -> None:
     X, _ = blobs(300, seed=7)
     got = crepe.select(X, k=30, engine="sharded", shard_size=100, seed=2)
-    lo = 0
+    D = distances(X).max()  # the class's D
+    lo, want = 0, 0.0
     for rows in shard_of_each_pick(300, 100, 2, 0, 1):
-        ref = select_reference(X[rows], k=10)  # the oracle on the shard alone
+        ref = select_reference(X[rows], k=10)  # the oracle on the shard alone, in the shard's D
+        cost = 100 * distances(X[rows]).max() - ref.objective[0]  # sum of distances to the shard's picks
         np.testing.assert_array_equal(got.indices[lo : lo + 10], rows[ref.indices])
         np.testing.assert_array_equal(got.weights[lo : lo + 10], ref.weights)
         np.testing.assert_allclose(got.gains[lo + 1 : lo + 10], ref.gains[1:], rtol=1e-12)
+        assert got.gains[lo] == pytest.approx(100 * D - distances(X[rows])[:, ref.indices[0]].sum(), rel=1e-12)
+        want += 100 * D - cost
         lo += 10
     assert got.weights.sum() == 300
+    assert got.objective[0] == pytest.approx(want, rel=1e-12)
     assert got.objective[0] == pytest.approx(got.gains.sum(), rel=1e-12)
     assert got.objective[0] <= class_value(X, got.indices) * (1 + 1e-12)  # a lower bound on F(S)
 

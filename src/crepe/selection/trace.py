@@ -23,9 +23,11 @@ CHUNK = 64  # picks (or candidates) per n x CHUNK block of float64 distances
 def widen(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(X as float64, centred, and its squared row norms): what the block
     distances read. Centring keeps |x|^2 small, and with it the expansion's
-    cancellation error (about 1e-16 |x|^2 in d^2)."""
+    cancellation error (about 1e-16 |x|^2 in d^2); the centre is rounded to
+    integers so that integer points stay integers and their squared
+    distances, hence their ties, stay exact."""
     X64 = np.asarray(Xc, dtype=np.float64)
-    X64 = np.ascontiguousarray(X64 - X64.mean(axis=0))
+    X64 = np.ascontiguousarray(X64 - np.round(X64.mean(axis=0)))
     return X64, np.einsum("ij,ij->i", X64, X64)
 
 
