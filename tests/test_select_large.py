@@ -250,6 +250,7 @@ def test_budgets_are_proportional_and_sum_to_k() -> None:
         ({"engine": "sharded", "shard_size": 10, "merge": 1}, "merge must be True or False"),
         ({"engine": "sharded", "shard_size": 10, "epsilon": 0.1}, "epsilon= applies to engine='stochastic' only"),
         ({"engine": "sharded", "shard_size": 10, "seed": -1}, "seed must be an int >= 0"),
+        ({"engine": "stochastic", "epsilon": 0.1, "method": "naive"}, "method='naive' applies to the exact engine"),
         ({"shard_size": 10}, "shard_size= applies to engine='sharded' only, not 'exact'"),
         ({"seed": 1}, "seed= applies to engine='sharded' or 'stochastic' only, not 'exact'"),
         # 100 points, 5 picks: 10 shards of 10 would leave five without a pick

@@ -62,7 +62,8 @@ def select(
             at most n_c. Exactly one of fraction and k.
         k: picks per class (every class must have at least k points).
         method: "lazy" (fast) or "naive" (re-evaluates every candidate at every
-            step; for verification). Both return the same picks.
+            step; for verification). Both return the same picks. The exact
+            engine's, also on each shard of engine="sharded".
         threads: OpenMP threads (default: OMP_NUM_THREADS or all cores). Results
             do not depend on it. CPU engine only.
         device: where to compute. None: where X lives (a CUDA tensor runs on
@@ -117,6 +118,9 @@ def select(
     given = {"epsilon": epsilon, "shard_size": shard_size, "merge": merge, "seed": seed}
     options = {name: value for name, value in given.items() if value is not None}
     check_options(engine, options)
+    if engine == "stochastic" and method != "lazy":
+        raise ValueError(f"method={method!r} applies to the exact engine (and the sharded engine's shards), "
+                         "not engine='stochastic'")
     if engine != "exact":
         if device == "cuda" or (device is None and is_torch_tensor(X) and X.device.type == "cuda"):
             raise ValueError(f"engine={engine!r} runs on the CPU only; pass host X or device='cpu'")
