@@ -1,7 +1,9 @@
 """CRAIG selection: `select` (api) on a validated `Problem` (problem), by the CPU
 or CUDA engine (cpu, cuda), into a frozen `Selection` (result); `reference` is
-the slow NumPy oracle. Imports point one way: api -> cpu, cuda -> problem ->
-result, and reference -> problem, result; result imports nothing of crepe.
+the slow NumPy oracle. Beside the exact engine, for very large classes:
+engines (options, per-class loop) -> stochastic, sharded (-> cpu) -> trace.
+Imports point one way: api -> engines, cpu, cuda -> problem -> result, and
+reference -> problem, result; result imports nothing of crepe.
 """
 
 from __future__ import annotations

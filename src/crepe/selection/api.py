@@ -1,7 +1,8 @@
 """crepe.select: CRAIG per-class facility location, maximised by greedy, in C++.
 
-Option checks and the choice of engine; the engines (cpu, cuda) are imported
-only when a selection runs, so `import crepe` loads neither the extension nor torch.
+Option checks and the choice of engine; the engines (cpu, cuda; the
+stochastic and sharded ones of engines.py) are imported only when a selection
+runs, so `import crepe` loads neither the extension nor torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import functools
 import warnings
 from typing import Any, Literal
 
+from crepe.selection.engines import Engine, check_options
 from crepe.selection.problem import is_torch_tensor, prepare
 from crepe.selection.result import Selection
 
@@ -42,6 +44,11 @@ def select(
     method: Method = "lazy",
     threads: int | None = None,
     device: Device | None = None,
+    engine: Engine = "exact",
+    epsilon: float | None = None,
+    shard_size: int | None = None,
+    merge: bool | None = None,
+    seed: int | None = None,
 ) -> Selection:
     """Select a CRAIG coreset: per-class facility location, greedy.
 
@@ -55,7 +62,8 @@ def select(
             at most n_c. Exactly one of fraction and k.
         k: picks per class (every class must have at least k points).
         method: "lazy" (fast) or "naive" (re-evaluates every candidate at every
-            step; for verification). Both return the same picks.
+            step; for verification). Both return the same picks. The exact
+            engine's, also on each shard of engine="sharded".
         threads: OpenMP threads (default: OMP_NUM_THREADS or all cores). Results
             do not depend on it. CPU engine only.
         device: where to compute. None: where X lives (a CUDA tensor runs on
@@ -66,6 +74,29 @@ def select(
             return the same Selection, bitwise. The CUDA path has not been
             verified on hardware yet: it warns once per process
             (`UnverifiedCUDAWarning`).
+        engine: "exact" (default): the greedy above. For classes too large for
+            it (its cost grows as n^2 d; docs/scale.md), two documented
+            approximations, CPU only, each with its own options:
+            "stochastic": stochastic greedy (Mirzasoleiman et al. 2015): each
+            step takes the best of ceil((n_c/k_c) ln(1/epsilon)) random
+            candidates; F >= (1 - 1/e - epsilon) OPT in expectation.
+            "sharded": each class split at random (independently of X) into
+            shards of at most `shard_size` points, the exact engine (`method`)
+            on each with its proportional share of the budget, weights counted
+            within the shard; `merge=True` adds a GreeDi merge (the exact
+            engine again on the union of the shards' picks, weights counted
+            over the whole class). `gains`, `objective` and `weights` keep
+            their meaning, up to rounding; for the unmerged sharded engine
+            `objective` is the value of the assignment the weights encode (each
+            point to its shard's pick), a lower bound on F(S).
+        epsilon: engine="stochastic" only (required): in (0, 1).
+        shard_size: engine="sharded" only (required): the most points per
+            shard; every shard needs a pick, so at least ceil(n_c / k_c).
+        merge: engine="sharded" only: the GreeDi merge (default False).
+        seed: the stochastic and sharded engines' randomness (candidate
+            samples, shard splits): an int for a reproducible selection, None
+            for fresh OS entropy. It needs no secrecy: selection is
+            post-processing of the (noised) proxies.
 
     Returns:
         A frozen `Selection` of read-only numpy arrays (indices, weights, gains,
@@ -84,6 +115,19 @@ def select(
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     if device is not None and device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {list(DEVICES)} or None (where X lives)")
+    given = {"epsilon": epsilon, "shard_size": shard_size, "merge": merge, "seed": seed}
+    options = {name: value for name, value in given.items() if value is not None}
+    check_options(engine, options)
+    if engine == "stochastic" and method != "lazy":
+        raise ValueError(f"method={method!r} applies to the exact engine (and the sharded engine's shards), "
+                         "not engine='stochastic'")
+    if engine != "exact":
+        if device == "cuda" or (device is None and is_torch_tensor(X) and X.device.type == "cuda"):
+            raise ValueError(f"engine={engine!r} runs on the CPU only; pass host X or device='cpu'")
+        from crepe.selection import engines
+
+        Xh = X.detach().cpu() if is_torch_tensor(X) else X
+        return engines.run(prepare(Xh, y, fraction, k), engine, options, method_id=METHODS[method], threads=threads)
     on_cuda = is_torch_tensor(X) and X.device.type == "cuda"
     if (device or ("cuda" if on_cuda else "cpu")) == "cuda":
         from crepe.selection import cuda
