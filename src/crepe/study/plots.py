@@ -612,7 +612,7 @@ def sparsity_figure(plt: Any, rows: Sequence[Row]) -> Any:
         axs[0][col].set_ylabel("test accuracy (%)")
         axs[1][col].set_ylabel("noise-to-signal, last epoch\n(σC√d_eff / |clipped sum|; not covered by ε)")
         axs[1][col].set_xlabel("sparsity (% of conv and linear weights pruned)")
-    fig.suptitle("Test accuracy and noise-to-signal against sparsity (bars: ± 1 std over seeds)", fontsize=10,
+    fig.suptitle("Accuracy and noise-to-signal vs sparsity (bars: ± 1 std)", fontsize=10,
                  x=0.01, ha="left")
     legend(fig, "method, privacy")
     return fig
