@@ -1,0 +1,167 @@
+"""Tables of issue 24's user-level study from its runs' config.json and summary.json (no training).
+
+    python bench/collect_user_study.py RUN_DIR_OR_SWEEP [...] [--csv runs.csv] [--md table.md]
+        [--baseline baseline.json]
+
+`crepe report` tabulates test accuracy and example-level columns; it knows nothing of the
+embedding metrics of held-out classes, of the user-level epsilon of an example-level run, or of
+what differs between user-level rows (algorithm, K, pretraining). This script reads every
+finished run (a folder holding summary.json with status "complete") under the paths given and
+writes:
+- one row per run (`--csv`): its settings, sigma, epsilon (the run's own, and the user-level one:
+  the run's epsilon for a user-level run, the group-privacy epsilon for an example-level run),
+  rounds, recall at FAR 1e-3 and 0.1 and 1-NN accuracy on the held-out classes, test accuracy,
+  training seconds per round (step) and the whole run's wall time;
+- a markdown table per target user-level epsilon (`--md`), one row per configuration: the mean
+  over its seeds, with "± std" when it has 2 or more, and the number of seeds. No interval is
+  given for 1 seed.
+Example-level runs are matched to a target by their user-level epsilon (within 1% below it).
+`--baseline` adds the row of an untrained backbone (bench/untrained_embedding.py's JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+FIELDS = ["run", "unit", "algorithm", "K", "local_epochs", "pretrain", "dp", "target_eps", "sigma", "seed",
+          "eps", "eps_user", "max_per_user", "rounds", "recall_1e-3", "recall_0.1", "nn1", "test_acc",
+          "train_s_per_round", "total_time_s", "lr", "momentum", "batch_size"]
+
+
+def rows_of(paths: list[Path]) -> list[dict]:
+    rows = []
+    for root in paths:
+        for s in sorted(root.rglob("summary.json")):
+            summary = json.loads(s.read_text())
+            if summary.get("status") != "complete":
+                continue
+            cfg = json.loads((s.parent / "config.json").read_text())
+            emb = summary.get("embedding") or {}
+            user = cfg["privacy_unit"] == "user"
+            rounds = sum(r["steps"] for r in summary["ledger"] if r["kind"] == "train")
+            eps = None if summary.get("eps_total_infinite") else summary["eps_total"]
+            eps_user = eps if user else (None if summary.get("eps_user_infinite") else summary.get("eps_user"))
+            rows.append({
+                "run": str(s.parent),
+                "unit": cfg["privacy_unit"],
+                "algorithm": cfg["algorithm"] if user else "example-level dp-sgd",
+                "K": cfg["virtual_client_size"] if user and cfg["algorithm"] == "dp-fedemb" else 1,
+                "local_epochs": cfg["local_epochs"] if user and cfg["algorithm"] != "dp-sgd" else "",
+                "pretrain": cfg.get("pretrain") or "",
+                "dp": cfg["dp"],
+                "target_eps": cfg.get("target_epsilon"),
+                "sigma": summary["sigma"],
+                "seed": cfg["seed"],
+                "eps": eps,
+                "eps_user": eps_user,
+                "max_per_user": summary.get("max_per_user"),
+                "rounds": rounds,
+                "recall_1e-3": emb.get("recall_at_far_1e-3"),
+                "recall_0.1": emb.get("recall_at_far_0.1"),
+                "nn1": emb.get("nn1_accuracy"),
+                "test_acc": summary.get("test_acc"),
+                "train_s_per_round": summary["train_time_s"] / rounds if rounds else None,
+                "total_time_s": summary["total_time_s"],
+                "lr": cfg["lr"], "momentum": cfg["momentum"], "batch_size": cfg["batch_size"],
+            })
+    return rows
+
+
+def target_of(row: dict, targets: list[float]) -> float | None:
+    """The target user-level epsilon a row was run at: its --target-epsilon (user-level runs), or the
+    target its group-privacy epsilon lies within 1% below (example-level runs at a bisected sigma)."""
+    if not row["dp"]:
+        return None
+    if row["unit"] == "user":
+        return row["target_eps"]
+    for t in targets:
+        if row["eps_user"] is not None and 0.99 * t <= row["eps_user"] <= t * (1 + 1e-9):
+            return t
+    return math.nan
+
+
+def fmt(values: list[float], digits: int, scale: float = 1.0) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "—"
+    m = statistics.mean(values)
+    if len(values) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def config_name(row: dict) -> str:
+    if row["unit"] == "example":
+        name = "example-level DP-SGD (ε per user by group privacy, k = %s)" % row["max_per_user"]
+    elif row["algorithm"] == "dp-fedemb":
+        name = f"DP-FedEmb K = {row['K']}"
+    else:
+        name = {"dp-sgd": "user-level DP-SGD", "dp-fedavg": "DP-FedAvg"}[row["algorithm"]]
+    if row["pretrain"]:
+        name += f", pretrained on public {row['pretrain']}"
+    return name
+
+
+def table(rows: list[dict], title: str) -> list[str]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(config_name(r), []).append(r)
+    out = [f"**{title}**", "",
+           "| configuration | seeds | σ | ε per user | recall @ FAR 1e-3 (%) | recall @ FAR 0.1 (%) | 1-NN (%) "
+           "| test acc (%) | s / round |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    order = sorted(groups.items(), key=lambda kv: -statistics.mean(r["recall_1e-3"] or 0 for r in kv[1]))
+    for name, rs in order:
+        sigmas = sorted({round(r["sigma"], 3) for r in rs})
+        eps = [r["eps_user"] for r in rs if r["eps_user"] is not None]
+        out.append(
+            f"| {name} | {len(rs)} | {'/'.join(f'{s:g}' for s in sigmas)} | "
+            f"{(f'{max(eps):.3f}' if eps else '∞')} | {fmt([r['recall_1e-3'] for r in rs], 2, 100)} | "
+            f"{fmt([r['recall_0.1'] for r in rs], 2, 100)} | {fmt([r['nn1'] for r in rs], 2, 100)} | "
+            f"{fmt([r['test_acc'] for r in rs], 2, 100)} | {fmt([r['train_s_per_round'] for r in rs], 3)} |")
+    return out + [""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--csv", type=Path)
+    p.add_argument("--md", type=Path)
+    p.add_argument("--targets", type=float, nargs="+", default=[3.0, 8.0])
+    p.add_argument("--baseline", type=Path, help="JSON of an untrained backbone's embedding metrics")
+    a = p.parse_args()
+    rows = rows_of(a.paths)
+    for r in rows:
+        r["target_user_eps"] = target_of(r, a.targets)
+    if a.csv:
+        with a.csv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS + ["target_user_eps"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    lines = []
+    for t in a.targets:
+        lines += table([r for r in rows if r["target_user_eps"] == t], f"user-level ε = {t:g} (δ = 1e-5)")
+    unmatched = [r for r in rows if r["dp"] and r["target_user_eps"] not in a.targets]
+    if unmatched:
+        lines += table(unmatched, "DP runs at no target of this table")
+    nodp = [r for r in rows if not r["dp"]]
+    if nodp:
+        lines += table(nodp, "non-private (ε = ∞): the ceiling")
+    if a.baseline:
+        b = json.loads(a.baseline.read_text())
+        lines += [f"Untrained backbone (seed{'s' if len(b['seeds']) > 1 else ''} {', '.join(map(str, b['seeds']))}): "
+                  f"recall @ FAR 1e-3 {fmt(b['recall_1e-3'], 2, 100)}%, @ FAR 0.1 {fmt(b['recall_0.1'], 2, 100)}%, "
+                  f"1-NN {fmt(b['nn1'], 2, 100)}%.", ""]
+    text = "\n".join(lines)
+    if a.md:
+        a.md.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
