@@ -30,7 +30,21 @@ from pathlib import Path
 
 FIELDS = ["run", "unit", "algorithm", "K", "local_epochs", "pretrain", "dp", "target_eps", "sigma", "seed",
           "eps", "eps_user", "max_per_user", "rounds", "recall_1e-3", "recall_0.1", "nn1", "test_acc",
-          "train_s_per_round", "total_time_s", "lr", "momentum", "batch_size"]
+          "train_s_per_round", "total_time_s", "units_per_round", "noise_std_per_coord", "noise_over_signal", "lr", "momentum", "batch_size"]
+
+
+def dims(cfg: dict) -> int:
+    """The number of coordinates that get noise: every parameter, or for dp-fedemb all but the head's."""
+    import torch.nn as nn
+
+    from crepe.models import build_model
+
+    model = build_model(cfg["model"], activation=cfg["activation"])
+    d = sum(p.numel() for p in model.parameters())
+    if cfg["privacy_unit"] == "user" and cfg["algorithm"] == "dp-fedemb":
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # the layer the run keeps local
+        d -= sum(p.numel() for p in head.parameters())
+    return d
 
 
 def rows_of(paths: list[Path]) -> list[dict]:
@@ -46,6 +60,9 @@ def rows_of(paths: list[Path]) -> list[dict]:
             rounds = sum(r["steps"] for r in summary["ledger"] if r["kind"] == "train")
             eps = None if summary.get("eps_total_infinite") else summary["eps_total"]
             eps_user = eps if user else (None if summary.get("eps_user_infinite") else summary.get("eps_user"))
+            k_vc = cfg["virtual_client_size"] if user and cfg["algorithm"] == "dp-fedemb" else 1
+            # the public denominator of the server's step: expected units per round (user level), B (example level)
+            units = cfg["users_per_round"] / k_vc if user else cfg["batch_size"]
             rows.append({
                 "run": str(s.parent),
                 "unit": cfg["privacy_unit"],
@@ -67,6 +84,11 @@ def rows_of(paths: list[Path]) -> list[dict]:
                 "test_acc": summary.get("test_acc"),
                 "train_s_per_round": summary["train_time_s"] / rounds if rounds else None,
                 "total_time_s": summary["total_time_s"],
+                "units_per_round": units,
+                # std of the noise in one coordinate of the averaged update the server steps with: sigma C / units
+                "noise_std_per_coord": summary["sigma"] * cfg["max_grad_norm"] / units,
+                # the noise's norm over the largest norm of the averaged clipped signal (C): sigma sqrt(d) / units
+                "noise_over_signal": summary["sigma"] * math.sqrt(dims(cfg)) / units,
                 "lr": cfg["lr"], "momentum": cfg["momentum"], "batch_size": cfg["batch_size"],
             })
     return rows
@@ -107,20 +129,27 @@ def config_name(row: dict) -> str:
     return name
 
 
+def multi_lr(rows: list[dict], r: dict) -> bool:
+    """True when runs of r's configuration were made at more than one server lr (then rows split by lr)."""
+    return len({x["lr"] for x in rows if config_name(x) == config_name(r)}) > 1
+
+
 def table(rows: list[dict], title: str) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(config_name(r), []).append(r)
+        groups.setdefault(config_name(r) + (f" (lr {r['lr']:g})" if multi_lr(rows, r) else ""), []).append(r)
     out = [f"**{title}**", "",
-           "| configuration | seeds | σ | ε per user | recall @ FAR 1e-3 (%) | recall @ FAR 0.1 (%) | 1-NN (%) "
+           "| configuration | server lr | seeds | σ | noise std / coord. | ‖noise‖ / C | ε per user | recall @ FAR 1e-3 (%) | recall @ FAR 0.1 (%) | 1-NN (%) "
            "| test acc (%) | s / round |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = sorted(groups.items(), key=lambda kv: -statistics.mean(r["recall_1e-3"] or 0 for r in kv[1]))
     for name, rs in order:
         sigmas = sorted({round(r["sigma"], 3) for r in rs})
+        lrs = "/".join(sorted({f"{r['lr']:g}" for r in rs}))
         eps = [r["eps_user"] for r in rs if r["eps_user"] is not None]
         out.append(
-            f"| {name} | {len(rs)} | {'/'.join(f'{s:g}' for s in sigmas)} | "
+            f"| {name} | {lrs} | {len(rs)} | {'/'.join(f'{s:g}' for s in sigmas)} | "
+            f"{fmt([r['noise_std_per_coord'] for r in rs], 4)} | {fmt([r['noise_over_signal'] for r in rs], 2)} | "
             f"{(f'{max(eps):.3f}' if eps else '∞')} | {fmt([r['recall_1e-3'] for r in rs], 2, 100)} | "
             f"{fmt([r['recall_0.1'] for r in rs], 2, 100)} | {fmt([r['nn1'] for r in rs], 2, 100)} | "
             f"{fmt([r['test_acc'] for r in rs], 2, 100)} | {fmt([r['train_s_per_round'] for r in rs], 3)} |")
