@@ -16,6 +16,7 @@ writes:
   over its seeds, with "± std" when it has 2 or more, and the number of seeds. No interval is
   given for 1 seed.
 Example-level runs are matched to a target by their user-level epsilon (within 1% below it).
+`--only-seed S` keeps the runs of seed S only (each starts from the backbone that seed initialises).
 `--baseline` adds the row of an untrained backbone (bench/untrained_embedding.py's JSON).
 """
 
@@ -162,9 +163,12 @@ def main() -> None:
     p.add_argument("--csv", type=Path)
     p.add_argument("--md", type=Path)
     p.add_argument("--targets", type=float, nargs="+", default=[3.0, 8.0])
+    p.add_argument("--only-seed", type=int, help="tabulate only the runs of this seed (paired with its initial backbone)")
     p.add_argument("--baseline", type=Path, help="JSON of an untrained backbone's embedding metrics")
     a = p.parse_args()
     rows = rows_of(a.paths)
+    if a.only_seed is not None:
+        rows = [r for r in rows if r["seed"] == a.only_seed]
     for r in rows:
         r["target_user_eps"] = target_of(r, a.targets)
     if a.csv:
@@ -183,6 +187,9 @@ def main() -> None:
         lines += table(nodp, "non-private (ε = ∞): the ceiling")
     if a.baseline:
         b = json.loads(a.baseline.read_text())
+        if a.only_seed is not None:
+            i = b["seeds"].index(a.only_seed)
+            b = {"seeds": [a.only_seed], **{m: [b[m][i]] for m in ("recall_1e-3", "recall_0.1", "nn1")}}
         lines += [f"Untrained backbone (seed{'s' if len(b['seeds']) > 1 else ''} {', '.join(map(str, b['seeds']))}): "
                   f"recall @ FAR 1e-3 {fmt(b['recall_1e-3'], 2, 100)}%, @ FAR 0.1 {fmt(b['recall_0.1'], 2, 100)}%, "
                   f"1-NN {fmt(b['nn1'], 2, 100)}%.", ""]
