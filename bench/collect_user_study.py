@@ -157,6 +157,26 @@ def table(rows: list[dict], title: str) -> list[str]:
     return out + [""]
 
 
+def welch_lines(rows: list[dict], metric: str, scale: float = 100.0) -> list[str]:
+    """Per target: the two configurations with 2+ seeds and the highest mean of `metric`, their
+    difference with the Welch 95% interval (crepe.study.verdict.welch, as `crepe report` computes it)."""
+    from crepe.study.results import Stat
+    from crepe.study.verdict import welch
+
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        if r[metric] is not None:
+            groups.setdefault(config_name(r), []).append(r[metric] * scale)
+    stats = {k: Stat.of(v) for k, v in groups.items() if len(v) >= 2}
+    if len(stats) < 2:
+        return []
+    (a, sa), (b, sb) = sorted(stats.items(), key=lambda kv: -kv[1].mean)[:2]
+    d = welch(sa, sb)
+    verdict = "exceeds the seed noise" if d.exceeds_noise else "within the seed noise"
+    return [f"{metric}: {a} ({sa.n} seeds) − {b} ({sb.n} seeds) = {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] "
+            f"(Welch 95%): {verdict}", ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path)
@@ -179,6 +199,12 @@ def main() -> None:
     lines = []
     for t in a.targets:
         lines += table([r for r in rows if r["target_user_eps"] == t], f"user-level ε = {t:g} (δ = 1e-5)")
+    for t in a.targets:
+        at = [r for r in rows if r["target_user_eps"] == t]
+        for metric in ("test_acc", "recall_1e-3"):
+            w = welch_lines(at, metric)
+            if w:
+                lines += [f"ε = {t:g}, " + w[0], ""]
     unmatched = [r for r in rows if r["dp"] and r["target_user_eps"] not in a.targets]
     if unmatched:
         lines += table(unmatched, "DP runs at no target of this table")
