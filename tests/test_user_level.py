@@ -226,3 +226,20 @@ def test_the_command_line_refuses_more_synthetic_users_than_examples(data_root, 
                  "--user-count", "1000"])
     assert code == 2
     assert "users (U) must be an integer in 1..n = 500" in capsys.readouterr().err
+
+
+def test_a_user_level_run_whose_weights_diverge_stops_in_that_epoch(tmp_path: Path) -> None:
+    """User-level rounds have no training loss: non-finite weights end the run in the epoch they appear,
+    not after the last one, with the last good checkpoint kept."""
+    x, y, uid = blobs()
+    given = {"dataset": "user", "model": "user", "method": "full", "privacy_unit": "user", "algorithm": "dp-fedemb",
+             "virtual_client_size": 2, "users_per_round": 10, "sigma": 1.0, "lr": 1e38, "local_lr": 1e38,
+             "epochs": 3, "threads": 1}
+    cfg = new_run_config(given)
+    ds = inputs.prepare(api._data((x, y), (x[:50], y[:50])), cfg, user_ids=uid)
+    from crepe.training import rundir
+
+    rundir.prepare_out(cfg, tmp_path / "run", {})
+    with pytest.raises(RuntimeError, match=r"training diverged in epoch 1 \(the loss is .*, the weights not finite\)"):
+        loop.run(cfg, tmp_path / "run", data=ds, model=MLP(), log=lambda s: None)
+    assert not rundir.read_metrics(tmp_path / "run")  # nothing of the diverged epoch was recorded

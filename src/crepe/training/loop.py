@@ -144,8 +144,10 @@ def run(
                                  size=plan.set_size)
                 es = train_epoch(r.net, r.opt, x, y, st.coreset, sw, generator=r.gens["sampler"], progress=bar(st.epoch + 1))
             train_time = time.perf_counter() - t0
-            if not math.isfinite(es.loss_sum):  # nothing of this epoch is saved: the last checkpoint stays good
-                raise RuntimeError(f"training diverged in epoch {st.epoch + 1} (the loss is {es.loss_sum}); lower --lr. "
+            finite = all(bool(torch.isfinite(p).all()) for p in r.model.parameters())  # user-level rounds have no loss
+            if not math.isfinite(es.loss_sum) or not finite:  # nothing of this epoch is saved: the last checkpoint stays good
+                raise RuntimeError(f"training diverged in epoch {st.epoch + 1} (the loss is {es.loss_sum}, the weights "
+                                   f"{'finite' if finite else 'not finite'}); lower --lr. "
                                    f"The run folder keeps its last good checkpoint (epoch {st.epoch})")
             plan.check(st.ledger, epochs_done=st.epoch + 1)  # planned = recorded, before any epsilon is printed
             t0 = time.perf_counter()
