@@ -43,7 +43,17 @@ def input_norm(shape: Shape, groups: int | None) -> nn.Module:
     return nn.GroupNorm(groups, shape[0], affine=False)
 
 
-class CNN(nn.Module):
+class Classifier(nn.Module):
+    """head(features(x)): what every model here is (module docstring); subclasses set both."""
+
+    features: nn.Module
+    head: nn.Linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CNN(Classifier):
     """The Opacus MNIST example's CNN: conv 16x8x8/2 -> pool -> conv 32x4x4/2 -> pool -> fc 32 -> fc 10
     (for 1 x 28 x 28: 32 x 4 x 4 features before fc 32)."""
 
@@ -60,9 +70,6 @@ class CNN(nn.Module):
         )
         self.features = nn.Sequential(*conv, nn.Linear(flat_size(conv, shape, "cnn"), 32), act())  # h: (n, 32)
         self.head = nn.Linear(32, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class BasicBlock(nn.Module):
@@ -87,7 +94,7 @@ class BasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
     """A small ResNet for 28x28: stem 16 -> blocks 16, 32/2, 64/2 -> global average pool -> fc."""
 
     def __init__(self, classes: int = 10, act: type[nn.Module] = nn.ReLU, width: int = 16,
@@ -106,11 +113,8 @@ class ResNet(nn.Module):
         )
         self.head = nn.Linear(4 * w, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class ConvNet(nn.Module):
+class ConvNet(Classifier):
     """The paper's ConvNet: depth x [conv 3x3 -> instance norm -> ReLU -> avgpool 2] -> linear.
 
     Instance norm is GroupNorm with one group per channel (affine), which is
@@ -156,11 +160,8 @@ class ConvNet(nn.Module):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class Linear(nn.Module):
+class Linear(Classifier):
     """A linear classifier on the flattened input, after an optional input GroupNorm (ScatterNet + linear)."""
 
     def __init__(self, classes: int = 10, shape: Shape = (1, 28, 28), norm_groups: int | None = None) -> None:
@@ -168,11 +169,8 @@ class Linear(nn.Module):
         self.features = nn.Sequential(input_norm(shape, norm_groups), nn.Flatten())  # h: the input, normalised
         self.head = nn.Linear(math.prod(shape), classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class ScatterCNN(nn.Module):
+class ScatterCNN(Classifier):
     """Tramer & Boneh's small CNN on ScatterNet features: input GroupNorm -> conv 16x3x3/2 -> conv 32x3x3
     -> fc 32 -> fc classes (for 81 x 7 x 7 features: 32 x 4 x 4 before fc 32)."""
 
@@ -190,11 +188,8 @@ class ScatterCNN(nn.Module):
         self.features = nn.Sequential(*conv, nn.Linear(flat_size(conv, shape, "scatter-cnn"), 32), act())
         self.head = nn.Linear(32, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class CifarCNN(nn.Module):
+class CifarCNN(Classifier):
     """Tramer & Boneh's end-to-end CIFAR-10 CNN (after Papernot et al.'s tempered-sigmoid model):
     [conv 3x3 -> act] x 2 -> maxpool 2, with 32, 64, 128 channels -> fc 128 -> fc classes (tanh in
     their recipe); for 3 x 32 x 32: 128 x 4 x 4 features before fc 128."""
@@ -210,9 +205,6 @@ class CifarCNN(nn.Module):
         conv = nn.Sequential(*layers, nn.Flatten())
         self.features = nn.Sequential(*conv, nn.Linear(flat_size(conv, shape, "cifar-cnn"), 128), act())
         self.head = nn.Linear(128, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def build_model(name: str, *, activation: str = "relu", classes: int = 10, shape: Shape = (1, 28, 28),
