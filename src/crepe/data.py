@@ -199,20 +199,19 @@ def split_sizes(src: DataSource) -> dict[str, int]:
     if src.folder is None:
         return dict(TORCHVISION_SIZES.get(src.dataset, STANDARD_SIZES))
     if src.split == QMNIST_SPLIT:
-        rows = {}
-        for split, (_, labels) in QMNIST_FILES.items():
-            with gzip.open(src.folder / labels, "rb") as f:
-                rows[split] = int.from_bytes(f.read(8)[4:8], "big")
+        rows = {split: _rows(src.folder / labels) for split, (_, labels) in QMNIST_FILES.items()}
         return {"train": rows["train"], "test": min(rows["test"], QMNIST_TEST)}
     if src.split != "standard":
         return {"train": MNIST_T10K_TRAIN, "test": 10000 - MNIST_T10K_TRAIN}
     if src.dataset == "cifar10":
         return {split: len(read_cifar(src.folder, split)[1]) for split in CIFAR_BATCHES}
-    sizes = {}
-    for split, (_, labels) in idx_files(src.dataset).items():
-        with _open(find(src.folder, labels)) as f:  # type: ignore[arg-type]
-            sizes[split] = int.from_bytes(f.read(8)[4:8], "big")
-    return sizes
+    return {split: _rows(find(src.folder, labels)) for split, (_, labels) in idx_files(src.dataset).items()}  # type: ignore[arg-type]
+
+
+def _rows(path: Path) -> int:
+    """The first dimension an IDX file's header gives (its examples)."""
+    with _open(path) as f:
+        return int.from_bytes(f.read(8)[4:8], "big")
 
 
 def check_subsets(src: DataSource, *, train_subset: int | None, test_subset: int | None) -> None:
@@ -275,15 +274,20 @@ def _read_pair(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, np.n
         images, labels = (read_idx(find(folder, f)) for f in idx_files(dataset)[split])  # type: ignore[arg-type]
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise UsageError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
-        if dataset.startswith("emnist-"):
-            images = images.transpose(0, 2, 1)  # EMNIST's files hold each image transposed
-        images = images[:, None]
+        images = _grey(dataset, images)
     if images.shape[1:] != shape(dataset):
         raise UsageError(f"{folder}: {dataset} images are {shape(dataset)}; the files hold {images.shape[1:]}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes(dataset)):
         raise UsageError(f"{folder}: {dataset} labels are 0..{classes(dataset) - 1}; the files hold "
                          f"{int(labels.min())}..{int(labels.max())}")
     return images, labels
+
+
+def _grey(dataset: str, images: np.ndarray) -> np.ndarray:
+    """(n, H, W) grey images as (n, 1, H, W), upright (EMNIST's files hold each image transposed)."""
+    if dataset.startswith("emnist-"):
+        images = images.transpose(0, 2, 1)
+    return images[:, None]
 
 
 def _torchvision_arrays(dataset: str, cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -302,12 +306,8 @@ def _torchvision_arrays(dataset: str, cache: Path) -> dict[str, tuple[np.ndarray
             ) from e
         # The raw uint8 arrays: no per-item transform loop.
         images, labels = np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
-        if dataset == "cifar10":
-            images = images.transpose(0, 3, 1, 2)  # torchvision holds CIFAR-10 as (n, 32, 32, 3)
-        elif dataset.startswith("emnist-"):
-            images = images.transpose(0, 2, 1)[:, None]
-        else:
-            images = images[:, None]
+        # torchvision holds CIFAR-10 as (n, 32, 32, 3)
+        images = images.transpose(0, 3, 1, 2) if dataset == "cifar10" else _grey(dataset, images)
         out[split] = (images, labels)
     return out
 

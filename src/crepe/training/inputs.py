@@ -52,18 +52,16 @@ def qmnist(cfg: TrainConfig, *, cache: Path = data_mod.DEFAULT_CACHE) -> data_mo
 
     src = data_mod.resolve_source("qmnist", cfg.data_dir)
     train_subset, test_subset = cfg.train_subset, cfg.test_subset
+    data_mod.check_subsets(src, train_subset=train_subset, test_subset=test_subset)  # before the images are read
     train = load_qmnist(split="train", folder=src.folder, cache=cache)
     test = load_qmnist(split="test10k", folder=src.folder, cache=cache, max_per_user=data_mod.QMNIST_TEST)  # its users unused
     x, y, ids = train.x, train.y, train.partition.user_ids
     x_te, y_te = test.x, test.y
-    for split, subset, n in (("train", train_subset, len(y)), ("test", test_subset, len(y_te))):
-        if subset is not None and subset > n:
-            raise UsageError(f"--{split}-subset {subset} exceeds the {n} {split} examples")
     if train_subset is not None:
         x, y, ids = x[:train_subset], y[:train_subset], renumber(ids[:train_subset])
     if test_subset is not None:
         x_te, y_te = x_te[:test_subset], y_te[:test_subset]
-    users = torch.from_numpy(ids.astype(np.int64))
+    users = torch.from_numpy(ids.astype(np.int64))  # a writable copy (a partition's ids are read-only)
     source = f"{train.source}: {len(y)} train digits of {int(users.max()) + 1} NIST writers (the users) / {len(y_te)} test"
     return data_mod.LoadedData(x, y, x_te, y_te, split=src.split, source=source, user_ids=users,
                                fingerprint=data_mod.fingerprint(x, y, x_te, y_te, users), max_per_user=MAX_PER_WRITER)
