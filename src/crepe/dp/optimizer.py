@@ -113,6 +113,7 @@ class DPOptimizer(OpacusDPOptimizer):
         self._unclipped = 0.0
         self.canaries: Canaries | None = None  # audit canaries (crepe/audit), set by the training loop
         self.masks: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # pruning (set_masks)
+        self._d_eff = pruning.effective_dimension(self.params, [])  # the coordinates the noise lives in
         self._ratios: list[float] = []  # noise-to-signal of this epoch's steps
         self.attach_step_hook(lambda opt: self._after_noise())
 
@@ -122,6 +123,7 @@ class DPOptimizer(OpacusDPOptimizer):
         if any(id(p) not in ids for p, _ in masks):
             raise ValueError("a mask names a parameter this optimizer does not step")
         self.masks = masks
+        self._d_eff = pruning.effective_dimension(self.params, masks)
 
     def take_noise_to_signal(self) -> float | None:
         """The mean noise-to-signal ratio of the steps since the last call (None if none stepped)."""
@@ -185,8 +187,7 @@ class DPOptimizer(OpacusDPOptimizer):
             sampled = self.canaries.inject(self.params, max_grad_norm=self.max_grad_norm, sample_rate=self.sample_rate)
             self._unclipped += sampled  # |C e_j| = C: unclipped, as a real example of norm C counts
         signal = float(torch.sqrt(sum((p.summed_grad.double() ** 2).sum() for p in self.params)))
-        d_eff = pruning.effective_dimension(self.params, self.masks)
-        self._ratios.append(pruning.noise_to_signal(self.noise_multiplier, self.max_grad_norm, d_eff, signal))
+        self._ratios.append(pruning.noise_to_signal(self.noise_multiplier, self.max_grad_norm, self._d_eff, signal))
 
     def add_noise(self) -> None:
         super().add_noise()
