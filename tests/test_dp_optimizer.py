@@ -17,7 +17,8 @@ from opacus.optimizers import DPOptimizer as OpacusDPOptimizer
 from crepe.dp.clipping import make_clip_rule
 from crepe.dp.optimizer import DPOptimizer
 from crepe.dp.optimizers import AdamBC, make_base_optimizer
-from crepe.dp.sampling import poisson_batches
+from crepe.dp.distributed import BLOCKS, World
+from crepe.dp.sampling import block_batches, block_names, poisson_batches
 from crepe.models import build_model
 from crepe.dp.sampling import steps_per_epoch
 from crepe.privacy.ledger import Ledger
@@ -208,6 +209,31 @@ def test_poisson_batches_are_opacus_draws_rate_and_steps() -> None:
     for b in batches[:5]:
         assert torch.equal(b, (torch.rand(1000, generator=g2) < 0.05).nonzero().reshape(-1))
     assert steps_per_epoch(256 / 6000) == 23 and steps_per_epoch(1.0) == 1
+
+
+def test_block_batches_are_one_poisson_draw_whatever_the_ranks() -> None:
+    """Each position lies in block i mod BLOCKS and is drawn by that block's generator alone: the union of
+    the ranks' local batches is the one-process batch (for W = 1, 2, 3), the ranks' batches are disjoint,
+    and each position is included at rate q."""
+    def gens() -> dict[str, torch.Generator]:
+        return {n: torch.Generator().manual_seed(1000 + b) for b, n in enumerate(block_names())}
+
+    m, q, steps = 700, 0.1, 60
+    one = list(block_batches(m, sample_rate=q, steps=steps, generators=gens(), blocks=World().blocks()))
+    assert len(one) == steps and all(torch.equal(b, torch.sort(b).values) for b in one)
+    counts = torch.bincount(torch.cat(one), minlength=m).double()
+    assert float(counts.mean()) / steps == pytest.approx(q, rel=0.05)
+    g = gens()[block_names()[3]]  # block 3's positions 3, 67, ...: torch.rand(len) < q, one draw per step
+    assert torch.equal(one[0][one[0] % BLOCKS == 3], torch.arange(3, m, BLOCKS)[torch.rand(11, generator=g) < q])
+    for w in (2, 3):
+        ranks = [list(block_batches(m, sample_rate=q, steps=steps, generators=gens(), blocks=World(r, w).blocks()))
+                 for r in range(w)]
+        for t in range(steps):
+            local = [b[t] for b in ranks]
+            assert torch.equal(torch.sort(torch.cat(local)).values, one[t])
+            assert sum(map(len, local)) == len(torch.unique(torch.cat(local)))  # disjoint
+        assert not all(torch.equal(a, b) for a, b in zip(ranks[0], ranks[1]))
+    assert all(len(b) == 0 for b in block_batches(0, sample_rate=q, steps=3, generators=gens(), blocks=range(BLOCKS)))
 
 
 def test_unknown_names_are_refused() -> None:

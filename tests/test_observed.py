@@ -73,7 +73,7 @@ def observe(mp: pytest.MonkeyPatch, *, pin: np.ndarray | None = None, labels: np
     """Wrap the run's pieces. `pin`: after the real draw is recorded, train on this set instead
     (so two runs sample batches over the same m). `labels`: replace the training labels."""
     seen = Seen()
-    draw, train_epoch, batches, privatise = sets.poisson_subset, loop.train_epoch, epoch_mod.poisson_batches, proxies_mod.privatise
+    draw, train_epoch, batches, privatise = sets.poisson_subset, loop.train_epoch, epoch_mod.block_batches, proxies_mod.privatise
     add_noise, load = DPOptimizer.add_noise, loop.data_mod.load
 
     def traced_draw(*a: Any, **k: Any) -> Coreset:
@@ -87,8 +87,8 @@ def observe(mp: pytest.MonkeyPatch, *, pin: np.ndarray | None = None, labels: np
         seen.noisy_steps.append(0)
         return train_epoch(net, opt, x, y, s, sw, **k)
 
-    def traced_batches(m: int, *, sample_rate: float, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        got = list(batches(m, sample_rate=sample_rate, steps=steps, generator=generator))
+    def traced_batches(m: int, *, sample_rate: float, steps: int, **k: Any) -> Iterator[torch.Tensor]:
+        got = list(batches(m, sample_rate=sample_rate, steps=steps, **k))
         seen.sampler.append((m, sample_rate, steps))
         seen.batches.append([b.numpy().copy() for b in got])
         seen.events.append(("train", sample_rate, len(got)))
@@ -109,7 +109,7 @@ def observe(mp: pytest.MonkeyPatch, *, pin: np.ndarray | None = None, labels: np
 
     mp.setattr(sets, "poisson_subset", traced_draw)  # the methods import it from there when they choose
     mp.setattr(loop, "train_epoch", traced_train_epoch)
-    mp.setattr(epoch_mod, "poisson_batches", traced_batches)
+    mp.setattr(epoch_mod, "block_batches", traced_batches)
     mp.setattr(proxies_mod, "privatise", traced_privatise)
     mp.setattr(DPOptimizer, "add_noise", traced_add_noise)
     mp.setattr(loop.data_mod, "load", relabelled)

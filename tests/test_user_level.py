@@ -15,6 +15,7 @@ from torch import nn
 
 import crepe
 from crepe.config import TrainConfig, UsageError
+from crepe.dp.sampling import block_names
 from crepe.dp.sampling import steps_per_epoch
 from crepe.privacy.group import user_epsilon
 from crepe.training import api, inputs, loop
@@ -115,7 +116,7 @@ def test_user_level_dp_sgd_with_one_example_per_user_is_example_level_dp_sgd() -
     opt_a.noise_multiplier = opt_b.noise_multiplier = 0.0
     s = Coreset(np.arange(40), np.ones(40, dtype=np.int64))
     sw = set_weights(s, batch_size=40, dp=True, weighting="none", size=40)
-    train_epoch(net, opt_a, x, y, s, sw, generator=torch.Generator().manual_seed(0))
+    train_epoch(net, opt_a, x, y, s, sw, generators={n: torch.Generator().manual_seed(i) for i, n in enumerate(block_names())})
     rounds.user_epoch(b, opt_b, x, y, rounds.Users.of(uid), cfg=user_cfg, head=None, sample_rate=1.0, steps=1,
                       sampler=torch.Generator().manual_seed(0), local=torch.Generator(), dp=True)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):

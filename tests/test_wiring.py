@@ -95,13 +95,13 @@ def traced_run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path, *, 
     monkeypatch.setattr(optimizer_mod, "_generate_noise", traced_count_noise)
     monkeypatch.setattr(ClipRule, "update", traced_update)
 
-    batches = epoch_mod.poisson_batches
+    batches = epoch_mod.block_batches
 
-    def traced_batches(m, *, sample_rate, steps, generator):  # type: ignore[no-untyped-def]
+    def traced_batches(m, *, sample_rate, steps, **k):  # type: ignore[no-untyped-def]
         t.rates.append((m, sample_rate, steps))
-        return batches(m, sample_rate=sample_rate, steps=steps, generator=generator)
+        return batches(m, sample_rate=sample_rate, steps=steps, **k)
 
-    monkeypatch.setattr(epoch_mod, "poisson_batches", traced_batches)
+    monkeypatch.setattr(epoch_mod, "block_batches", traced_batches)
     proxies, privatise, craig = proxies_mod.compute_proxies, proxies_mod.privatise, sets_mod.craig_coreset
 
     def traced_proxies(*a, **k):  # type: ignore[no-untyped-def]

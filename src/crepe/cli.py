@@ -113,6 +113,8 @@ def cmd_train(argv: list[str]) -> int:
             model = new_model(cfg, data)  # the run builds its own again from --seed
             check_parameters(cfg.audit_canaries, sum(p.numel() for p in model.parameters() if p.requires_grad))
         summary = start(cfg, Path(ns.out), data=data, model=None, provenance=rundir.provenance())
+    if summary.get("rank", 0) != 0:  # torchrun: rank 0 prints
+        return 0
     print(rundir.final_line(summary))
     if rundir.embedding_line(summary):
         print(rundir.embedding_line(summary))

@@ -18,6 +18,12 @@ client) in `grad_sample`: the same clip, noise and normaliser, released per
 `unit` "user" at noise multiplier sigma / sensitivity (sensitivity 2 in units
 of C for a user of a virtual client of K > 1 users).
 
+Over the ranks of a distributed run (`world`, dp/distributed.py) each rank clips
+its own local batch; the clipped sums and the unclipped counts are summed over the
+ranks; rank 0 alone draws the noise (and the count's) and its noisy sum is the one
+every rank steps with: noise added once, one release per step, as one process.
+Canaries live on rank 0 only (added to its sum before the ranks' are summed).
+
 `PlainOptimizer` gives non-private training the same interface (`Optimizer`:
 weights are applied to the loss by the caller; no clipping, no noise;
 releases recorded with noise 0, which makes epsilon infinite). Coreset
@@ -47,6 +53,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, 
 
 from crepe.dp import pruning
 from crepe.dp.clipping import ClipRule, joint_noise
+from crepe.dp.distributed import SINGLE, World
 from crepe.privacy.ledger import Release
 
 OnRelease = Callable[[Release], None]
@@ -93,6 +100,7 @@ class DPOptimizer(OpacusDPOptimizer):
         count_noise: float = 0.0,
         unit: str = "example",
         sensitivity: float = 1.0,
+        world: World = SINGLE,
     ) -> None:
         super().__init__(
             base,
@@ -107,6 +115,7 @@ class DPOptimizer(OpacusDPOptimizer):
         self.count_noise = count_noise  # adaptive clipping: noise std sigma_b of the unclipped count
         self.unit = unit  # what one row of grad_sample belongs to: an example, or a user's (a virtual client's) update
         self.sensitivity = sensitivity  # one unit's sensitivity in units of C (2: a user of a virtual client of K > 1)
+        self.world = world
         self.sample_weights: torch.Tensor | None = None
         self.sample_rate = 1.0
         self.expected_examples = 1.0
@@ -186,11 +195,22 @@ class DPOptimizer(OpacusDPOptimizer):
         if self.canaries is not None:  # before the noise: a sampled canary is one more clipped example
             sampled = self.canaries.inject(self.params, max_grad_norm=self.max_grad_norm, sample_rate=self.sample_rate)
             self._unclipped += sampled  # |C e_j| = C: unclipped, as a real example of norm C counts
+        if self.world.size > 1:  # the sums over all ranks' local batches
+            count = torch.tensor([self._unclipped], dtype=torch.float64)
+            self.world.all_reduce_([p.summed_grad for p in self.params] + [count])
+            self._unclipped = float(count[0])
         signal = float(torch.sqrt(sum((p.summed_grad.double() ** 2).sum() for p in self.params)))
         self._ratios.append(pruning.noise_to_signal(self.noise_multiplier, self.max_grad_norm, self._d_eff, signal))
 
     def add_noise(self) -> None:
-        super().add_noise()
+        if self.world.writes:
+            super().add_noise()
+        else:  # rank 0's noisy sum arrives below
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                p.grad = p.summed_grad.clone().view_as(p)
+                _mark_as_processed(p.summed_grad)
+        self.world.broadcast_([p.grad for p in self.params])
         if self.canaries is not None:  # p.grad is the noisy sum here, not yet divided by the normaliser
             self.canaries.observe(self.params)
         for p, m in self.masks:  # the noise lives in the kept coordinates only
@@ -211,6 +231,10 @@ class DPOptimizer(OpacusDPOptimizer):
             base.noise_variance = (self.noise_multiplier * self.max_grad_norm / self.expected_batch_size) ** 2
         if self.clip_rule.adaptive:  # the count is part of the release above
             noise = _generate_noise(std=self.count_noise, reference=torch.zeros(()), generator=self.generator)
+            if not self.world.writes:
+                noise = torch.zeros(())
+            noise = noise.reshape(1).to(torch.float64)
+            self.world.broadcast_([noise])  # rank 0's draw
             # divided by q m, never by the realised batch size (a secret)
             self.clip_rule.update((self._unclipped + float(noise)) / self.expected_examples)
 
@@ -226,8 +250,10 @@ class PlainOptimizer:
     """Non-private training behind the DP optimizer's interface: the loss the caller
     backpropagates is summed over the batch; step() divides by the normaliser."""
 
-    def __init__(self, base: torch.optim.Optimizer, *, on_release: OnRelease, unit: str = "example") -> None:
+    def __init__(self, base: torch.optim.Optimizer, *, on_release: OnRelease, unit: str = "example",
+                 world: World = SINGLE) -> None:
         self.original_optimizer = base
+        self.world = world
         self.on_release = on_release
         self.unit = unit
         self.clip_rule = None
@@ -251,6 +277,16 @@ class PlainOptimizer:
         """Weights were applied to the loss: `sample_weights` must be None here."""
         if sample_weights is not None:
             raise ValueError("non-private training weights the loss; the step takes no sample_weights")
+        if self.world.size > 1:  # the gradient of the whole batch: summed over the ranks' local batches
+            params = [p for g in self.original_optimizer.param_groups for p in g["params"] if p.requires_grad]
+            has = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.world.all_reduce_([p.grad for p in params] + [has])
+            for p, h in zip(params, has.tolist()):
+                if h == 0:  # no rank's batch reached it: skipped, as in one process
+                    p.grad = None
         for group in self.original_optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

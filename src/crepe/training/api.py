@@ -122,7 +122,10 @@ def start(cfg: TrainConfig, run_dir: Path, *, data: data_mod.LoadedData, model: 
     """Prepare `run_dir` for `cfg` (rundir.prepare_out) and train, or continue, the run in it;
     a folder this call created is removed again if training fails before its first checkpoint.
     Returns the summary (that of the finished run the folder already held, if so)."""
-    state = rundir.prepare_out(cfg, run_dir, provenance)
+    from crepe.dp import distributed
+
+    world = distributed.current()
+    state = world.first(lambda: rundir.prepare_out(cfg, run_dir, provenance))  # rank 0 writes the folder
     if state == "complete":
         (log or _stderr)(f"crepe train: {run_dir} already holds this run, complete")
         summary = rundir.read_summary(run_dir)
@@ -131,7 +134,7 @@ def start(cfg: TrainConfig, run_dir: Path, *, data: data_mod.LoadedData, model: 
     try:
         return run(cfg, run_dir, data=data, model=model, log=log)
     except BaseException:
-        if state == "new" and not (run_dir / rundir.CHECKPOINT).exists():
+        if world.writes and state == "new" and not (run_dir / rundir.CHECKPOINT).exists():
             for name in (rundir.CONFIG, rundir.METRICS, rundir.PRETRAIN):  # nothing saved: no folder offers a resume
                 (run_dir / name).unlink(missing_ok=True)
             try:

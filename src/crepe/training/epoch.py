@@ -9,6 +9,9 @@ the step itself does not branch on DP or on the weighting:
 - non-private: the loss of i is w_i loss_i; normaliser q sum(w).
 Unweighted sets (full, random, --weights none) have w = 1 and normaliser q M = B:
 public, so a Poisson subset's realised size never reaches the output.
+Over the ranks of a distributed run (dp/distributed.py) each rank runs every step
+on the positions its sampling blocks drew (possibly none); the epoch's figures are
+summed over the ranks.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from crepe.dp.distributed import SINGLE, World
 from crepe.dp.optimizer import Optimizer
-from crepe.dp.sampling import poisson_batches, sample_rate, steps_per_epoch
+from crepe.dp.sampling import block_batches, sample_rate, steps_per_epoch
 from crepe.smallsets.sets import Coreset
 
 
@@ -69,14 +73,18 @@ def train_epoch(
     s: Coreset,
     sw: SetWeights,
     *,
-    generator: torch.Generator,
+    generators: dict[str, torch.Generator],
+    world: World = SINGLE,
     progress: Callable[[int, int], None] = lambda i, total: None,
 ) -> EpochStats:
+    """`generators`: the run's, holding its sampling blocks' (dp/sampling.py `block_names`)."""
     S = torch.from_numpy(s.indices)  # (m,)
     steps = steps_per_epoch(sw.sample_rate)
     opt.start_set(sample_rate=sw.sample_rate, normaliser=sw.normaliser, expected_examples=sw.expected_examples)
     st = EpochStats()
-    for i, pos in enumerate(poisson_batches(len(S), sample_rate=sw.sample_rate, steps=steps, generator=generator), 1):
+    batches = block_batches(len(S), sample_rate=sw.sample_rate, steps=steps, generators=generators,
+                            blocks=world.blocks())
+    for i, pos in enumerate(batches, 1):
         weights = None
         if len(pos) == 0:
             opt.empty_batch()  # still a (noisy) step: skipping it would change the mechanism
@@ -94,4 +102,8 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         st.steps += 1
         progress(i, steps)
+    if world.size > 1:
+        sums = torch.tensor([st.loss_sum, st.correct, st.seen], dtype=torch.float64)
+        world.all_reduce_([sums])
+        st.loss_sum, st.correct, st.seen = float(sums[0]), int(sums[1]), int(sums[2])
     return st

@@ -21,6 +21,12 @@ the OS (noise = "secret") and never written, or derived from --seed (noise =
 "reproducible"; every epsilon printed then says it holds only if the seed is
 secret). Their states live only in the checkpoint of an unfinished run, which
 therefore replays all past and future noise.
+
+Under torchrun (dp/distributed.py) every rank runs this loop on the same data and
+model: each draws its own sampling blocks' batches, the DP optimizer sums the
+ranks' clipped gradients and rank 0 adds the noise; selection rounds run on every
+rank and rank 0's set is the one trained on; rank 0 alone evaluates, checkpoints
+(with every rank's sampling generators) and writes the run folder.
 """
 
 from __future__ import annotations
@@ -40,12 +46,12 @@ from torch import nn
 from crepe import data as data_mod
 from crepe.audit import canaries as audit
 from crepe.config import USER, TrainConfig, UsageError
-from crepe.dp import pruning
+from crepe.dp import distributed, pruning
 from crepe.dp.clipping import count_noise, make_clip_rule
 from crepe.dp.diagnostics import PROBE_SIZE, clipping_diagnostics
 from crepe.dp.optimizer import DPOptimizer, Optimizer, PlainOptimizer
 from crepe.dp.optimizers import make_base_optimizer
-from crepe.dp.sampling import steps_per_epoch
+from crepe.dp.sampling import block_names, steps_per_epoch
 from crepe.dp.secret_rng import KEY_BYTES, keyed_generator, new_key
 from crepe.models import build_model
 from crepe.privacy.accounting import epsilons
@@ -80,6 +86,7 @@ class Run:
     st: RunState = field(default_factory=RunState)
     head: nn.Linear | None = None  # dp-fedemb: the layer each virtual client trains afresh and keeps
     canaries: audit.WhiteBox | None = None  # --audit-canaries: inside the DP optimizer's steps
+    world: distributed.World = distributed.SINGLE  # torchrun: this rank's place (dp/distributed.py)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -92,6 +99,14 @@ class Run:
         return self.ds.x_train, self.ds.y_train
 
     def save(self) -> None:
+        """The checkpoint (rank 0 writes it, with every rank's sampling generators' states)."""
+        if self.world.size > 1:
+            own = set(block_names()[b] for b in self.world.blocks())
+            for states in self.world.all_gather_object({k: g.get_state() for k, g in self.gens.items() if k in own}):
+                for k, state in states.items():
+                    self.gens[k].set_state(state)
+        if not self.world.writes:
+            return
         if self.canaries is not None:  # their scores move every step: the checkpoint holds the current ones
             self.st.canaries = self.canaries.state()
         ckpt.save(self.run_dir / rundir.CHECKPOINT, config=self.cfg.to_dict(), fingerprint=self.ds.fingerprint,
@@ -112,13 +127,16 @@ def run(
     one's own, trained in place; else cfg.model, built here from --seed). Returns the summary, or, when
     `stop_after_epochs` (epochs to run in this call) stops it early, {"status": "incomplete",
     "epoch": e} (the folder stays resumable)."""
+    world = distributed.current()
     say = log if log is not None else (lambda s: print(s, file=sys.stderr, flush=True))
+    if not world.writes:
+        say = lambda s: None  # noqa: E731 -- rank 0 prints
     assert cfg.sigma is not None and cfg.select_sigma is not None and cfg.lr is not None, "resolve the config first"
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     ds = data if data is not None else inputs.load_data(cfg)
     announce(cfg, ds, say)
-    r = build(Plan.for_data(cfg, ds), ds, Path(run_dir), say, model=model)
+    r = build(Plan.for_data(cfg, ds), ds, Path(run_dir), say, model=model, world=world)
     finished = resume(r)
     if finished is not None:  # finished, but stopped before summary.json was written
         return finished
@@ -142,7 +160,8 @@ def run(
             else:
                 sw = set_weights(st.coreset, batch_size=r.cfg.batch_size, dp=r.cfg.dp, weighting=r.cfg.weights,
                                  size=plan.set_size)
-                es = train_epoch(r.net, r.opt, x, y, st.coreset, sw, generator=r.gens["sampler"], progress=bar(st.epoch + 1))
+                es = train_epoch(r.net, r.opt, x, y, st.coreset, sw, generators=r.gens, world=r.world,
+                                 progress=bar(st.epoch + 1))
             train_time = time.perf_counter() - t0
             finite = all(bool(torch.isfinite(p).all()) for p in r.model.parameters())  # user-level rounds have no loss
             if not math.isfinite(es.loss_sum) or not finite:  # nothing of this epoch is saved: the last checkpoint stays good
@@ -152,7 +171,7 @@ def run(
             plan.check(st.ledger, epochs_done=st.epoch + 1)  # planned = recorded, before any epsilon is printed
             t0 = time.perf_counter()
             last = st.epoch + 1 == plan.epochs
-            evaluate = len(r.ds.y_test) > 0 and plan.no_test_accuracy is None and (
+            evaluate = r.world.writes and len(r.ds.y_test) > 0 and plan.no_test_accuracy is None and (
                 last or (st.epoch + 1) % r.cfg.eval_every == 0)
             test_acc = accuracy(r.model, r.ds.x_test, r.ds.y_test) if evaluate else None
             diag = diagnostics(r, x, y, sw)  # not covered by epsilon
@@ -167,7 +186,8 @@ def run(
                             times=(select_time, train_time, eval_time))
             st.metrics.append(row)
             r.save()  # the checkpoint first: metrics.jsonl never holds an epoch the checkpoint lacks
-            rundir.append_line(r.run_dir / rundir.METRICS, row)
+            if r.world.writes:
+                rundir.append_line(r.run_dir / rundir.METRICS, row)
             say(epoch_line(r, row))
     return finish(r)
 
@@ -179,36 +199,43 @@ def announce(cfg: TrainConfig, ds: data_mod.LoadedData, say: Callable[[str], Non
         say(f"crepe train: MNIST has no training split offline; training on {ds.split} of its test digits (fixed split)")
 
 
-def seeds(cfg: TrainConfig) -> tuple[int, bytes]:
-    """(model init seed, the key of the GENERATORS) -- the key secret unless noise is reproducible."""
+def seeds(cfg: TrainConfig, world: distributed.World = distributed.SINGLE) -> tuple[int, bytes]:
+    """(model init seed, the key of the generators) -- the key secret unless noise is reproducible
+    (rank 0's, on every rank)."""
     derived = np.random.SeedSequence(cfg.seed).generate_state(1 + KEY_BYTES // 4)  # uint32 words
     key = derived[1:].astype("<u4").tobytes() if cfg.noise == "reproducible" else new_key()
-    return int(derived[0]), key
+    return int(derived[0]), world.broadcast_object(key)
 
 
 def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str], None], *,
-          model: nn.Module | None = None) -> Run:
+          model: nn.Module | None = None, world: distributed.World = distributed.SINGLE) -> Run:
     """The model (one's own, or built from --seed), the run's generators (from its key) and its optimizer."""
     cfg = plan.cfg
-    model_seed, key = seeds(cfg)
+    if world.size > 1 and plan.user_level:
+        raise UsageError("user-level rounds do not run over torchrun ranks yet: run --privacy-unit user in one process")
+    model_seed, key = seeds(cfg, world)
     torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
     if model is None:
         model = new_model(cfg, ds)
     if cfg.pretrain is not None and not (run_dir / rundir.CHECKPOINT).is_file():  # a resumed run loads its weights
         from crepe.training.pretrain import pretrain
 
-        rundir.atomic_write_json(run_dir / rundir.PRETRAIN, pretrain(model, cfg, seed=model_seed, say=say))
+        record = pretrain(model, cfg, seed=model_seed, say=say)
+        if world.writes:
+            rundir.atomic_write_json(run_dir / rundir.PRETRAIN, record)
+    world.broadcast_([p.data for p in model.parameters()])  # every rank starts from rank 0's weights
     gens = {name: keyed_generator(key, name) for name in GENERATORS}
     st = RunState()
     head = head_of(model, ds.x_train[:2]) if plan.user_level and cfg.algorithm == "dp-fedemb" else None
-    net, opt = build_optimizer(plan, model, gens["noise"], on_release=lambda release: st.ledger.record(release), head=head)
+    net, opt = build_optimizer(plan, model, gens["noise"], on_release=lambda release: st.ledger.record(release), head=head,
+                               world=world)
     canaries = None
-    if cfg.audit_canaries is not None:  # drawn from the run's key: secret unless the noise is reproducible
+    if cfg.audit_canaries is not None and world.writes:  # drawn from the run's key: secret unless the noise is reproducible
         assert isinstance(opt, DPOptimizer)
         gens["audit"] = keyed_generator(key, "audit")
         canaries = audit.WhiteBox.draw(cfg.audit_canaries, opt.params, gens["audit"])
         opt.canaries = canaries
-    r = Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries)
+    r = Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries, world=world)
     if cfg.sparsity > 0 and cfg.prune_at == "init":  # from the initial weights: no data (a resume loads its own)
         prune(r)
     return r
@@ -237,7 +264,8 @@ def new_model(cfg: TrainConfig, ds: data_mod.LoadedData) -> nn.Module:
 
 
 def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *, on_release: Any,
-                    head: nn.Linear | None = None) -> tuple[nn.Module, Optimizer]:
+                    head: nn.Linear | None = None,
+                    world: distributed.World = distributed.SINGLE) -> tuple[nn.Module, Optimizer]:
     """The network to run batches through and the optimizer, DP or plain, sharing one interface. A
     user-level run's optimizer is the server's: over the parameters a unit's update covers."""
     cfg = plan.cfg
@@ -254,16 +282,16 @@ def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *,
                                   generator=noise_gen, on_release=on_release, unit="user", sensitivity=sensitivity(cfg))
     base = make_base_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     if not plan.method.trains_privately:  # training on synthetic images reads no private data: no release
-        return model, PlainOptimizer(base, on_release=lambda release: None)
+        return model, PlainOptimizer(base, on_release=lambda release: None, world=world)
     if not cfg.dp:
-        return model, PlainOptimizer(base, on_release=on_release)
+        return model, PlainOptimizer(base, on_release=on_release, world=world)
     from opacus import GradSampleModule
     from opacus.validators import ModuleValidator
 
     ModuleValidator.validate(model, strict=True)
     rule = make_clip_rule(cfg.clipping, max_grad_norm=cfg.max_grad_norm, quantile=cfg.clip_quantile, lr=cfg.clip_lr)
     opt = DPOptimizer(base, noise_multiplier=cfg.sigma, clip_rule=rule, generator=noise_gen, on_release=on_release,
-                      count_noise=count_noise(cfg.batch_size))
+                      count_noise=count_noise(cfg.batch_size), world=world)
     return GradSampleModule(model, batch_first=True, loss_reduction="sum"), opt
 
 
@@ -279,8 +307,9 @@ def resume(r: Run) -> dict[str, Any] | None:
         return None
     ck = ckpt.load(ckpt_path, cfg=cfg, fingerprint=r.ds.fingerprint)
     if ck["summary"] is not None:
-        export.write(r.run_dir, ck["model"], cfg, ck["summary"])
-        rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, ck["summary"])
+        if r.world.writes:
+            export.write(r.run_dir, ck["model"], cfg, ck["summary"])
+            rundir.atomic_write_json(r.run_dir / rundir.SUMMARY, ck["summary"])
         return ck["summary"]
     restored = ckpt.restore_state(ck)
     if restored.synthetic is not None and restored.progress is None and restored.epoch == 0:
@@ -291,6 +320,10 @@ def resume(r: Run) -> dict[str, Any] | None:
     ckpt.verify_ledger(restored, r.plan.ledger(restored.epoch, progress=restored.progress), where=r.run_dir)
     r.model.load_state_dict(ck["model"])
     r.opt.load_state_dict(ck["optimizer"])
+    missing = sorted(set(r.gens) - set(ck["generators"]))
+    if missing:
+        raise UsageError(f"{ckpt_path} was written by an older crepe that drew Poisson batches from one generator; "
+                         f"it has no state for {missing[0]} and cannot be resumed: start a new run with another --out")
     for name, g in r.gens.items():
         g.set_state(ck["generators"][name])
     if r.canaries is not None:
@@ -300,9 +333,10 @@ def resume(r: Run) -> dict[str, Any] | None:
     r.st = restored
     if r.st.masks is not None:  # the mask taken before the checkpoint, never recomputed
         use_masks(r)
-    rundir.write_metrics(r.run_dir / rundir.METRICS, r.st.metrics)  # at most the last line was missing
-    if rundir.read_config(r.run_dir) != cfg:  # --resume with new machine flags
-        rundir.write_config(r.run_dir, cfg, rundir.read_json(r.run_dir / rundir.CONFIG).get("provenance", {}))
+    if r.world.writes:
+        rundir.write_metrics(r.run_dir / rundir.METRICS, r.st.metrics)  # at most the last line was missing
+        if rundir.read_config(r.run_dir) != cfg:  # --resume with new machine flags
+            rundir.write_config(r.run_dir, cfg, rundir.read_json(r.run_dir / rundir.CONFIG).get("provenance", {}))
     r.say(f"crepe train: resumed {r.run_dir} after epoch {r.st.epoch}/{r.plan.epochs}")
     return None
 
@@ -327,7 +361,7 @@ def select_round(r: Run) -> tuple[bool, float]:
 
     rnd = Round(r.model, r.ds.x_train, r.ds.y_train, r.gens, record=st.ledger.record, say=r.say, run_dir=r.run_dir,
                 progress=st.progress, save_progress=save_progress)
-    chosen = r.plan.method.choose(r.cfg, rnd)
+    chosen = r.world.broadcast_object(r.plan.method.choose(r.cfg, rnd))  # every rank chose; rank 0's set is trained on
     st.coreset = chosen.coreset
     st.synthetic = chosen.synthetic if chosen.synthetic is not None else st.synthetic
     return redraw, time.perf_counter() - t0[0]
@@ -366,7 +400,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def diagnostics(r: Run, x: torch.Tensor, y: torch.Tensor, sw: SetWeights | None) -> dict[str, Any] | None:
     """Clipping diagnostics on a fixed probe of training examples (seeded by --seed: not a DP release)."""
-    if not r.cfg.diagnostics or sw is None:  # a user-level run has none (refused with its options)
+    if not r.cfg.diagnostics or sw is None or not r.world.writes:  # a user-level run has none (refused with its options)
         return None
     probe = torch.randperm(len(y), generator=torch.Generator().manual_seed(r.model_seed))[:PROBE_SIZE]
     return clipping_diagnostics(r.net, list(r.model.parameters()), r.opt.clip_rule, x[probe], y[probe],
@@ -423,6 +457,8 @@ def finish(r: Run) -> dict[str, Any]:
     go before summary.json marks the run complete: a run stopped in between is finished by --resume
     from the published checkpoint, never left complete with its secrets."""
     cfg, st, plan, ds = r.cfg, r.st, r.plan, r.ds
+    if not r.world.writes:
+        return {"status": "complete", "rank": r.world.rank}  # rank 0 writes the summary
     t0 = time.perf_counter()
     train_acc = accuracy(r.model, ds.x_train, ds.y_train)
     st.total_time_s += time.perf_counter() - t0

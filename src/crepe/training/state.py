@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from crepe.config import TrainConfig, UsageError
+from crepe.dp.sampling import block_names
 from crepe.privacy.accounting import epsilon
 from crepe.privacy.ledger import Ledger
 from crepe.smallsets.sets import Coreset
@@ -35,7 +36,8 @@ from crepe.training.rundir import atomic_write_bytes
 MAGIC = b"crepe-checkpoint-3\n"
 # Format 2 seeded its generators with Generator.manual_seed, which keeps 32 bits of a seed.
 WEAK_SEEDS_MAGIC = b"crepe-checkpoint-2\n"
-GENERATORS = ("sampler", "noise", "select")
+# the sampling blocks' generators draw DP-SGD's Poisson batches (dp/sampling.py); "sampler" user rounds and generation's
+GENERATORS = ("sampler", "noise", "select", *block_names())
 
 
 @dataclass
