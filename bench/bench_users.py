@@ -71,8 +71,7 @@ def time_rounds(cfg: TrainConfig, ds, tmp: Path, rounds: int) -> dict:
 
     def go(steps: int):
         return user_epoch(r.model, r.opt, ds.x_train, ds.y_train, users, cfg=cfg, head=r.head,
-                          sample_rate=plan.sample_rate, steps=steps, sampler=r.gens["sampler"],
-                          local=r.gens["select"], dp=True)
+                          sample_rate=plan.sample_rate, steps=steps, generators=r.gens, dp=True)
 
     # Check: one round moves what it aggregates and, for dp-fedemb, never the global head.
     named = unit_parameters(r.model, cfg, r.head)

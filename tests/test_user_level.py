@@ -83,7 +83,7 @@ def test_the_noise_applied_per_round_is_the_ledgers_sigma_times_the_sensitivity(
     covered = [p for _, p in rounds.unit_parameters(model, cfg, head)]
     before = [p.detach().clone() for p in covered]
     rounds.user_epoch(model, opt, x, y, rounds.Users.of(uid), cfg=cfg, head=head, sample_rate=plan.sample_rate, steps=1,
-                      sampler=torch.Generator().manual_seed(2), local=torch.Generator().manual_seed(3), dp=True)
+                      generators=gens(2, local=3), dp=True)
     moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, covered)])
     expected_units = plan.sample_rate * 60 / cfg.virtual_client_size
     (release,) = recorded
@@ -118,7 +118,7 @@ def test_user_level_dp_sgd_with_one_example_per_user_is_example_level_dp_sgd() -
     sw = set_weights(s, batch_size=40, dp=True, weighting="none", size=40)
     train_epoch(net, opt_a, x, y, s, sw, generators={n: torch.Generator().manual_seed(i) for i, n in enumerate(block_names())})
     rounds.user_epoch(b, opt_b, x, y, rounds.Users.of(uid), cfg=user_cfg, head=None, sample_rate=1.0, steps=1,
-                      sampler=torch.Generator().manual_seed(0), local=torch.Generator(), dp=True)
+                      generators=gens(0), dp=True)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6, rtol=0), name
         assert not torch.allclose(pa, init[name], atol=1e-4), name  # the step moved it
@@ -140,11 +140,18 @@ def test_the_sampler_never_reads_the_data(algorithm: str) -> None:
         head = model.head if algorithm == "dp-fedemb" else None
         _, opt = loop.build_optimizer(plan, model, torch.Generator().manual_seed(1), on_release=lambda r: None, head=head)
         users = rounds.Users.of(ids) if len(torch.unique(ids)) == 60 else _with_empty_user(ids, 7)
-        sampler = torch.Generator().manual_seed(2)
+        g = gens(2, local=3)
         rounds.user_epoch(model, opt, xs, ys, users, cfg=cfg, head=head, sample_rate=plan.sample_rate, steps=4,
-                          sampler=sampler, local=torch.Generator().manual_seed(3), dp=True)
-        states.append(sampler.get_state())
-    assert torch.equal(states[0], states[1])
+                          generators=g, dp=True)
+        states.append([s.get_state() for n, s in g.items() if n != "select"])
+    assert all(torch.equal(a, b) for a, b in zip(*states))
+
+
+def gens(seed: int, *, local: int = 0) -> dict[str, torch.Generator]:
+    """A run's generators for user rounds: sampler and sampling blocks from `seed`, local training's from `local`."""
+    names = ("sampler", *block_names())
+    return {"select": torch.Generator().manual_seed(local),
+            **{n: torch.Generator().manual_seed(seed * 1000 + i) for i, n in enumerate(names)}}
 
 
 def _with_empty_user(ids: torch.Tensor, empty: int) -> rounds.Users:

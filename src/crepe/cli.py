@@ -260,22 +260,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = ""
-        if command == "train":
-            target = _flag_value(argv, "--out") or _flag_value(argv, "--resume")
-            if target and Path(target, "checkpoint.pt").is_file():
-                where = f"; every finished epoch is saved: resume with `crepe train --resume {Path(target).resolve()}`"
-            elif target:
-                where = "; nothing was saved yet (the run folder was removed)" if not Path(target).exists() else ""
-        print(f"{prog}: interrupted{where}", file=sys.stderr)
+        print(f"{prog}: interrupted{_where(command, argv)}", file=sys.stderr)
         return 143 if _terminated else 130
     except BrokenPipeError:  # output piped into `head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except RuntimeError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        from crepe.dp.distributed import RankFailed
+
+        print(f"{prog}: error: {e}{_where(command, argv) if isinstance(e, RankFailed) else ''}", file=sys.stderr)
         return 1
+
+
+def _where(command: str | None, argv: list[str]) -> str:
+    """What an interrupted `crepe train` left: its resume command, or that nothing was saved."""
+    if command != "train":
+        return ""
+    target = _flag_value(argv, "--out") or _flag_value(argv, "--resume")
+    if target and Path(target, "checkpoint.pt").is_file():
+        return f"; every finished epoch is saved: resume with `crepe train --resume {Path(target).resolve()}`"
+    if target and not Path(target).exists():
+        return "; nothing was saved yet (the run folder was removed)"
+    return ""
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:

@@ -41,6 +41,20 @@ BLOCKS = 64  # sampling blocks: the most ranks a run can use (dp/sampling.py)
 T = TypeVar("T")
 
 
+class RankFailed(RuntimeError):
+    """A collective failed: another rank of the run stopped (or the connection to it broke)."""
+
+
+def _dist(op: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """torch.distributed's `op`, its failure said as what it means for the run (gloo raises a
+    RuntimeError when a peer's connection closes)."""
+    try:
+        op(*args, **kwargs)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RankFailed(f"another rank of this run stopped ({first[:160]})") from None
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the ranks of a run: rank `rank` of `size`."""
@@ -62,7 +76,7 @@ class World:
         if self.size == 1 or not tensors:
             return
         flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-        torch.distributed.all_reduce(flat)
+        _dist(torch.distributed.all_reduce, flat)
         offset = 0
         for t in tensors:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -73,7 +87,7 @@ class World:
         if self.size == 1 or not tensors:
             return
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-        torch.distributed.broadcast(flat, src=0)
+        _dist(torch.distributed.broadcast, flat, src=0)
         offset = 0
         with torch.no_grad():
             for t in tensors:
@@ -85,7 +99,7 @@ class World:
         if self.size == 1:
             return obj
         box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
+        _dist(torch.distributed.broadcast_object_list, box, src=0)
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -93,7 +107,7 @@ class World:
         if self.size == 1:
             return [obj]
         out: list[Any] = [None] * self.size
-        torch.distributed.all_gather_object(out, obj)
+        _dist(torch.distributed.all_gather_object, out, obj)
         return out
 
     def first(self, fn: Callable[[], T]) -> T:

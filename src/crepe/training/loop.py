@@ -211,8 +211,6 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
           model: nn.Module | None = None, world: distributed.World = distributed.SINGLE) -> Run:
     """The model (one's own, or built from --seed), the run's generators (from its key) and its optimizer."""
     cfg = plan.cfg
-    if world.size > 1 and plan.user_level:
-        raise UsageError("user-level rounds do not run over torchrun ranks yet: run --privacy-unit user in one process")
     model_seed, key = seeds(cfg, world)
     torch.manual_seed(model_seed)  # also what a model of one's own draws in training (dropout)
     if model is None:
@@ -277,9 +275,10 @@ def build_optimizer(plan: Plan, model: nn.Module, noise_gen: torch.Generator, *,
         base = make_base_optimizer(cfg.optimizer, [p for _, p in unit_parameters(model, cfg, head)], lr=cfg.lr,
                                    momentum=cfg.momentum)
         if not cfg.dp:
-            return model, PlainOptimizer(base, on_release=on_release, unit="user")
+            return model, PlainOptimizer(base, on_release=on_release, unit="user", world=world)
         return model, DPOptimizer(base, noise_multiplier=cfg.sigma, clip_rule=make_clip_rule("flat", max_grad_norm=cfg.max_grad_norm),
-                                  generator=noise_gen, on_release=on_release, unit="user", sensitivity=sensitivity(cfg))
+                                  generator=noise_gen, on_release=on_release, unit="user", sensitivity=sensitivity(cfg),
+                                  world=world)
     base = make_base_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     if not plan.method.trains_privately:  # training on synthetic images reads no private data: no release
         return model, PlainOptimizer(base, on_release=lambda release: None, world=world)
@@ -374,8 +373,8 @@ def user_epoch(r: Run, progress: Callable[[int, int], None]) -> EpochStats:
     assert r.ds.user_ids is not None
     q = r.plan.sample_rate
     st = rounds(r.model, r.opt, r.ds.x_train, r.ds.y_train, Users.of(r.ds.user_ids), cfg=r.cfg, head=r.head,
-                sample_rate=q, steps=steps_per_epoch(q), sampler=r.gens["sampler"], local=r.gens["select"],
-                dp=r.cfg.dp, progress=progress)
+                sample_rate=q, steps=steps_per_epoch(q), generators=r.gens, dp=r.cfg.dp, world=r.world,
+                progress=progress)
     return EpochStats(steps=st.rounds)
 
 

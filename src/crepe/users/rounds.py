@@ -1,15 +1,22 @@
 """One epoch of a user-level trainer: int(1/q_u) rounds (users/algorithms.py: what each computes).
 
-A round draws users by Poisson sampling at q_u (Opacus' sampler on the
-secret "sampler" generator: it reads user ids only), forms its units (a user;
-for dp-fedemb, virtual clients of K users in the order of a secret permutation
-of the sampled ids, never of their data), computes one update per unit and
-hands the updates to the DP optimizer as rows of `grad_sample`: each row is
-clipped to C, the sum gets N(0, (sigma C)^2), and the server optimizer (--optimizer,
---lr, --momentum) steps with it divided by the expected number of units. A
-round that samples nobody is still a noisy step. Local training (shuffles, a
-fresh dp-fedemb head) draws from the run's "select" generator, which method
-full never uses, so the sampler's stream never depends on the data.
+A round draws users by Poisson sampling at q_u (user u in sampling block
+u mod BLOCKS, each block on its own secret generator, as DP-SGD's examples:
+dp/sampling.py; it reads user ids only), forms its units (a user; for
+dp-fedemb, virtual clients of K users in the order of a secret permutation of
+the sampled ids by the "sampler" generator, never of their data), computes one
+update per unit and hands the updates to the DP optimizer as rows of
+`grad_sample`: each row is clipped to C, the sum gets N(0, (sigma C)^2), and
+the server optimizer (--optimizer, --lr, --momentum) steps with it divided by
+the expected number of units. A round that samples nobody is still a noisy
+step. Local training (shuffles, a fresh dp-fedemb head) draws from a generator
+per unit, keyed by 256 bits of the run's "select" generator, which method full
+never uses, so the sampler's streams never depend on the data.
+
+Over torchrun ranks (dp/distributed.py) each rank draws its own blocks' users;
+the ranks share the union, form the same units, and rank r trains units r, r +
+W, ...; the DP optimizer sums their clipped updates and rank 0 adds the noise.
+Every draw is the one-process draw: a W-rank round is the 1-rank round.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from torch import nn
 from torch.func import functional_call
 
 from crepe.config import TrainConfig
+from crepe.dp.distributed import SINGLE, World
 from crepe.dp.optimizer import Optimizer
-from crepe.dp.sampling import poisson_batches
+from crepe.dp.sampling import block_batches
+from crepe.dp.secret_rng import KEY_BYTES, keyed_generator
 
 
 @dataclass(frozen=True)
@@ -79,25 +88,31 @@ def user_epoch(
     head: nn.Linear | None,
     sample_rate: float,
     steps: int,
-    sampler: torch.Generator,
-    local: torch.Generator,
+    generators: dict[str, torch.Generator],
     dp: bool,
+    world: World = SINGLE,
     progress: Callable[[int, int], None] = lambda i, total: None,
 ) -> RoundStats:
+    """`generators`: the run's ("sampler", "select" and the sampling blocks')."""
     named = unit_parameters(model, cfg, head)
     k = units_per_round(cfg)
     expected_units = sample_rate * users.count / k  # public: the noisy sum is divided by it
     opt.start_set(sample_rate=sample_rate, normaliser=expected_units, expected_examples=expected_units)
     st = RoundStats()
-    for i, sampled in enumerate(poisson_batches(users.count, sample_rate=sample_rate, steps=steps, generator=sampler), 1):
+    sampler, local = generators["sampler"], generators["select"]
+    draws = block_batches(users.count, sample_rate=sample_rate, steps=steps, generators=generators, blocks=world.blocks())
+    for i, own in enumerate(draws, 1):
+        sampled = torch.sort(torch.cat(world.all_gather_object(own))).values  # the round's users, on every rank
         if k > 1:  # virtual clients: a secret permutation of the sampled ids, cut into groups of K
             sampled = sampled[torch.randperm(len(sampled), generator=sampler)]
         units = [sampled[j : j + k] for j in range(0, len(sampled), k)]
-        if not units:
+        keys = [torch.randint(0, 2**32, (KEY_BYTES // 4,), generator=local, dtype=torch.int64) for _ in units]
+        mine = range(world.rank, len(units), world.size)
+        if not mine:
             opt.empty_batch()
         else:
-            rows = [update(model, named, x[idx], y[idx], cfg=cfg, head=head, generator=local)
-                    for idx in (users.examples(u) for u in units)]
+            rows = [update(model, named, x[idx], y[idx], cfg=cfg, head=head, generator=unit_generator(keys[j]))
+                    for j, idx in ((j, users.examples(units[j])) for j in mine)]
             for j, (_, p) in enumerate(named):
                 column = torch.stack([row[j] for row in rows])  # (units, *p.shape)
                 if dp:
@@ -110,6 +125,11 @@ def user_epoch(
         st.units += len(units)
         progress(i, steps)
     return st
+
+
+def unit_generator(words: torch.Tensor) -> torch.Generator:
+    """A unit's local-training generator, keyed by 256 bits of the run's "select" generator."""
+    return keyed_generator(b"".join(int(w).to_bytes(4, "little") for w in words), "local")
 
 
 def update(model: nn.Module, named: list[tuple[str, nn.Parameter]], x: torch.Tensor, y: torch.Tensor, *,
