@@ -2,8 +2,9 @@
 
 Its modules, each importing only modules to its left (and `command`, below, for the two commands):
 
-    grid -> plan -> runner -> sweep
-        the options as a sweep sees them; a grid expanded into named runs; running them; `crepe sweep`
+    grid -> plan -> runner -> cluster -> sweep
+        the options as a sweep sees them; a grid expanded into named runs; running them (here, or a
+        task per run on a Dask cluster: cluster, which alone imports Dask); `crepe sweep`
     grid -> results -> tables, plots -> verdict -> report
         runs grouped into rows over seeds; results.md and .csv; the figures; the study at equal
         epsilon; `crepe report` (which also reads a sweep's manifest: plan.load_manifest)

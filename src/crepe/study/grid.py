@@ -31,7 +31,7 @@ NODP_UNUSED = tuple(n for n, s in config.options().items() if s.dp_only)
 # An option that solves another (declared `solves`; both given are refused): a sweep uses one axis or the other.
 SOLVES = {n: s.solves for n, s in config.options().items() if s.solves}
 # Flags of `crepe sweep` itself; an option of the same name gets the flag --train-NAME.
-SWEEP_FLAGS = ("out", "preset", "data-dir", "jobs", "threads", "extend", "dry-run")
+SWEEP_FLAGS = ("out", "preset", "data-dir", "jobs", "threads", "executor", "scheduler", "extend", "dry-run")
 
 PRIVACY_SPEC = Spec(
     help="dp (DP-SGD) and/or nodp (non-private reference: one run per other setting, no sigma/target-epsilon/clipping)",

@@ -2,7 +2,11 @@
 
 Every configuration runs as its own `python -m crepe train` subprocess: a crash
 stays in its run, `--jobs N` runs N at a time, and this module loads torch only
-to check target epsilons (below). The sweep directory holds
+to check target epsilons (below). Where the subprocesses run is an executor's
+business: Local (here: threads on this machine, each waiting on one subprocess)
+or crepe.study.cluster.Dask (a task per run on a Dask cluster); both run the
+command Runner builds, and only execute, in the `crepe sweep` process, writes
+the manifest. The sweep directory holds
 
     SWEEP_DIR/sweep.json          the manifest: grid, fixed settings, per-run status
     SWEEP_DIR/<run name>/         one `crepe train` run directory per configuration
@@ -25,11 +29,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from crepe.config import TrainConfig, UsageError
 from crepe.study.grid import REPLICATE, fmt
@@ -152,9 +156,14 @@ def default_threads(jobs: int) -> int:
 
 
 class Runner:
-    """Runs RunSpecs as `crepe train` subprocesses, `jobs` at a time."""
+    """Runs RunSpecs as `crepe train` subprocesses, `jobs` at a time.
 
-    def __init__(self, *, sweep_dir: Path, data_dir: str | None, threads: int, jobs: int, python: str,
+    threads None passes no --threads (the command as `--dry-run` shows it when each
+    Dask worker decides; crepe.study.cluster). Subclasses may change how a subprocess
+    starts (_preexec) and is waited for (_wait); the command, its log and its outcome
+    are this class's alone."""
+
+    def __init__(self, *, sweep_dir: Path, data_dir: str | None, threads: int | None, jobs: int, python: str,
                  eval_every: int = 1):
         self.sweep_dir = sweep_dir
         self.data_dir = data_dir
@@ -170,9 +179,11 @@ class Runner:
         run_dir = self.sweep_dir / spec.name
         cmd = [self.python, "-m", "crepe", "train"]
         if resume:  # the run's config.json holds its settings; only machine flags may change
-            cmd += ["--resume", str(run_dir), "--threads", str(self.threads)]
+            cmd += ["--resume", str(run_dir)]
         else:
-            cmd += ["--out", str(run_dir)] + spec.train_args() + ["--threads", str(self.threads)]
+            cmd += ["--out", str(run_dir)] + spec.train_args()
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
         if self.data_dir is not None:
             cmd += ["--data-dir", self.data_dir]
         if self.eval_every != 1:
@@ -201,11 +212,12 @@ class Runner:
                 if self._stopping:
                     return Outcome(spec.name, "interrupted", None, 0.0, resume, "")
                 proc = subprocess.Popen(
-                    self.command(spec, resume=resume), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env()
+                    self.command(spec, resume=resume), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env(),
+                    preexec_fn=self._preexec(),
                 )
                 self._procs.add(proc)
             try:
-                rc = proc.wait()
+                rc = self._wait(proc)
             finally:
                 with self._lock:
                     self._procs.discard(proc)
@@ -217,6 +229,13 @@ class Runner:
         else:
             status = "failed"
         return Outcome(spec.name, status, rc, wall, resume, "" if status == "complete" else _tail(log))
+
+    def _preexec(self) -> Callable[[], None] | None:
+        """What the child runs between fork and exec (None: nothing)."""
+        return None
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> int:
+        return proc.wait()
 
     def stop(self) -> None:
         """Terminate the runs this runner started (they stay resumable)."""
@@ -252,14 +271,57 @@ def _build_extension_once(python: str) -> None:
                    stdin=subprocess.DEVNULL, check=False)
 
 
+class Executor(Protocol):
+    """Where a sweep's runs run. execute calls outcomes once, then stop (on an interrupt) and close."""
+
+    parallel: bool  # runs at once: start the costliest first, and build the extension before
+
+    def describe(self) -> str: ...  # the end of the sweep's first line: "2 jobs x 1 thread"
+
+    def outcomes(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]: ...  # each run's, as it ends
+
+    def stop(self) -> None: ...  # the runs still going stop (each stays resumable); returns once they have
+
+    def close(self) -> None: ...
+
+
+class Local:
+    """The default executor: `runner.jobs` threads on this machine, each waiting on one `crepe train`."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.parallel = runner.jobs > 1
+        self._pool = ThreadPoolExecutor(max_workers=runner.jobs)
+
+    def describe(self) -> str:
+        threads = self.runner.threads or default_threads(self.runner.jobs)  # execute has given it so
+        return f"{count(self.runner.jobs, 'job')} x {count(threads, 'thread')}"
+
+    def outcomes(self, specs: Sequence[RunSpec]) -> Iterator[Outcome]:
+        futures: dict[Future[Outcome], RunSpec] = {self._pool.submit(self.runner.run_one, s): s for s in specs}
+        for fut in as_completed(futures):
+            yield fut.result()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None = None, data_dir: str | None = None,
-            python: str | None = None, out: Any = None, eval_every: int = 1) -> dict[str, Any]:
+            python: str | None = None, out: Any = None, eval_every: int = 1,
+            executor: Callable[[Runner], Executor] | None = None) -> dict[str, Any]:
     """Run every not-yet-complete run of `plan`, updating the manifest as runs end.
 
     Returns the manifest. Runs that fail are recorded there and in the returned
     manifest's "failures"; they never stop the others. Runs whose schedule cannot
     reach their target epsilon are never started: they are recorded with status
     "unreachable" and their smallest reachable epsilon, and listed in "unreachable".
+    executor makes the executor from the runs' Runner (default: Local, `jobs` at a
+    time with `threads` each, cores // jobs if None); for any other, `threads` None
+    is left to it and `jobs` unused.
     """
     out = out or sys.stdout
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -297,24 +359,23 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
 
     todo = [s for s in plan.runs if states[s.name] != "complete" and s.name not in floors]
     skipped = sum(state == "complete" for state in states.values())
-    threads = threads or default_threads(jobs)
+    if executor is None:
+        threads = threads or default_threads(jobs)
     runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads, jobs=jobs, python=python or sys.executable,
                     eval_every=eval_every)
+    ex = Local(runner) if executor is None else executor(runner)
     print(f"crepe sweep: {count(len(plan.runs), 'run')} in {sweep_dir} ({skipped} complete, {len(todo)} to run, "
-          f"{len(floors)} unreachable; {count(jobs, 'job')} x {count(threads, 'thread')})", file=out, flush=True)
+          f"{len(floors)} unreachable; {ex.describe()})", file=out, flush=True)
     for spec in plan.runs:
         if spec.name in floors:
             print(f"crepe sweep: {spec.name} not run: {unreachable_text(spec, floors[spec.name])}", file=out, flush=True)
     save()
-    if jobs > 1 and todo:
-        _build_extension_once(python or sys.executable)
-    order = sorted(todo, key=lambda s: -s.cost()) if jobs > 1 else todo
+    if ex.parallel and todo:
+        _build_extension_once(runner.python)
+    order = sorted(todo, key=lambda s: -s.cost()) if ex.parallel else todo
     done = 0
-    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures: dict[Future[Outcome], RunSpec] = {pool.submit(runner.run_one, s): s for s in order}
-        for fut in as_completed(futures):
-            o = fut.result()
+        for o in ex.outcomes(order):
             done += 1
             rec = manifest["runs"][o.name]
             rec.update(status=o.status, returncode=o.returncode, wall_s=round(o.wall_s, 2), resumed=o.resumed,
@@ -330,8 +391,7 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
             verb = "resumed and finished" if o.resumed and o.status == "complete" else o.status
             print(f"[{done}/{len(order)}] {o.name} {verb} in {o.wall_s:.1f}s{detail}", file=out, flush=True)
     except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, or output piped into a closed `head`
-        runner.stop()
-        pool.shutdown(wait=True, cancel_futures=True)
+        ex.stop()
         for s in order:
             r = manifest["runs"][s.name]
             if r["status"] not in ("complete", "failed"):
@@ -339,7 +399,7 @@ def execute(plan: Plan, *, sweep_dir: Path, jobs: int = 1, threads: int | None =
         save()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        ex.close()
     return manifest
 
 

@@ -6,7 +6,10 @@ them (crepe.study.plan) or, on a plain re-run, from the sweep directory's
 manifest. Asking for a different grid in an existing sweep directory is an
 error unless `--extend` is given (which only adds runs). `--dry-run` prints the
 runs and their commands (unreachable targets checked, nothing run); otherwise
-crepe.study.runner executes the plan. Ctrl-C or SIGTERM stops the runs (each
+crepe.study.runner executes the plan, on this machine (`--executor local`, the
+default, `--jobs` at a time) or as a task per run on a Dask cluster
+(`--executor dask --scheduler ADDRESS`, crepe.study.cluster; the sweep directory
+on storage the workers share). Ctrl-C or SIGTERM stops the runs (each
 resumable from its last epoch), records them, and exits 130 / 143.
 """
 
@@ -69,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             fixed.add_argument(st.spec.flag, dest=f"fixed:{key}", metavar="V", help=_help(st, opts.default(st.name)))
     p.add_argument("--data-dir", help="folder of the IDX .gz files, passed to every run (not part of the grid)")
-    p.add_argument("--jobs", default="1", help="runs at a time (default: 1)")
-    p.add_argument("--threads", help="torch threads per run (default: cores // jobs)")
+    p.add_argument("--jobs", help="runs at a time, with --executor local (default: 1)")
+    p.add_argument("--threads", help="torch threads per run (default: cores // jobs; with --executor dask, each "
+                   "worker's cores // its threads)")
+    p.add_argument("--executor", default="local", metavar="{local,dask}", help=f"{EXECUTOR.help} (default: local)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler of --executor dask, e.g. "
+                   "tcp://10.0.0.5:8786 (required there, refused otherwise)")
     p.add_argument("--eval-every", help="each run's test accuracy every N epochs and after the last (default: 1)")
     p.add_argument("--extend", action="store_true", help="add the requested grid values to an existing sweep")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
@@ -78,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 JOBS = Spec(help="runs at a time", kind="int", low=1, flag="--jobs")
+EXECUTOR = Spec(
+    help="where the runs run: local (subprocesses on this machine, --jobs at a time) or dask (a task per run on the "
+    "Dask cluster at --scheduler, as many at once as its workers have threads; needs the [dask] extra). With dask the "
+    "sweep directory and --data-dir must be on storage every worker reaches at the same path (a shared file system); "
+    "a run whose worker dies is rerun by the scheduler and resumes from its last checkpoint",
+    choices=("local", "dask"), flag="--executor",
+)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -103,7 +117,19 @@ def _main(argv: list[str]) -> int:
         close = difflib.get_close_matches(unknown[0], flags, n=1)
         hint = f"did you mean {close[0]}?" if close else "see crepe sweep --help"
         raise UsageError(f"unknown option(s) {' '.join(unknown)} ({hint})")
-    jobs = JOBS.parse(args.jobs)
+    executor = EXECUTOR.parse(args.executor)
+    if executor == "local" and args.scheduler is not None:
+        raise UsageError("--scheduler is for --executor dask (--executor local runs on this machine)")
+    if executor == "dask":
+        if args.scheduler is None:
+            raise UsageError("--executor dask needs --scheduler ADDRESS (the Dask scheduler's, e.g. tcp://10.0.0.5:8786)")
+        if args.jobs is not None:
+            raise UsageError("--jobs is for --executor local: on a Dask cluster each worker runs as many runs at once "
+                             "as it has threads (dask worker --nthreads N)")
+        from crepe.study import cluster
+
+        cluster.require()
+    jobs = 1 if args.jobs is None else JOBS.parse(args.jobs)
     threads = None if args.threads is None else options()["threads"].parse(args.threads)
     eval_every = 1 if args.eval_every is None else options()["eval_every"].parse(args.eval_every)
     grid = {k.split(":", 1)[1]: v for k, v in given.items() if k.startswith("grid:") and v is not None}
@@ -132,7 +158,9 @@ def _main(argv: list[str]) -> int:
                 plan = merge_plans(old, plan)
     if args.dry_run:
         data_dir = args.data_dir if args.data_dir is not None else (existing or {}).get("data_dir")
-        runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir, threads=threads or default_threads(jobs),
+        # with dask and no --threads, each worker gives its runs their --threads
+        runner = Runner(sweep_dir=sweep_dir, data_dir=data_dir,
+                        threads=threads if executor == "dask" else threads or default_threads(jobs),
                         jobs=jobs, python=sys.executable, eval_every=eval_every)
         states, floors = check_runs(plan, sweep_dir=sweep_dir, data_dir=data_dir, out=sys.stderr)
         for spec in plan.runs:
@@ -145,8 +173,13 @@ def _main(argv: list[str]) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        manifest = execute(plan, sweep_dir=sweep_dir, jobs=jobs, threads=threads, data_dir=args.data_dir,
-                           eval_every=eval_every)
+        if executor == "dask":
+            with cluster.connect(args.scheduler) as client:  # before anything is written
+                manifest = execute(plan, sweep_dir=sweep_dir, threads=threads, data_dir=args.data_dir,
+                                   eval_every=eval_every, executor=lambda runner: cluster.Dask(client, runner))
+        else:
+            manifest = execute(plan, sweep_dir=sweep_dir, jobs=jobs, threads=threads, data_dir=args.data_dir,
+                               eval_every=eval_every)
     except KeyboardInterrupt as e:
         print("crepe sweep: interrupted; re-run the same command to resume", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
