@@ -307,3 +307,25 @@ def test_ctrl_c_stops_the_runs_on_the_workers(local_cluster: Any, tmp_path: Path
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{LONG_RUN} resumed and finished" in again.stdout
     assert _epochs(run) == [1, 2, 3]
+
+
+@needs_dask
+def test_sharded_selection_on_dask_workers_is_the_one_process_selection() -> None:
+    """crepe.select(engine="sharded", workers=client): one task per shard, on two worker processes."""
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    import crepe.select
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((3000, 10)).astype(np.float32), rng.integers(0, 2, 3000)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      death_timeout=60) as cluster, Client(cluster, timeout=60) as client:
+        for merge in (False, True):
+            there = crepe.select(X, y, fraction=0.05, engine="sharded", shard_size=400, merge=merge, seed=3,
+                                 workers=client)
+            here = crepe.select(X, y, fraction=0.05, engine="sharded", shard_size=400, merge=merge, seed=3)
+            for f in ("indices", "weights", "gains", "objective"):
+                np.testing.assert_array_equal(getattr(there, f), getattr(here, f))
+        tasks = client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+        assert tasks == [] or all(isinstance(t, str) for t in tasks)

@@ -208,3 +208,46 @@ def test_too_many_ranks_are_refused(monkeypatch) -> None:
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(distributed.UsageError, match="launch with torchrun"):
         distributed.current()
+
+
+# ---------------------------------------------------------------------------
+# Sharded selection over the ranks: crepe.select(engine="sharded", workers="torch.distributed")
+
+
+def test_sharded_selection_over_two_ranks_is_the_one_process_selection(tmp_path) -> None:
+    import numpy as np
+
+    import crepe.select
+    import distributed_select
+
+    done = subprocess.run(torchrun(distributed_select.__file__, str(tmp_path)), env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[:4000]
+    r0, r1 = (np.load(tmp_path / f"select.rank{r}.npz") for r in (0, 1))
+    X, y = distributed_select.problem()
+    for name, merge in (("plain", False), ("merge", True)):
+        here = crepe.select(X, y, fraction=0.05, engine="sharded", shard_size=400, merge=merge, seed=3)
+        for f in ("indices", "weights", "objective"):
+            np.testing.assert_array_equal(r0[f"{name}_{f}"], getattr(here, f))
+            np.testing.assert_array_equal(r1[f"{name}_{f}"], getattr(here, f))
+    for f in ("indices", "weights"):  # seed None: rank 0's entropy splits the classes on both ranks
+        np.testing.assert_array_equal(r0[f"fresh_{f}"], r1[f"fresh_{f}"])
+    # each class of ~1,500 points is 4 shards of ~375: each rank solved 2 of each class's 4 shards in each of
+    # the 3 selections, not all 4, and the merge's union of 2 classes on every rank: 3 * 2 * 2 + 2
+    assert len(r0["solved"]) == len(r1["solved"]) == 14
+    shared = set(r0["solved"].tolist()) & set(r1["solved"].tolist())
+    assert len(shared) == 2  # the merge's unions; every shard was solved by one rank
+
+
+def test_workers_are_checked() -> None:
+    import numpy as np
+
+    import crepe.select
+
+    X = np.zeros((20, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="workers= applies to engine='sharded' only"):
+        crepe.select(X, k=2, workers="torch.distributed")
+    with pytest.raises(ValueError, match="needs a process group"):
+        crepe.select(X, k=4, engine="sharded", shard_size=10, workers="torch.distributed")
+    with pytest.raises(ValueError, match="workers must be None, 'torch.distributed' or a dask distributed.Client"):
+        crepe.select(X, k=4, engine="sharded", shard_size=10, workers="ray")

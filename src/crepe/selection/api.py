@@ -49,6 +49,7 @@ def select(
     shard_size: int | None = None,
     merge: bool | None = None,
     seed: int | None = None,
+    workers: Any = None,
 ) -> Selection:
     """Select a CRAIG coreset: per-class facility location, greedy.
 
@@ -93,6 +94,12 @@ def select(
         shard_size: engine="sharded" only (required): the most points per
             shard; every shard needs a pick, so at least ceil(n_c / k_c).
         merge: engine="sharded" only: the GreeDi merge (default False).
+        workers: engine="sharded" only: who solves the shards. None: this
+            process, one after the other; "torch.distributed": the ranks of
+            the current process group (call select on every rank with the
+            same arguments; each solves its share, every rank gets the whole
+            selection); a Dask distributed.Client: one task per shard. The
+            selection does not depend on it.
         seed: the stochastic and sharded engines' randomness (candidate
             samples, shard splits): an int for a reproducible selection, None
             for fresh OS entropy. It needs no secrecy: selection is
@@ -115,7 +122,7 @@ def select(
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     if device is not None and device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {list(DEVICES)} or None (where X lives)")
-    given = {"epsilon": epsilon, "shard_size": shard_size, "merge": merge, "seed": seed}
+    given = {"epsilon": epsilon, "shard_size": shard_size, "merge": merge, "seed": seed, "workers": workers}
     options = {name: value for name, value in given.items() if value is not None}
     check_options(engine, options)
     if engine == "stochastic" and method != "lazy":

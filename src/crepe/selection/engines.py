@@ -27,7 +27,7 @@ Engine = Literal["exact", "stochastic", "sharded"]
 ENGINES: dict[str, tuple[str, ...]] = {
     "exact": (),
     "stochastic": ("epsilon", "seed"),
-    "sharded": ("shard_size", "merge", "seed"),
+    "sharded": ("shard_size", "merge", "seed", "workers"),
 }
 
 
@@ -54,9 +54,26 @@ def check_options(engine: Any, options: dict[str, Any]) -> None:
             raise ValueError(f"shard_size must be an int >= 1, got {size!r}")
         if not isinstance(options.get("merge", False), bool):
             raise ValueError(f"merge must be True or False, got {options['merge']!r}")
+        check_workers(options.get("workers"))
     seed = options.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
+
+
+def check_workers(workers: Any) -> None:
+    """None, "torch.distributed" (with a process group joined) or a Dask distributed.Client."""
+    if workers is None:
+        return
+    if workers == "torch.distributed":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("workers='torch.distributed' needs a process group: call torch.distributed."
+                             "init_process_group first (torchrun sets its environment)")
+        return
+    if type(workers).__name__ == "Client" and type(workers).__module__.startswith("distributed"):
+        return
+    raise ValueError(f"workers must be None, 'torch.distributed' or a dask distributed.Client, got {workers!r}")
 
 
 def check_shards(p: Problem, shard_size: int) -> None:
@@ -78,9 +95,16 @@ def run(p: Problem, engine: str, options: dict[str, Any], *, method_id: int, thr
     from crepe.selection.stochastic import stochastic_greedy
     from crepe.selection.trace import diameter
 
+    seed = options.get("seed")
     if engine == "sharded":
         check_shards(p, int(options["shard_size"]))
-    children = np.random.SeedSequence(options.get("seed")).spawn(len(p.classes))
+        if seed is None and options.get("workers") == "torch.distributed":  # every rank must split alike
+            import torch.distributed as dist
+
+            box = [np.random.SeedSequence().entropy]
+            dist.broadcast_object_list(box, src=0)
+            seed = box[0]
+    children = np.random.SeedSequence(seed).spawn(len(p.classes))
     parts = []
     for c in range(len(p.classes)):
         rows = np.flatnonzero(p.cls == c)
@@ -95,7 +119,7 @@ def run(p: Problem, engine: str, options: dict[str, Any], *, method_id: int, thr
         else:
             picks, weights, gains, objective = sharded_class(
                 Xc, k, D, shard_size=int(options["shard_size"]), merge=bool(options.get("merge", False)),
-                rng=rng, method_id=method_id, threads=threads,
+                rng=rng, method_id=method_id, threads=threads, workers=options.get("workers"),
             )  # fmt: skip
         parts.append((rows[picks], weights, gains, objective))
     return p.selection(

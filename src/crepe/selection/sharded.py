@@ -3,8 +3,7 @@
 A class of n points is split at random into m = ceil(n / shard_size) shards of
 nearly equal size (floor or ceil of n / m). The split depends on n, shard_size
 and the seed only, never on X: `split` sees no data. Each shard is solved by
-the exact engine (`select_shard`: the seam a torch.distributed or Dask fan-out
-calls, one shard per worker) with its share of the class budget (`budgets`:
+the exact engine (`select_shard`) with its share of the class budget (`budgets`:
 proportional, largest remainder, summing to k, at least 1 each), and each
 point's weight counts toward the pick nearest to it within its own shard.
 
@@ -16,11 +15,20 @@ first k_p picks are the picks of a k_p budget, the unmerged selection comes for
 free as prefixes; the merge returns whichever of the two has the larger F over
 the whole class (as RandGreeDi, Barbosa et al. 2015, returns the best of the
 merged and the machines' solutions), so it never does worse than no merge.
+
+Workers (`solve_shards`): the shards of a class are solved here one after the
+other (workers=None), by the ranks of the current torch.distributed process
+group (workers="torch.distributed": every rank calls crepe.select with the same
+arguments, rank r solves shards r, r + W, ..., the results are all-gathered and
+every rank returns the same selection; the split's seed, if None, is rank 0's),
+or as tasks on a Dask cluster (workers=a distributed.Client). The picks do not
+depend on which: the same exact engine solves the same shards.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +69,26 @@ def select_shard(Xs: np.ndarray, budget: int, *, method_id: int, threads: int | 
     return cpu.run(prepare(Xs, None, None, budget), method_id=method_id, threads=threads)
 
 
+def solve_shards(jobs: list[tuple[np.ndarray, int]], *, method_id: int, threads: int | None,
+                 workers: Any = None) -> list[Selection]:
+    """`select_shard` on each (shard points, budget), here, over torch.distributed ranks or on Dask."""
+    if workers is None:
+        return [select_shard(Xs, b, method_id=method_id, threads=threads) for Xs, b in jobs]
+    if workers == "torch.distributed":
+        import torch.distributed as dist
+
+        rank, size = dist.get_rank(), dist.get_world_size()
+        mine = {j: select_shard(jobs[j][0], jobs[j][1], method_id=method_id, threads=threads)
+                for j in range(rank, len(jobs), size)}
+        gathered: list[Any] = [None] * size
+        dist.all_gather_object(gathered, mine)
+        done = {j: r for part in gathered for j, r in part.items()}
+        return [done[j] for j in range(len(jobs))]
+    futures = workers.map(select_shard, [Xs for Xs, _ in jobs], [b for _, b in jobs], method_id=method_id,
+                          threads=threads, pure=False)
+    return list(workers.gather(futures))
+
+
 def sharded_class(
     Xc: np.ndarray,
     k: int,
@@ -71,6 +99,7 @@ def sharded_class(
     rng: np.random.Generator,
     method_id: int,
     threads: int | None,
+    workers: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(picks, weights, gains, objective) of one class; picks are within-class indices.
 
@@ -87,7 +116,8 @@ def sharded_class(
     sizes = [len(s) for s in shards]
     ks = budgets(sizes, k)
     wanted = [min(n_p, k) for n_p in sizes] if merge else ks.tolist()
-    runs = [select_shard(Xc[rows], int(b), method_id=method_id, threads=threads) for rows, b in zip(shards, wanted)]
+    runs = solve_shards([(Xc[rows], int(b)) for rows, b in zip(shards, wanted)], method_id=method_id, threads=threads,
+                        workers=workers)
     if not merge:
         picks = np.concatenate([rows[r.indices] for rows, r in zip(shards, runs)])
         weights = np.concatenate([r.weights for r in runs])
