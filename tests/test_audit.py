@@ -288,7 +288,6 @@ def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
     (["--audit-guesses", "5"], "--audit-guesses applies to --audit-canaries only"),
     (["--audit-canaries", "10", "--audit", "black-box"], "unknown audit 'black-box'; valid: white-box"),
     (["--no-dp", "--audit-canaries", "10"], "--audit-canaries 10 needs DP training"),
-    (["--users", "synthetic", "--privacy-unit", "user", "--audit-canaries", "10"], "--privacy-unit user is not supported"),
     (["--method", "private-set", "--audit-canaries", "10"], "--method private-set trains on data that reads no private"),
     (["--method", "random", "--audit-canaries", "10"], "--random-draw poisson"),
     (["--method", "full", "--audit-canaries", "1000000"], "the model has 26010 trainable parameters"),

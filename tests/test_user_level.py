@@ -251,3 +251,43 @@ def test_a_user_level_run_whose_weights_diverge_stops_in_that_epoch(tmp_path: Pa
     with pytest.raises(RuntimeError, match=r"training diverged in epoch 1 \(the loss is .*, the weights not finite\)"):
         loop.run(cfg, tmp_path / "run", data=ds, model=MLP(), log=lambda s: None)
     assert not rundir.read_metrics(tmp_path / "run")  # nothing of the diverged epoch was recorded
+
+
+@pytest.mark.parametrize("options, sensitivity", [ALGORITHMS[0], ALGORITHMS[3]], ids=["dp-sgd", "dp-fedemb-K8"])
+def test_canary_users_add_the_users_sensitivity_and_the_audit_reaches_its_ceiling_without_noise(
+        tmp_path: Path, monkeypatch, options, sensitivity) -> None:
+    """--audit-canaries in a user-level run: canary users sampled at q_u, each adding sensitivity x C e_j
+    (2C in a virtual client of K > 1, the sensitivity the ledger's sigma / 2 is for). With the noise removed
+    every score is a whole number of such contributions, 0 for an excluded canary, and every guess is right."""
+    import json
+
+    import opacus.optimizers.optimizer as opacus_optimizer
+
+    from crepe.audit.bound import ceiling
+    from crepe.training import rundir, state as ckpt
+
+    monkeypatch.setattr(opacus_optimizer, "_generate_noise", lambda std, reference, **kw: torch.zeros_like(reference))
+    x, y, uid = blobs()
+    m, C = 100, 0.5
+    result = crepe.train(MLP(), (x, y), user_ids=uid, method="full", privacy_unit="user", users_per_round=30,
+                         sigma=1.0, max_grad_norm=C, lr=0.1, epochs=10, audit_canaries=m, keep_secrets=True,
+                         noise="reproducible", out=tmp_path / "run", log=lambda s: None, **options)
+    audit = json.loads((tmp_path / "run" / rundir.AUDIT).read_text())
+    assert (audit["canaries"], audit["correct"]) == (m, m // 2)
+    assert audit["eps_lb"] == pytest.approx(ceiling(m=m, r=m // 2, delta=1e-5), rel=1e-12)
+    assert audit["eps_upper"] == result.epsilons["train"]  # per user
+    cfg = rundir.read_config(tmp_path / "run")
+    state = ckpt.load(tmp_path / "run" / rundir.CHECKPOINT, cfg=cfg, fingerprint=None)["state"]["canaries"]
+    draws = state["scores"] / (sensitivity * C)  # times each canary was sampled, over 20 rounds at q_u = 1/2
+    torch.testing.assert_close(draws, draws.round(), atol=1e-5, rtol=0)
+    assert bool((draws[~state["included"]] == 0).all()) and bool((draws[state["included"]] >= 1).all())
+    assert 8 < float(draws[state["included"]].mean()) < 12
+
+
+def test_canary_users_with_secret_noise_stay_below_the_user_level_epsilon(tmp_path: Path) -> None:
+    x, y, uid = blobs()
+    result = crepe.train(MLP(), (x, y), user_ids=uid, method="full", privacy_unit="user", users_per_round=30,
+                         algorithm="dp-fedemb", virtual_client_size=8, sigma=1.0, lr=0.1, epochs=10,
+                         audit_canaries=100, out=tmp_path / "run", log=lambda s: None)
+    audit = result.summary["audit"]
+    assert audit["eps_lb"] <= audit["eps_upper"] == result.epsilons["train"]

@@ -491,9 +491,6 @@ class TrainConfig:
         if self.audit_guesses is not None and self.audit_guesses > m:
             raise UsageError(f"--audit-guesses {self.audit_guesses} is more than the {m} canaries of "
                              f"--audit-canaries: the auditor guesses about canaries, at most one guess each")
-        if self.privacy_unit == "user":
-            raise UsageError("--audit-canaries audits example-level DP-SGD: a canary is one example; "
-                             "--privacy-unit user is not supported")
 
     @property
     def guesses(self) -> int:

@@ -10,6 +10,10 @@ same key as the noise, so as secret as the noise):
   (DPOptimizer.clip_and_accumulate: the real code path, so the noise, the normaliser and the
   release are those of the real examples). A canary is one more example of the mechanism: norm
   C, the sensitivity a clipped real example has, at the rate the ledger records.
+- in a user-level run (--privacy-unit user) a canary is a canary user: sampled at the users'
+  rate q_u, it adds sensitivity x C e_{j_i} (C for a user that is its own unit, 2C for a user
+  of a virtual client of K > 1: what one user can move the noisy sum by, the sensitivity the
+  ledger's multiplier sigma / sensitivity is computed for).
 
 The score of canary i is the sum over steps of coordinate j_i of the released noisy sum
 (p.grad right after Opacus adds the noise) minus the real examples' clipped sum at j_i in the
@@ -104,15 +108,17 @@ class WhiteBox:
             out[ids] = tensors[k].reshape(-1)[local].to(torch.float64)
         return out
 
-    def inject(self, params: list[torch.Tensor], *, max_grad_norm: float, sample_rate: float) -> int:
-        """Before the noise: note the real clipped sum at each j_i, then add C e_{j_i} for each included
-        canary that this step's Poisson draw (rate q, one uniform per canary) samples."""
+    def inject(self, params: list[torch.Tensor], *, max_grad_norm: float, sample_rate: float,
+               sensitivity: float = 1.0) -> int:
+        """Before the noise: note the real clipped sum at each j_i, then add sensitivity C e_{j_i} for each
+        included canary that this step's Poisson draw (rate q, one uniform per canary) samples (a canary
+        user of a user-level run: what one user can move the sum by, 2C in a virtual client of K > 1)."""
         self._real = self._gather([p.summed_grad for p in params])
         u = torch.rand(len(self.coords), generator=self.generator, dtype=torch.float64)
         hit = (u < sample_rate) & self.included  # (m,) this step's sampled canaries
         for k, local, ids in self._groups:
             summed = params[k].summed_grad
-            add = hit[ids].to(summed.dtype) * max_grad_norm
+            add = hit[ids].to(summed.dtype) * (sensitivity * max_grad_norm)
             params[k].summed_grad = summed.reshape(-1).index_add(0, local, add).view_as(summed)
         return int(hit.sum())
 

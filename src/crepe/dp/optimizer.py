@@ -62,8 +62,9 @@ OnRelease = Callable[[Release], None]
 class Canaries(Protocol):
     """What the DP optimizer calls of audit canaries (crepe.audit.canaries.WhiteBox)."""
 
-    def inject(self, params: list[torch.Tensor], *, max_grad_norm: float, sample_rate: float) -> int:
-        """Add the canaries sampled this step to each p.summed_grad; how many were sampled."""
+    def inject(self, params: list[torch.Tensor], *, max_grad_norm: float, sample_rate: float,
+               sensitivity: float = 1.0) -> int:
+        """Add the canaries sampled this step (sensitivity x C e_j each) to each p.summed_grad; how many."""
         ...
 
     def observe(self, params: list[torch.Tensor]) -> None:
@@ -193,7 +194,8 @@ class DPOptimizer(OpacusDPOptimizer):
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
             _mark_as_processed(p.grad_sample)
         if self.canaries is not None:  # before the noise: a sampled canary is one more clipped example
-            sampled = self.canaries.inject(self.params, max_grad_norm=self.max_grad_norm, sample_rate=self.sample_rate)
+            sampled = self.canaries.inject(self.params, max_grad_norm=self.max_grad_norm, sample_rate=self.sample_rate,
+                                           sensitivity=self.sensitivity)
             self._unclipped += sampled  # |C e_j| = C: unclipped, as a real example of norm C counts
         if self.world.size > 1:  # the sums over all ranks' local batches
             count = torch.tensor([self._unclipped], dtype=torch.float64)
