@@ -165,14 +165,40 @@ def test_a_pruned_run_resumes_with_its_mask_to_the_uninterrupted_run(data_root, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_iterative_schedule_is_a_cubic_ramp_to_the_sparsity_over_half_the_epochs_left() -> None:
+    due = pruning.schedule("iterative", 0.9, warmup=2, epochs=10)  # R = 4: epochs 2, 3, 4, 5
+    assert list(due) == [2, 3, 4, 5]
+    assert list(due.values()) == pytest.approx([0.9 * (1 - (1 - i / 4) ** 3) for i in range(1, 5)], rel=1e-12)
+    assert due[5] == 0.9 and all(a < b for a, b in zip(list(due.values()), list(due.values())[1:]))
+    assert pruning.schedule("iterative", 0.5, warmup=3, epochs=4) == {3: 0.5}  # R = max(1, 0)
+    assert pruning.schedule("warmup", 0.5, warmup=3, epochs=9) == {3: 0.5}
+    assert pruning.schedule("init", 0.5, warmup=1, epochs=9) == {} == pruning.schedule("iterative", 0, warmup=1, epochs=9)
+
+
+def test_iterative_masks_ramp_keep_what_they_pruned_leave_epsilon_unchanged_and_resume(data_root, tmp_path) -> None:
+    cfg = config(data_root, prune_at="iterative", epochs=6, prune_warmup=1)  # masks at epochs 1, 2 (R = 2)
+    whole = train(cfg, tmp_path / "whole")
+    dense = train(config(data_root, sparsity=0.0, prune_at="init", prune_warmup=1, epochs=6), tmp_path / "dense")
+    assert whole["ledger"] == dense["ledger"] and whole["eps_total"] == dense["eps_total"]
+    rows = [json.loads(line) for line in (tmp_path / "whole" / rundir.METRICS).read_text().splitlines()]
+    ramp = [0.0, 0.9 * (1 - 0.5 ** 3), 0.9, 0.9, 0.9, 0.9]
+    assert [r["sparsity"]["overall"] for r in rows] == [pytest.approx(s, abs=1e-3) for s in ramp]
+    assert all(r["test_loss"] > 0 for r in rows)  # held-out loss, every epoch
+    assert train(cfg, tmp_path / "cut", stop_after_epochs=2)["status"] == "incomplete"  # cut inside the ramp
+    resumed = train(cfg, tmp_path / "cut")
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["ledger"] == whole["ledger"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--sparsity", "1.0"], "--sparsity must be a finite number >= 0 and <= 0.99, got 1.0"),
     (["--sparsity", "0.9", "--prune-at", "warmup", "--prune-warmup", "5", "--epochs", "5"],
      "--prune-warmup 5 is not shorter than the run's --epochs 5: allowed 1..4"),
     (["--prune-at", "warmup"], "--prune-at applies to --sparsity > 0 only"),
-    (["--sparsity", "0.5", "--prune-at", "snip"], "argument --prune-at: unknown prune at 'snip'; valid: init, warmup"),
+    (["--sparsity", "0.5", "--prune-at", "snip"], "argument --prune-at: unknown prune at 'snip'; valid: init, warmup, iterative"),
     (["--sparsity", "0.5", "--audit-canaries", "10"], "--sparsity with --audit-canaries"),
-    (["--sparsity", "0.5", "--prune-warmup", "2"], "--prune-warmup applies to --prune-at warmup only"),
+    (["--sparsity", "0.5", "--prune-warmup", "2"], "--prune-warmup applies to --prune-at warmup or iterative only"),
 ])
 def test_bad_pruning_options_exit_2_with_the_allowed_values(args, message, capsys) -> None:
     code = main(["train", "--out", "/nonexistent/never", "--dataset", "fashion-mnist", "--method", "full", *args])

@@ -317,12 +317,14 @@ class TrainConfig:
         section="sparsity (DESIGN.md section 13; docs/privacy.md section 13)",
     )
     prune_at: str = option(
-        "init", "where the mask comes from: init (the initial weights: public) or warmup (the DP-trained weights after "
-        "--prune-warmup epochs: post-processing of the noisy releases; no epsilon either way)",
-        choices=("init", "warmup"), grid=True,
+        "init", "where the mask comes from: init (the initial weights: public), warmup (the DP-trained weights after "
+        "--prune-warmup epochs: post-processing of the noisy releases) or iterative (from the DP-trained weights at "
+        "the start of each epoch of a public cubic ramp from --prune-warmup to the sparsity, over half the epochs "
+        "left; dp/pruning.py); no epsilon either way",
+        choices=("init", "warmup", "iterative"), grid=True,
     )
-    prune_warmup: int = option(1, "--prune-at warmup: dense DP epochs before the mask is taken (< --epochs)",
-                               kind="int", low=1)
+    prune_warmup: int = option(1, "--prune-at warmup or iterative: dense DP epochs before the first mask is taken "
+                               "(< --epochs)", kind="int", low=1)
     prune_scope: str = option("global", "one magnitude threshold over all prunable weights, or one per layer",
                               choices=("global", "layer"))
     # empirical audit (DESIGN.md section 14)
@@ -468,9 +470,9 @@ class TrainConfig:
             if extra:
                 raise UsageError(f"{', '.join(extra)} {'applies' if len(extra) == 1 else 'apply'} to --sparsity > 0 only")
             return
-        if self.prune_at != "warmup" and self.prune_warmup != default("prune_warmup"):
-            raise UsageError("--prune-warmup applies to --prune-at warmup only")
-        if self.prune_at == "warmup" and self.prune_warmup >= self.epochs:
+        if self.prune_at == "init" and self.prune_warmup != default("prune_warmup"):
+            raise UsageError("--prune-warmup applies to --prune-at warmup or iterative only")
+        if self.prune_at != "init" and self.prune_warmup >= self.epochs:
             raise UsageError(f"--prune-warmup {self.prune_warmup} is not shorter than the run's --epochs {self.epochs}: "
                              f"allowed 1..{self.epochs - 1}")
         for applies, what in ((self.privacy_unit == "user", "--privacy-unit user"),

@@ -7,6 +7,12 @@ layer. Exactly round(s N) weights of the N in scope go (ties broken by position)
 sum after the noise, so a pruned coordinate gets no gradient and no noise: the noise lives in the
 d_eff = (trainable parameters - pruned) coordinates left, and the pruned weights stay exactly zero.
 
+When (`schedule`): once at initialisation (--prune-at init), once after --prune-warmup dense
+epochs (warmup), or iteratively (Zhu & Gupta 2017's cubic ramp): at the start of epochs w, w + 1,
+..., w + R - 1 (R = max(1, (E - w) // 2) of the E - w epochs after the warm-up), sparsity
+s (1 - (1 - i / R)^3) at the i-th (i = 1..R), reaching s half way; each mask keeps no weight an
+earlier one pruned.
+
 Where the mask may come from without a privacy cost: the initial weights (drawn from --seed, no
 data) or the weights DP-SGD released (post-processing). Anything else computed from the private
 data (clean gradients, activations) would be a release to account for: not offered.
@@ -53,6 +59,17 @@ def magnitude_masks(model: nn.Module, sparsity: float, *, scope: str = "global")
         out[name] = keep[start:start + w.numel()].reshape(w.shape)
         start += w.numel()
     return out
+
+
+def schedule(prune_at: str, sparsity: float, *, warmup: int, epochs: int) -> dict[int, float]:
+    """{epoch (0-based, at its start): the sparsity a mask is taken at then}; init masks are taken
+    before the first epoch, apart (empty here)."""
+    if prune_at == "init" or sparsity == 0:
+        return {}
+    if prune_at == "warmup":
+        return {warmup: sparsity}
+    ramp = max(1, (epochs - warmup) // 2)
+    return {warmup + i - 1: sparsity * (1 - (1 - i / ramp) ** 3) for i in range(1, ramp + 1)}
 
 
 def pairs(model: nn.Module, masks: Masks) -> list[tuple[nn.Parameter, torch.Tensor]]:

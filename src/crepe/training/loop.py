@@ -149,8 +149,9 @@ def run(
         while st.epoch < plan.epochs:
             if stop_after_epochs is not None and ran >= stop_after_epochs:
                 return {"status": "incomplete", "epoch": st.epoch}
-            if r.cfg.sparsity > 0 and r.cfg.prune_at == "warmup" and st.epoch == r.cfg.prune_warmup and st.masks is None:
-                prune(r)
+            due = pruning.schedule(r.cfg.prune_at, r.cfg.sparsity, warmup=r.cfg.prune_warmup, epochs=plan.epochs)
+            if st.epoch in due and (r.cfg.prune_at == "iterative" or st.masks is None):  # a resume never re-prunes
+                prune(r, due[st.epoch])
             selected, select_time = select_round(r)  # the method chooses the set when the plan says so
             t_epoch = time.perf_counter()
             x, y = r.train_data()
@@ -173,7 +174,7 @@ def run(
             last = st.epoch + 1 == plan.epochs
             evaluate = r.world.writes and len(r.ds.y_test) > 0 and plan.no_test_accuracy is None and (
                 last or (st.epoch + 1) % r.cfg.eval_every == 0)
-            test_acc = accuracy(r.model, r.ds.x_test, r.ds.y_test) if evaluate else None
+            test_acc, test_loss = evaluation(r.model, r.ds.x_test, r.ds.y_test) if evaluate else (None, None)
             diag = diagnostics(r, x, y, sw)  # not covered by epsilon
             eval_time = time.perf_counter() - t0
             st.epoch, ran = st.epoch + 1, ran + 1
@@ -182,7 +183,7 @@ def run(
             st.eval_time_s += eval_time
             st.examples_seen += es.seen
             st.total_time_s += select_time + time.perf_counter() - t_epoch
-            row = epoch_row(r, es, test_acc=test_acc, diag=diag, selected=selected,
+            row = epoch_row(r, es, test_acc=test_acc, test_loss=test_loss, diag=diag, selected=selected,
                             times=(select_time, train_time, eval_time))
             st.metrics.append(row)
             r.save()  # the checkpoint first: metrics.jsonl never holds an epoch the checkpoint lacks
@@ -235,18 +236,22 @@ def build(plan: Plan, ds: data_mod.LoadedData, run_dir: Path, say: Callable[[str
         opt.canaries = canaries
     r = Run(plan, ds, run_dir, say, model, net, opt, gens, model_seed, st, head=head, canaries=canaries, world=world)
     if cfg.sparsity > 0 and cfg.prune_at == "init":  # from the initial weights: no data (a resume loads its own)
-        prune(r)
+        prune(r, cfg.sparsity)
     return r
 
 
-def prune(r: Run) -> None:
-    """Take the run's mask from the model's weights now (--prune-at init: the initial ones; warmup: the
-    DP-trained ones, post-processing) and prune with it."""
-    r.st.masks = pruning.magnitude_masks(r.model, r.cfg.sparsity, scope=r.cfg.prune_scope)
+def prune(r: Run, sparsity: float) -> None:
+    """Take the run's mask at `sparsity` from the model's weights now (--prune-at init: the initial ones;
+    warmup, iterative: the DP-trained ones, post-processing) and prune with it; an earlier mask's pruned
+    weights stay pruned."""
+    masks = pruning.magnitude_masks(r.model, sparsity, scope=r.cfg.prune_scope)
+    if r.st.masks is not None:
+        masks = {k: m & r.st.masks[k] for k, m in masks.items()}
+    r.st.masks = masks
     use_masks(r)
-    if r.cfg.prune_at == "warmup":
-        r.say(f"crepe train: pruned {r.cfg.sparsity:g} of the weights ({r.cfg.prune_scope}) by magnitude after "
-              f"{r.st.epoch} dense epochs (the DP-trained weights: no epsilon)")
+    if r.cfg.prune_at != "init":
+        r.say(f"crepe train: pruned {sparsity:.4g} of the weights ({r.cfg.prune_scope}) by magnitude after "
+              f"{r.st.epoch} epochs (the DP-trained weights: no epsilon)")
 
 
 def use_masks(r: Run) -> None:
@@ -390,11 +395,20 @@ def head_of(model: nn.Module, probe: torch.Tensor) -> nn.Linear:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` in eval mode on (x, y)."""
     model.eval()
-    correct = sum(int((model(x[s : s + 2048]).argmax(1) == y[s : s + 2048]).sum()) for s in range(0, len(y), 2048))
+    correct, loss = 0, 0.0
+    for s in range(0, len(y), 2048):
+        out = model(x[s : s + 2048])
+        correct += int((out.argmax(1) == y[s : s + 2048]).sum())
+        loss += float(nn.functional.cross_entropy(out, y[s : s + 2048], reduction="sum"))
     model.train()
-    return correct / max(1, len(y))
+    return correct / max(1, len(y)), loss / max(1, len(y))
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return evaluation(model, x, y)[0]
 
 
 def diagnostics(r: Run, x: torch.Tensor, y: torch.Tensor, sw: SetWeights | None) -> dict[str, Any] | None:
@@ -406,7 +420,7 @@ def diagnostics(r: Run, x: torch.Tensor, y: torch.Tensor, sw: SetWeights | None)
                                 sigma=r.cfg.sigma, batch_size=sw.normaliser)
 
 
-def epoch_row(r: Run, es: EpochStats, *, test_acc: float | None, diag: dict[str, Any] | None,
+def epoch_row(r: Run, es: EpochStats, *, test_acc: float | None, test_loss: float | None, diag: dict[str, Any] | None,
               selected: bool, times: tuple[float, float, float]) -> dict[str, Any]:
     """The metrics.jsonl line of the epoch just done. Training figures are not covered by epsilon;
     a Poisson subset's are withheld: correct/seen and loss/seen are rationals whose denominator
@@ -419,6 +433,7 @@ def epoch_row(r: Run, es: EpochStats, *, test_acc: float | None, diag: dict[str,
         "train_loss": es.loss_sum / es.seen if figures else None,
         "train_acc": es.correct / es.seen if figures else None,
         "test_acc": test_acc,
+        "test_loss": test_loss,  # held-out data
         **rundir.eps_json(eps),
         "delta": cfg.delta,
         "selected": selected,
