@@ -132,3 +132,16 @@ def test_a_manifest_from_before_select_every_was_an_axis_still_loads() -> None:
     assert plan.grid["select-every"] == (5,) and plan.fixed == {"epochs": 10}
     args = plan.runs[0].train_args()
     assert args[args.index("--select-every") + 1] == "5"
+
+
+def test_a_target_per_user_is_checked_with_the_users_public_k(data_root: Path) -> None:
+    """--target-unit user: the in-process check plans the run with its users' public k (synthetic writers:
+    2 ceil(n / U)), so an unreachable per-user target is caught before anything runs, and a reachable one not."""
+    from crepe.study import runner
+    from crepe.study.plan import RunSpec
+
+    common = (("dataset", "fashion-mnist"), ("method", "full"), ("users", "synthetic"), ("user-count", 20),
+              ("train-subset", 300), ("batch-size", 150), ("epochs", 40), ("target-unit", "user"), ("accountant", "rdp"))
+    specs = [RunSpec(f"eps{e}", (*common, ("target-epsilon", e))) for e in (0.05, 50.0)]
+    floors = runner.unreachable(specs, data_dir=str(data_root))
+    assert list(floors) == ["eps0.05"] and floors["eps0.05"] > 0.05

@@ -291,3 +291,37 @@ def test_canary_users_with_secret_noise_stay_below_the_user_level_epsilon(tmp_pa
                          audit_canaries=100, out=tmp_path / "run", log=lambda s: None)
     audit = result.summary["audit"]
     assert audit["eps_lb"] <= audit["eps_upper"] == result.epsilons["train"]
+
+
+def test_target_unit_user_calibrates_an_example_level_run_to_its_epsilon_per_user(tmp_path: Path) -> None:
+    """--target-epsilon E --target-unit user: sigma solved so that the group-privacy epsilon per user of at
+    most k examples (privacy/group.py, pld) lands in [0.99 E, E]; the example-level epsilon is far smaller."""
+    x, y, uid = blobs()
+    common = dict(user_ids=uid, method="full", epochs=2, batch_size=60, max_per_user=10, log=lambda s: None)
+    per_user = crepe.train(MLP(), (x, y), target_epsilon=4.0, target_unit="user", out=tmp_path / "user", **common)
+    s = per_user.summary
+    assert 0.99 * 4.0 <= s["eps_user"] <= 4.0
+    assert s["eps_user"] == pytest.approx(user_epsilon(per_user.ledger, k=10, delta=1e-5, accountant="pld"), abs=0)
+    assert per_user.epsilon < s["eps_user"] / 3
+    per_example = crepe.train(MLP(), (x, y), target_epsilon=4.0, out=tmp_path / "example", **common)
+    assert 0.99 * 4.0 <= per_example.epsilon <= 4.0 and per_user.sigma > 2 * per_example.sigma
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"target_unit": "user"}, "--target-unit says what --target-epsilon is per: give both"),
+    ({"target_epsilon": 3.0, "target_unit": "example", "privacy_unit": "user"},
+     "--target-unit example with --privacy-unit user"),
+    ({"target_epsilon": 3.0, "target_unit": "people"}, "unknown target unit 'people'; valid: example, user"),
+])
+def test_bad_target_units_are_refused(given, message) -> None:
+    with pytest.raises(UsageError, match=message):
+        new_run_config({"dataset": "fashion-mnist", "method": "full", **given})
+
+
+def test_target_unit_user_needs_users(tmp_path: Path) -> None:
+    x, y, _ = blobs()
+    with pytest.raises(UsageError, match="--target-unit user calibrates to epsilon per user of at most k examples: it "
+                                         "needs users"):
+        crepe.train(MLP(), (x, y), method="full", target_epsilon=3.0, target_unit="user", out=tmp_path / "r",
+                    log=lambda s: None)
+    assert not (tmp_path / "r").exists()

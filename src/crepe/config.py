@@ -266,13 +266,18 @@ class TrainConfig:
     target_epsilon: float | None = option(
         None,
         "solve sigma (and sigma_sel, tied to it unless --select-sigma is given) so that the run ends at "
-        "epsilon_total <= E, within 1%",
+        "epsilon_total <= E, within 1%, per --target-unit",
         kind="float",
         low=0,
         low_open=True,
         grid=True,
         dp_only=True,
         solves="sigma",
+    )
+    target_unit: str | None = option(
+        None, "what --target-epsilon is per: example, or user (an example-level run on data with users, calibrated "
+        "to its group-privacy epsilon per user of at most --max-per-user examples: docs/privacy.md section 10); "
+        "default: the run's --privacy-unit", choices=("example", "user"), grid=True, dp_only=True,
     )
     max_grad_norm: float = option(
         1.0, "per-example clip norm C (the initial C of adaptive clipping)", kind="float", low=0, low_open=True, dp_only=True
@@ -416,6 +421,11 @@ class TrainConfig:
             raise UsageError("--sigma must be > 0 with DP on, got 0 (use --no-dp for non-private training)")
         if self.select_share is not None and self.target_epsilon is None:
             raise UsageError("--select-share is a share of --target-epsilon: give both")
+        if self.target_unit is not None and self.target_epsilon is None:
+            raise UsageError("--target-unit says what --target-epsilon is per: give both")
+        if self.target_unit == "example" and self.privacy_unit == "user":
+            raise UsageError("--target-unit example with --privacy-unit user: a user-level run's epsilon is per user; "
+                             "allowed: --target-unit user (or leave it out)")
         adaptive_only = ("clip_quantile", "clip_lr")
         if self.clipping != "adaptive" and any(getattr(self, k) != default(k) for k in adaptive_only):
             raise UsageError("--clip-quantile and --clip-lr apply to --clipping adaptive only")

@@ -38,6 +38,7 @@ class Unreachable(UsageError):
 def solve_sigma(
     ledger_for: Callable[[float], Ledger], *, target: float, delta: float, accountant: str,
     kinds: tuple[str, ...] | None = None, levers: str = "fewer epochs",
+    measure: Callable[[Ledger], float] | None = None,
 ) -> float:
     """The sigma whose ledger ends at epsilon in [0.99 target, target] (epsilon falls as sigma grows).
 
@@ -50,14 +51,17 @@ def solve_sigma(
     accountant sees a sigma below the bracket's. A sigma at which the accountant fails counts as
     above every target. A target that needs less noise than the accountant can evaluate is a
     UsageError naming --sigma. `kinds`: the releases that count (default all); `levers`: what
-    shortens the schedule, said when a target is unreachable.
+    shortens the schedule, said when a target is unreachable. `measure`: the epsilon of a ledger
+    (default: the accountant's, of `kinds`; e.g. the group-privacy epsilon per user).
     """
     known: dict[float, float] = {}  # sigma -> epsilon, every evaluation so far
 
     def eps(s: float) -> float:
         if s not in known:
             try:
-                known[s] = epsilon(ledger_for(s), delta=delta, accountant=accountant, kinds=kinds)
+                ledger = ledger_for(s)
+                known[s] = (epsilon(ledger, delta=delta, accountant=accountant, kinds=kinds) if measure is None
+                            else measure(ledger))
             except (MemoryError, OverflowError, ValueError):  # the accountant's domain exploded: far above any target
                 known[s] = math.inf
         return known[s]
@@ -133,10 +137,11 @@ def _probe(eps: Callable[[float], float], known: dict[float, float], *, target: 
 def calibrate(
     ledger_for: Callable[[float, float], Ledger], *, target: float, delta: float, accountant: str,
     select_sigma: float | None = None, select_share: float | None = None, levers: str = "fewer epochs",
+    measure: Callable[[Ledger], float] | None = None,
 ) -> tuple[float, float]:
     """(sigma, sigma_sel) so that `ledger_for(sigma, sigma_sel)` ends at `target`. sigma_sel is the
     given `select_sigma`, or solved first so that the selection releases alone spend
-    `select_share` of the target, or else tied to sigma."""
+    `select_share` of the target, or else tied to sigma. `measure`: as solve_sigma's, for the whole ledger."""
     if select_share is not None:
         select_sigma = solve_sigma(
             lambda s: ledger_for(1.0, s), target=select_share * target, delta=delta, accountant=accountant,
@@ -148,5 +153,5 @@ def calibrate(
         return fixed if fixed is not None else s
 
     sigma = solve_sigma(lambda s: ledger_for(s, tied(s)), target=target, delta=delta, accountant=accountant,
-                        levers=levers)
+                        levers=levers, measure=measure)
     return sigma, tied(sigma)

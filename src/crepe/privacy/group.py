@@ -42,6 +42,11 @@ assert set(SHIFT) == set(KINDS), "every release kind needs its group sensitivity
 Term = tuple[float, float, int, str]  # (sigma, q, k, shift rule): one step's mechanism for a user
 
 
+def group_accountant(accountant: str) -> str:
+    """The accountant of a run's user-level epsilon: its own where it has a group conversion, else pld."""
+    return accountant if accountant in GROUP_ACCOUNTANTS else "pld"
+
+
 def user_epsilon(
     ledger: Ledger | list[Any],
     *,

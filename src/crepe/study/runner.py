@@ -60,7 +60,8 @@ def run_state(run_dir: Path) -> str:
 # Targets a schedule cannot reach.
 
 
-def _floor(given: dict[str, Any], sizes_of: Callable[[TrainConfig], tuple[list[int], int | None]]) -> float | None:
+def _floor(given: dict[str, Any],
+           sizes_of: Callable[[TrainConfig], tuple[list[int], int | None, int | None]]) -> float | None:
     """The smallest reachable epsilon if `crepe train` would refuse this run's target as unreachable, else None."""
     from crepe.privacy.calibration import Unreachable
     from crepe.training.plan import check_reachable
@@ -82,18 +83,22 @@ def unreachable(specs: Sequence[RunSpec], *, data_dir: str | None) -> dict[str, 
     only in their seed share one check (calibration does not depend on the seed), and each dataset's
     split is loaded once. Imports torch only when a run has a target.
     """
-    sizes: dict[tuple[Any, ...], tuple[list[int], int | None]] = {}
+    sizes: dict[tuple[Any, ...], tuple[list[int], int | None, int | None]] = {}
 
-    def sizes_of(cfg: TrainConfig) -> tuple[list[int], int | None]:  # class counts and users U, once per split
+    def sizes_of(cfg: TrainConfig) -> tuple[list[int], int | None, int | None]:
+        """Class counts, users U and their public k, once per split (synthetic writers: k as they
+        set it, 2 ceil(n / U) unless --max-per-user, from the split before writers drop examples)."""
         from crepe.training.inputs import hold_out, load_dataset
         from crepe.training.plan import class_counts
 
         split = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.held_out_classes)
         if split not in sizes:
             ds = hold_out(load_dataset(cfg), cfg.held_out_classes)
-            sizes[split] = (class_counts(ds.y_train), ds.users)
-        counts, users = sizes[split]
-        return counts, cfg.user_count if cfg.users == "synthetic" else users
+            sizes[split] = (class_counts(ds.y_train), ds.users, ds.max_per_user)
+        counts, users, k = sizes[split]
+        if cfg.users == "synthetic":
+            return counts, cfg.user_count, cfg.max_per_user or 2 * -(-sum(counts) // cfg.user_count)
+        return counts, users, k if cfg.max_per_user is None else cfg.max_per_user
 
     floors: dict[tuple[tuple[str, Any], ...], float | None] = {}
     out: dict[str, float] = {}

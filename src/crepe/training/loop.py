@@ -562,9 +562,9 @@ def user_level_by_group(r: Run, *, eps_total: float) -> dict[str, Any]:
     ds, cfg = r.ds, r.cfg
     if r.plan.user_level or ds.max_per_user is None:
         return {}
-    from crepe.privacy.group import GROUP_ACCOUNTANTS, user_epsilon
+    from crepe.privacy.group import group_accountant, user_epsilon
 
-    accountant = cfg.accountant if cfg.accountant in GROUP_ACCOUNTANTS else "pld"
+    accountant = group_accountant(cfg.accountant)
     k = ds.max_per_user
     eps = eps_total if k == 1 else user_epsilon(r.st.ledger, k=k, delta=cfg.delta, accountant=accountant)
     return {"eps_user": None if math.isinf(eps) else eps, "eps_user_infinite": math.isinf(eps), "max_per_user": k,

@@ -39,11 +39,14 @@ class Plan:
     cfg: TrainConfig  # resolved: sigma and sigma_sel set
     n: int  # training examples
     set_size: float  # the public |S| the sample rate comes from (a Poisson subset: its expected size)
+    max_per_user: int | None = None  # data with users: the public k (--target-unit user calibrates to it)
 
     @classmethod
-    def of(cls, cfg: TrainConfig, *, counts: Sequence[int], users: int | None = None) -> Plan:
+    def of(cls, cfg: TrainConfig, *, counts: Sequence[int], users: int | None = None,
+           max_per_user: int | None = None) -> Plan:
         """The plan of `cfg` on training data with these class counts (and U `users`, for a
-        user-level run: the public size it samples from), solved (`solved`)."""
+        user-level run: the public size it samples from; `max_per_user`: the public k of data with
+        users), solved (`solved`)."""
         method = methods.get(cfg.method)
         method.check(cfg)
         algorithms.check(cfg)
@@ -51,13 +54,13 @@ class Plan:
         if cfg.privacy_unit == "user":
             if users is None:
                 raise UsageError("--privacy-unit user needs users: --users synthetic, --dataset qmnist, or user_ids with crepe.train")
-            return cls(cfg, int(sum(counts)), float(users)).solved()
-        return cls(cfg, int(sum(counts)), method.public_size(cfg, counts)).solved()
+            return cls(cfg, int(sum(counts)), float(users), max_per_user).solved()
+        return cls(cfg, int(sum(counts)), method.public_size(cfg, counts), max_per_user).solved()
 
     @classmethod
     def for_data(cls, cfg: TrainConfig, ds: LoadedData) -> Plan:
         """The plan of `cfg` on loaded data: its class counts and, with users, U."""
-        return cls.of(cfg, counts=class_counts(ds.y_train), users=ds.users)
+        return cls.of(cfg, counts=class_counts(ds.y_train), users=ds.users, max_per_user=ds.max_per_user)
 
     def solved(self) -> Plan:
         """This plan with sigma solved from the target epsilon (and sigma_sel from --select-share)
@@ -72,8 +75,24 @@ class Plan:
             lambda s, sel: replace(self, cfg=replace(cfg, sigma=s, select_sigma=sel)).ledger(),
             target=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant,
             select_sigma=cfg.select_sigma, select_share=cfg.select_share, levers=self.method.levers,
+            measure=self.per_user_measure(),
         )
         return replace(self, cfg=replace(cfg, sigma=sigma, select_sigma=select_sigma))
+
+    def per_user_measure(self) -> Any:
+        """--target-unit user on an example-level run: the ledger's group-privacy epsilon per user of at
+        most k examples (privacy/group.py; the pld accountant where the run's has no group conversion)."""
+        cfg = self.cfg
+        if cfg.target_unit != "user" or self.user_level:
+            return None
+        if self.max_per_user is None:
+            raise UsageError("--target-unit user calibrates to epsilon per user of at most k examples: it needs users "
+                             "(--users synthetic, --dataset qmnist, or user_ids with crepe.train)")
+        from crepe.privacy.group import group_accountant, user_epsilon
+
+        accountant = group_accountant(cfg.accountant)
+        k = self.max_per_user
+        return lambda ledger: user_epsilon(ledger, k=k, delta=cfg.delta, accountant=accountant)
 
     @property
     def method(self) -> Method:
@@ -154,7 +173,9 @@ class Plan:
     def line(self) -> str:
         """sigma and the schedule, said before the first epoch (and by --dry-run)."""
         cfg = self.cfg
-        solved = f" (solved for --target-epsilon {cfg.target_epsilon:g})" if cfg.target_epsilon is not None else ""
+        per = (f" per user of at most {self.max_per_user} examples" if cfg.target_unit == "user" and not self.user_level
+               else "")
+        solved = f" (solved for --target-epsilon {cfg.target_epsilon:g}{per})" if cfg.target_epsilon is not None else ""
         rounds = sum(self.redraws(e) for e in range(self.epochs))
         select = f", select sigma {cfg.select_sigma:.4g}" if any(r.kind == "select" for r in self.round_releases()) else ""
         q = self.sample_rate
@@ -224,11 +245,12 @@ def new_run_config(given: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def check_reachable(given: dict[str, Any], sizes_of: Callable[[TrainConfig], tuple[Sequence[int], int | None]]) -> None:
+def check_reachable(given: dict[str, Any],
+                    sizes_of: Callable[[TrainConfig], tuple[Sequence[int], int | None, int | None]]) -> None:
     """Unreachable (with the smallest reachable epsilon) if `crepe train` would refuse this run's
-    target; `sizes_of(cfg)` gives its class counts and its users U (None without users)."""
+    target; `sizes_of(cfg)` gives its class counts, its users U and their public k (None without users)."""
     cfg = new_run_config(given)
     if cfg.sigma is None:
-        counts, users = sizes_of(cfg)
-        Plan.of(cfg, counts=counts, users=users)
+        counts, users, k = sizes_of(cfg)
+        Plan.of(cfg, counts=counts, users=users, max_per_user=k)
 
