@@ -325,3 +325,15 @@ def test_target_unit_user_needs_users(tmp_path: Path) -> None:
         crepe.train(MLP(), (x, y), method="full", target_epsilon=3.0, target_unit="user", out=tmp_path / "r",
                     log=lambda s: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_dry_run_prints_the_per_user_epsilon_it_calibrates_to(data_root, capsys) -> None:
+    from crepe import cli
+
+    code = cli.main(["train", "--dry-run", "--dataset", "fashion-mnist", "--data-dir", str(data_root), "--method",
+                     "full", "--train-subset", "600", "--users", "synthetic", "--user-count", "30", "--epochs", "3",
+                     "--batch-size", "60", "--target-epsilon", "5", "--target-unit", "user", "--accountant", "rdp"])
+    out = capsys.readouterr().out
+    assert code == 0 and "per user of at most 40 examples" in out  # k = 2 ceil(600 / 30)
+    line = next(x for x in out.splitlines() if x.startswith("crepe train: planned epsilon") and "per user" in x)
+    assert 0.99 * 5 <= float(line.split()[4]) <= 5

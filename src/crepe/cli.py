@@ -147,6 +147,12 @@ def dry_run(given: dict[str, Any]) -> int:
     print(plan.line())
     print(f"crepe train: planned epsilon {eps_parts(eps, (r.kind for r in ledger))} per {ledger.unit} at delta "
           f"{cfg.delta:g} ({cfg.accountant} accountant), zero-out adjacency{tail}")
+    if plan.max_per_user is not None and not plan.user_level:  # data with users: also per user, by group privacy
+        from crepe.privacy.group import group_accountant, user_epsilon
+
+        k, accountant = plan.max_per_user, group_accountant(cfg.accountant)
+        e = user_epsilon(ledger, k=k, delta=cfg.delta, accountant=accountant)
+        print(f"crepe train: planned epsilon {e:.3f} per user of at most {k} examples (group privacy, {accountant})")
     print("crepe train: nothing was written (--dry-run)")
     return 0
 
