@@ -337,3 +337,44 @@ def test_a_dry_run_prints_the_per_user_epsilon_it_calibrates_to(data_root, capsy
     assert code == 0 and "per user of at most 40 examples" in out  # k = 2 ceil(600 / 30)
     line = next(x for x in out.splitlines() if x.startswith("crepe train: planned epsilon") and "per user" in x)
     assert 0.99 * 5 <= float(line.split()[4]) <= 5
+
+
+def test_local_momentum_is_torch_sgd_with_momentum_from_zero_each_round() -> None:
+    x, y, _ = blobs(n=30)
+    cfg = new_run_config({"dataset": "user", "model": "user", "method": "full", "privacy_unit": "user",
+                          "algorithm": "dp-fedavg", "local_epochs": 2, "local_batch_size": 8, "local_lr": 0.1,
+                          "local_momentum": 0.9, "sigma": 1.0})
+    torch.manual_seed(1)
+    model = MLP()
+    got = rounds.local_training(model, x, y, cfg=cfg, head=None, generator=torch.Generator().manual_seed(4))
+    oracle = MLP()
+    oracle.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(oracle.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        perm = torch.randperm(30, generator=g)
+        for s in range(0, 30, 8):
+            opt.zero_grad()
+            nn.functional.cross_entropy(oracle(x[perm[s : s + 8]]), y[perm[s : s + 8]]).backward()
+            opt.step()
+    for n, p in oracle.named_parameters():
+        torch.testing.assert_close(got[n], p, atol=1e-6, rtol=0)
+    assert not torch.allclose(got["head.weight"], model.head.weight)
+
+
+def test_head_warm_steps_train_the_fresh_head_alone() -> None:
+    x, y, _ = blobs(n=40)
+    given = {"dataset": "user", "model": "user", "method": "full", "privacy_unit": "user", "algorithm": "dp-fedemb",
+             "local_batch_size": 8, "local_lr": 0.1, "head_lr_scale": 10.0, "sigma": 1.0}
+    torch.manual_seed(2)
+    model = MLP()
+    warm_only = new_run_config({**given, "head_warm_steps": 3, "max_local_steps": 3})
+    got = rounds.local_training(model, x, y, cfg=warm_only, head=model.head, generator=torch.Generator().manual_seed(0))
+    for n, p in model.body.named_parameters():
+        assert torch.equal(got[f"body.{n}"], p)  # frozen: the backbone delta is zero
+    assert not torch.equal(got["head.weight"], model.head.weight)
+    after = new_run_config({**given, "head_warm_steps": 3, "max_local_steps": 4})  # one joint step after the warm-up
+    got = rounds.local_training(model, x, y, cfg=after, head=model.head, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(got["body.0.weight"], model.body[0].weight)
+    with pytest.raises(UsageError, match="--head-warm-steps apply to --algorithm dp-fedemb only"):
+        new_run_config({**given, "algorithm": "dp-fedavg", "head_warm_steps": 3})

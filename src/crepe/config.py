@@ -377,10 +377,15 @@ class TrainConfig:
     local_lr: float = option(0.05, "dp-fedavg, dp-fedemb: local SGD step size (the server's is --lr)", kind="float",
                              low=0, low_open=True)
     local_batch_size: int = option(16, "dp-fedavg, dp-fedemb: local minibatch size", kind="int", low=1)
+    local_momentum: float = option(0.0, "dp-fedavg, dp-fedemb: local SGD momentum (heavy ball, as torch.optim.SGD; "
+                                   "the published FedEmb run: 0.9); it starts at 0 every round", kind="float", low=0,
+                                   high=0.999)
     max_local_steps: int | None = option(None, "dp-fedavg, dp-fedemb: at most this many local steps per round",
                                          kind="int", low=1)
     head_lr_scale: float = option(100.0, "dp-fedemb: the local head's step size over --local-lr (published: 100)",
                                   kind="float", low=0, low_open=True)
+    head_warm_steps: int = option(0, "dp-fedemb: local steps at the start of each round that train the fresh head "
+                                  "alone, the backbone frozen", kind="int", low=0)
     virtual_client_size: int = option(
         1, "dp-fedemb: users per virtual client K (K > 1 doubles the per-user sensitivity to 2C)", kind="int", low=1,
         grid=True,
@@ -556,8 +561,8 @@ class TrainConfig:
 
 SYNTHETIC_ONLY = ("user_count", "user_alpha", "user_size_sigma", "user_seed")
 USER_LEVEL_ONLY = ("algorithm", "users_per_round")
-LOCAL_ONLY = ("local_epochs", "local_lr", "local_batch_size", "max_local_steps")
-FEDEMB_ONLY = ("head_lr_scale", "virtual_client_size")
+LOCAL_ONLY = ("local_epochs", "local_lr", "local_batch_size", "local_momentum", "max_local_steps")
+FEDEMB_ONLY = ("head_lr_scale", "head_warm_steps", "virtual_client_size")
 PRETRAIN_ONLY = ("pretrain_epochs", "pretrain_lr")
 PRUNE_ONLY = ("prune_at", "prune_warmup", "prune_scope")
 NORMALISED = ("linear", "scatter-cnn")  # the models that take --norm-groups

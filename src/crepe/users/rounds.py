@@ -148,9 +148,10 @@ def update(model: nn.Module, named: list[tuple[str, nn.Parameter]], x: torch.Ten
 
 def local_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
                    head: nn.Linear | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The parameters after local_epochs of plain SGD (minibatches of local_batch_size, at most
-    max_local_steps) from the global model; with `head`, that layer starts afresh and steps at
-    head_lr_scale x local_lr."""
+    """The parameters after local_epochs of SGD (minibatches of local_batch_size, at most
+    max_local_steps; heavy-ball momentum local_momentum, from zero, as torch.optim.SGD) from the global
+    model; with `head`, that layer starts afresh and steps at head_lr_scale x local_lr, alone (the rest
+    frozen) for the first head_warm_steps steps."""
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
     head_names = set()
@@ -158,6 +159,7 @@ def local_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: T
         head_names = {n for n, p in model.named_parameters() if any(p is q for q in head.parameters())}
         fresh_head(params, head_names, generator)
     lrs = {n: cfg.local_lr * (cfg.head_lr_scale if n in head_names else 1.0) for n in params}
+    velocity: dict[str, torch.Tensor] = {}
     steps, b = 0, cfg.local_batch_size
     for _ in range(cfg.local_epochs):
         perm = torch.randperm(len(y), generator=generator)
@@ -167,10 +169,15 @@ def local_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: T
             idx = perm[s : s + b]
             loss = nn.functional.cross_entropy(functional_call(model, {**params, **buffers}, (x[idx],)), y[idx])
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            warm = steps < cfg.head_warm_steps
             with torch.no_grad():
                 for (n, t), g in zip(params.items(), grads):
-                    if g is not None:
-                        t -= lrs[n] * g
+                    if g is None or (warm and n not in head_names):
+                        continue
+                    if cfg.local_momentum:
+                        g = velocity[n].mul_(cfg.local_momentum).add_(g) if n in velocity else g.clone()
+                        velocity[n] = g
+                    t -= lrs[n] * g
             steps += 1
     return params
 
