@@ -137,7 +137,8 @@ def test_a_two_rank_run_is_the_one_rank_run(data_root, tmp_path, run: str) -> No
         for k in r1:
             if k.endswith("time_s"):
                 continue
-            if isinstance(r1[k], float) and k in ("train_loss", "train_acc", "noise_to_signal", "clip_norm"):  # float sums
+            float_sums = ("train_loss", "test_loss", "train_acc", "noise_to_signal", "clip_norm")
+            if isinstance(r1[k], float) and k in float_sums:
                 assert r1[k] == pytest.approx(r2[k], rel=1e-5), k
             else:
                 assert r1[k] == r2[k], k  # epsilon, accuracy, counts, sizes

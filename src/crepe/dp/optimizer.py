@@ -232,11 +232,10 @@ class DPOptimizer(OpacusDPOptimizer):
         if hasattr(base, "noise_variance"):  # DP-AdamBC: the noise variance per coordinate
             base.noise_variance = (self.noise_multiplier * self.max_grad_norm / self.expected_batch_size) ** 2
         if self.clip_rule.adaptive:  # the count is part of the release above
-            noise = _generate_noise(std=self.count_noise, reference=torch.zeros(()), generator=self.generator)
-            if not self.world.writes:
-                noise = torch.zeros(())
-            noise = noise.reshape(1).to(torch.float64)
-            self.world.broadcast_([noise])  # rank 0's draw
+            noise = torch.zeros(1, dtype=torch.float64)
+            if self.world.writes:  # rank 0 draws it, every rank uses it
+                noise += float(_generate_noise(std=self.count_noise, reference=torch.zeros(()), generator=self.generator))
+            self.world.broadcast_([noise])
             # divided by q m, never by the realised batch size (a secret)
             self.clip_rule.update((self._unclipped + float(noise)) / self.expected_examples)
 
