@@ -3,11 +3,12 @@
     python bench/collect_user_study.py RUN_DIR_OR_SWEEP [...] [--csv runs.csv] [--md table.md]
         [--baseline baseline.json]
 
-`crepe report` tabulates test accuracy and example-level columns; it knows nothing of the
-embedding metrics of held-out classes, of the user-level epsilon of an example-level run, or of
-what differs between user-level rows (algorithm, K, pretraining). This script reads every
-finished run (a folder holding summary.json with status "complete") under the paths given and
-writes:
+`crepe report SWEEP ... --out DIR` writes the same tables and Welch lines (users.md,
+crepe.study.user_study; its seed-0 table from the run folders of seed 0 given one by one). This
+script also writes what crepe report does not: the noise columns (noise_over_signal needs the
+model's parameter count, so torch; crepe report stays torch-free), the untrained-backbone line
+and one CSV line per run. It reads every finished run (a folder holding summary.json with
+status "complete") under the paths given and writes:
 - one row per run (`--csv`): its settings, sigma, epsilon (the run's own, and the user-level one:
   the run's epsilon for a user-level run, the group-privacy epsilon for an example-level run),
   rounds, recall at FAR 1e-3 and 0.1 and 1-NN accuracy on the held-out classes, test accuracy,

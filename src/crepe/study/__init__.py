@@ -5,9 +5,10 @@ Its modules, each importing only modules to its left (and `command`, below, for 
     grid -> plan -> runner -> cluster -> sweep
         the options as a sweep sees them; a grid expanded into named runs; running them (here, or a
         task per run on a Dask cluster: cluster, which alone imports Dask); `crepe sweep`
-    grid -> results -> tables, plots -> verdict -> report
+    grid -> results -> tables, plots -> verdict -> user_study -> report
         runs grouped into rows over seeds; results.md and .csv; the figures; the study at equal
-        epsilon; `crepe report` (which also reads a sweep's manifest: plan.load_manifest)
+        epsilon; the user-level study at equal user-level epsilon (runs on data with users);
+        `crepe report` (which also reads a sweep's manifest: plan.load_manifest)
 """
 
 from __future__ import annotations

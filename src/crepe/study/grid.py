@@ -95,6 +95,29 @@ def unused(name: str, *, method: Any, dp: Any) -> bool:
     return ignored or (not dp and name in NODP_UNUSED)
 
 
+def _user_rules(c: dict[str, Any]) -> tuple[tuple[tuple[str, ...], bool], ...]:
+    """(options, whether a run with config c uses them): TrainConfig._check_users' rules (it refuses
+    those options changed where they do not apply, so a run that does not use one has its default),
+    plus the minibatch size B, which a user-level run does not read (it samples users: users_per_round),
+    and --users, which QMNIST refuses (its writers are its users)."""
+    user, algorithm = c.get("privacy_unit") == "user", c.get("algorithm")
+    return (
+        (config.SYNTHETIC_ONLY, c.get("users") == "synthetic"),
+        (config.USER_LEVEL_ONLY, user),
+        (config.LOCAL_ONLY, user and algorithm in ("dp-fedavg", "dp-fedemb")),
+        (config.FEDEMB_ONLY, user and algorithm == "dp-fedemb"),
+        (config.PRETRAIN_ONLY, c.get("pretrain") is not None),
+        (("batch_size",), not user),
+        (("users",), c.get("dataset") != "qmnist"),
+    )
+
+
+def user_unused(name: str, c: dict[str, Any]) -> bool:
+    """True when a run with config c does not depend on option `name` by its users, privacy unit,
+    algorithm or pretraining (_user_rules). A user-level report reads this beside `unused`."""
+    return any(name in names and not applies for names, applies in _user_rules(c))
+
+
 default = config.default
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from crepe.study import grid as opts
 from crepe.study.grid import REPLICATE
-from crepe.study.results import (ACC_RANGE, FEW, FEW_NOTE, MIN_SEEDS, SUMMARY_FIELDS, Row, Run, Stat, axes, axis_cell,
-                                 column_title, protocol, varying_axes)
+from crepe.study.results import (ACC_RANGE, FEW, FEW_NOTE, MIN_SEEDS, SUMMARY_FIELDS, USER_FIELDS, Row, Run, Stat,
+                                 axis_cell, column_title, key_names, protocol, user_level, varying_axes)
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:
@@ -134,19 +134,29 @@ CSV_FIELDS = ("n_seeds", "seeds") + tuple(
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """results.csv: a row's key (the axes; the step sizes of a user-level report), then CSV_FIELDS,
+    then (a user-level report only) the mean and std of USER_FIELDS."""
+    names = key_names(rows)
+    extra = USER_FIELDS if user_level([run for r in rows for run in r.runs]) else ()
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(list(axes()) + list(CSV_FIELDS))
+        w.writerow(list(names) + list(CSV_FIELDS) + [f"{f}_{s}" for f in extra for s in ("mean", "std")])
         for r in rows:
-            vals: list[Any] = ["" if r.k[a] is None else r.k[a] for a in axes()]
+            vals: list[Any] = ["" if r.k[a] is None else r.k[a] for a in names]
             vals += [len(r.runs), " ".join(map(str, r.seeds))]
             for f in SUMMARY_FIELDS:
-                s = r.stats[f]
-                vals += ["" if s is None else ("inf" if math.isinf(s.mean) else f"{s.mean:.6g}"),
-                         "" if s is None or s.std is None else f"{s.std:.6g}"]
+                vals += mean_std(r.stats[f])
             vals.append("" if r.speedup is None else f"{r.speedup:.4g}")
             vals += ci_bounds(r.stats["test_acc"])
+            for f in extra:
+                vals += mean_std(r.stats[f])
             w.writerow(vals)
+
+
+def mean_std(s: Stat | None) -> list[str]:
+    """A statistic as two CSV cells (empty where absent; an infinite mean as inf)."""
+    return ["" if s is None else ("inf" if math.isinf(s.mean) else f"{s.mean:.6g}"),
+            "" if s is None or s.std is None else f"{s.std:.6g}"]
 
 
 def ci_bounds(s: Stat | None, bounds: tuple[float, float] = ACC_RANGE) -> list[str]:
@@ -155,9 +165,10 @@ def ci_bounds(s: Stat | None, bounds: tuple[float, float] = ACC_RANGE) -> list[s
     return ["", ""] if ci is None else [f"{ci[0]:.6g}", f"{ci[1]:.6g}"]
 
 
-def unreachable_section(manifest: dict[str, Any] | None) -> list[str]:
+def unreachable_section(manifest: dict[str, Any] | None, where: str | None = None) -> list[str]:
     """Markdown lines listing the cells `crepe sweep` never ran because their target epsilon is
-    unreachable (from a sweep's manifest, sweep.json; none without one). A cell: its runs but the seed."""
+    unreachable (from a sweep's manifest, sweep.json; none without one). A cell: its runs but the seed.
+    `where`: the sweep's name, in the heading (a report of several sweeps)."""
     records = [r for r in (manifest or {}).get("runs", {}).values() if r.get("status") == "unreachable"]
     if manifest is None or not records:
         return []
@@ -169,7 +180,7 @@ def unreachable_section(manifest: dict[str, Any] | None) -> list[str]:
         settings = " ".join(f"{k}={opts.fmt(r['settings'][k])}" for k in shown if k in r["settings"])
         seed = r["settings"].get(key[REPLICATE], opts.default(REPLICATE))
         cells.setdefault((settings, r["target_epsilon"], r["smallest_epsilon"]), []).append(str(seed))
-    return ["", "## Unreachable cells (not run)", "",
+    return ["", "## Unreachable cells (not run)" + ("" if where is None else f" in {where}"), "",
             "Their schedule cannot bring ε_total down to the target ε even at the largest noise `crepe train` "
             "allows: `crepe sweep` did not start them.", ""] + md_table(
         ["settings", "target ε", "smallest reachable ε", "seeds"],
