@@ -274,6 +274,20 @@ def test_an_interrupted_run_is_audited_from_its_checkpoint_and_resumes_to_the_sa
     assert f"eps_lb {whole['audit']['eps_lb']:.3f}" in out.out and "crepe audit: read" in out.err
 
 
+def test_a_calibrated_craig_run_takes_canaries_and_a_calibrated_poisson_subset_is_still_refused() -> None:
+    """The refusal of --random-draw poisson reads a round's releases, which for CRAIG need sigma_sel: the
+    plan checks it after solving sigma from --target-epsilon (it used to stop on an assertion)."""
+    from crepe.config import UsageError
+    from crepe.training.plan import Plan
+
+    base = dict(dataset="fashion-mnist", fraction=0.1, epochs=3, select_every=1, target_epsilon=3.0,
+                audit_canaries=100, batch_size=50)
+    plan = Plan.of(TrainConfig(method="craig", **base).resolve(), counts=[100] * 10)
+    assert plan.cfg.sigma is not None and plan.cfg.select_sigma == plan.cfg.sigma
+    with pytest.raises(UsageError, match="--random-draw poisson"):
+        Plan.of(TrainConfig(method="random", **base).resolve(), counts=[100] * 10)
+
+
 # ---- bad input
 
 
