@@ -20,11 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.optimize
+import scipy.special
 import scipy.stats
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crepe import _core, cli  # noqa: F401 (an editable install rebuilds _core on first import)
 from crepe.audit import canaries as canaries_mod
+from crepe.audit import fdp
 from crepe.audit.bound import ceiling, epsilon_lower_bound, guess, p_value
 from crepe.config import TrainConfig
 from crepe.training import loop, rundir, state as ckpt
@@ -102,6 +106,137 @@ def test_guesses_split_between_both_ends_and_abstain_in_the_middle() -> None:
         guess(scores, 8)
 
 
+# ---- the f-DP conversion (Mahloujifar, Melis & Chaudhuri 2024)
+
+
+def direct_objective(m: int, r: int, v: int, mu: float, beta: float) -> float:
+    """The test's statement computed the slow way: every (r_i, h_i) from i = v down to 0 with no early
+    stop, scipy's Phi; > 0 where mu-GDP is rejected."""
+    right, wrong = [0.0] * (v + 1), [0.0] * (v + 1)
+    right[v], wrong[v] = beta * v / m, beta * (r - v) / m
+    for i in range(v, 0, -1):
+        g = float(scipy.special.ndtr(scipy.special.ndtri(min(right[i], 1.0)) - mu))
+        wrong[i - 1] = max(wrong[i], g)
+        right[i - 1] = right[i] + (i - 1) / (r - i + 1) * (wrong[i - 1] - wrong[i])
+    return right[0] + wrong[0] - r / m
+
+
+def direct_mu_lower_bound(m: int, r: int, v: int, beta: float = 0.05) -> float:
+    if direct_objective(m, r, v, 0.0, beta) <= 0:
+        return 0.0
+    return scipy.optimize.brentq(lambda mu: direct_objective(m, r, v, mu, beta), 0.0, 40.0, xtol=1e-10)
+
+
+FDP_CASES = [(1000, 500, 422), (1000, 500, 500), (1000, 1000, 990), (1000, 100, 100), (1000, 1000, 700),
+             (200, 100, 70), (50, 50, 40), (300, 20, 19), (1000, 500, 260)]
+
+
+@pytest.mark.parametrize(("m", "r", "v"), FDP_CASES)
+def test_fdp_bound_equals_a_direct_computation(m: int, r: int, v: int) -> None:
+    assert fdp.mu_lower_bound(m=m, r=r, v=v) == pytest.approx(direct_mu_lower_bound(m, r, v), abs=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(2, 300), r_frac=st.floats(0.01, 1.0), v_frac=st.floats(0.0, 1.0),
+       beta=st.sampled_from([0.01, 0.05, 0.2]))
+def test_fdp_bound_equals_a_direct_computation_on_generated_counts(m: int, r_frac: float, v_frac: float,
+                                                                    beta: float) -> None:
+    r = max(1, round(r_frac * m))
+    v = round(v_frac * r)
+    assert fdp.mu_lower_bound(m=m, r=r, v=v, beta=beta) == pytest.approx(direct_mu_lower_bound(m, r, v, beta),
+                                                                          abs=1e-7)
+
+
+def pure_dp_inverse(eps: float):
+    """(1 - f)^-1 for pure eps-DP: f(x) = max(0, 1 - e^eps x, e^-eps (1 - x))."""
+    return lambda y: max(y * math.exp(-eps), 1 - math.exp(eps) * (1 - y), 0.0)
+
+
+def fdp_pure_dp_lower_bound(m: int, r: int, v: int) -> float:
+    rejected = lambda e: fdp.rejects(pure_dp_inverse(e), m=m, r=r, v=v, beta=0.05)
+    if not rejected(0.0):
+        return 0.0
+    lo, hi = 0.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rejected(mid) else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize(("m", "r", "v"), [(1000, 500, 422), (1000, 500, 350), (1000, 1000, 700), (1000, 200, 150),
+                                           (1000, 500, 500), (1000, 1000, 1000), (100, 20, 20)])
+def test_for_pure_dp_the_fdp_test_proves_at_most_the_exact_binomial_bound(m: int, r: int, v: int) -> None:
+    """Under eps-DP the binomial tail is the exact worst case (randomised response attains it), so no valid
+    test may reject more: the f-DP test with eps-DP's curve stays below bound.py's delta = 0 figure, within
+    1.5% of it, and equals it when every guess is right."""
+    exact = epsilon_lower_bound(m=m, r=r, v=v, delta=0.0)
+    got = fdp_pure_dp_lower_bound(m, r, v)
+    assert got <= exact + 1e-9
+    assert got >= 0.985 * exact
+    if v == r:
+        assert got == pytest.approx(exact, abs=1e-8)
+
+
+@pytest.mark.parametrize("mu", [0.05, 0.3, 1.0, 1.666, 2.5, 6.0])
+@pytest.mark.parametrize("delta", [1e-5, 1e-3])
+def test_the_epsilon_of_mu_gdp_is_dp_accountings(mu: float, delta: float) -> None:
+    """dp_accounting's analytic Gaussian mechanism at noise 1/mu (sensitivity 1) is mu-GDP."""
+    import dp_accounting
+
+    assert fdp.gaussian_epsilon(mu, delta) == pytest.approx(dp_accounting.get_epsilon_gaussian(1 / mu, delta),
+                                                            rel=1e-7, abs=1e-9)
+
+
+def test_the_fdp_conversion_holds_for_a_mu_gdp_mechanism_and_is_tighter_than_the_binomial_one() -> None:
+    """The ideal canaries: score_i = mu 1{included} + N(0, 1), exactly mu-GDP in each canary. Over 200
+    simulated audits (m = 1,000, r = 500) the true mu is rejected at most as often as 95% confidence allows;
+    the f-DP eps_lb is above the binomial eps_lb in every audit, and both stay below the true epsilon."""
+    mu, m, r, trials = 1.666, 1000, 500, 200  # mu-GDP at delta 1e-5: epsilon 8.0
+    eps = fdp.gaussian_epsilon(mu, 1e-5)
+    rng = np.random.default_rng(0)
+    rejected, gaps = 0, []
+    for _ in range(trials):
+        included = rng.random(m) < 0.5
+        t = guess(rng.normal(size=m) + mu * included, r)
+        v = int((t == np.where(included, 1, -1))[t != 0].sum())
+        rejected += fdp.rejects(fdp.gaussian_inverse(mu), m=m, r=r, v=v, beta=0.05)
+        if len(gaps) < 20:
+            lb, lb_fdp = epsilon_lower_bound(m=m, r=r, v=v, delta=1e-5), fdp.epsilon_lower_bound(m=m, r=r, v=v,
+                                                                                                delta=1e-5)
+            assert lb < lb_fdp < eps
+            gaps.append(lb_fdp - lb)
+    assert rejected <= 0.05 * trials
+    assert np.median(gaps) > 1.0  # eps 8 with 1,000 ideal canaries: ~2.1 (binomial), ~3.7 (f-DP)
+
+
+def test_fdp_golden_values_and_ceiling() -> None:
+    """Frozen for delta = 1e-5, 95%: the f-DP ceilings of 500 and 1,000 right guesses of 1,000 and the count
+    of the fmnist20k eps = 8 run (422 of 500; docs/results.md section 8)."""
+    assert fdp.ceiling(m=1000, r=500, delta=1e-5) == pytest.approx(9.9194, abs=1e-4)
+    assert fdp.ceiling(m=1000, r=1000, delta=1e-5) == pytest.approx(12.3346, abs=1e-4)
+    assert fdp.mu_lower_bound(m=1000, r=500, v=422) == pytest.approx(0.62661, abs=1e-5)
+    assert fdp.epsilon_lower_bound(m=1000, r=500, v=422, delta=1e-5) == pytest.approx(2.5673, abs=1e-4)
+    assert fdp.epsilon_lower_bound(m=1000, r=500, v=250, delta=1e-5) == 0.0  # half right proves nothing
+
+
+def test_a_weaker_curve_is_rejected_wherever_a_stronger_one_is() -> None:
+    """The bisection over mu needs the rejected set to be an interval [0, mu_lb]: checked on a grid."""
+    for m, r, v in [(1000, 500, 422), (200, 100, 70), (1000, 1000, 990)]:
+        verdicts = [fdp.rejects(fdp.gaussian_inverse(mu), m=m, r=r, v=v, beta=0.05) for mu in np.linspace(0, 4, 81)]
+        assert verdicts == sorted(verdicts, reverse=True)
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: fdp.rejects(fdp.gaussian_inverse(1.0), m=10, r=5, v=6, beta=0.05), "v <= r <= m"),
+    (lambda: fdp.rejects(fdp.gaussian_inverse(1.0), m=10, r=5, v=2, beta=1.0), "beta"),
+    (lambda: fdp.mu_lower_bound(m=10, r=5.0, v=2), "integer"),
+    (lambda: fdp.gaussian_epsilon(1.0, 0.0), "delta must lie in"),
+])
+def test_fdp_bad_input_raises(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 # ---- canaries in the DP optimizer
 
 
@@ -174,7 +309,8 @@ def test_without_noise_every_guess_is_right_and_the_audit_reaches_its_ceiling(da
     assert (audit["canaries"], audit["guesses"], audit["correct"]) == (M, r, r)
     assert audit["eps_lb"] == pytest.approx(ceiling(m=M, r=r, delta=1e-5), rel=1e-12)
     assert audit["eps_lb"] > summary["eps_total"]  # the noise is gone: the audit says so
-    assert summary["audit"]["eps_lb"] == audit["eps_lb"]
+    assert audit["eps_lb_fdp"] == pytest.approx(fdp.ceiling(m=M, r=r, delta=1e-5), rel=1e-12) == audit["ceiling_fdp"]
+    assert summary["audit"]["eps_lb"] == audit["eps_lb"] and summary["audit"]["eps_lb_fdp"] == audit["eps_lb_fdp"]
 
 
 @pytest.mark.parametrize("kw", [dict(method="craig", fraction=0.5, select_every=5, batch_size=75),
@@ -230,6 +366,7 @@ def test_replayed_noise_lets_the_audit_exceed_the_accounted_epsilon(replayable_r
                                    delta=cfg.delta, eps_upper=summary["eps_train"], epochs_done=10, complete=True)
     assert replayed["correct"] == replayed["guesses"] == M // 2
     assert replayed["eps_lb"] > summary["eps_train"] == honest["eps_upper"]  # the defect is caught
+    assert replayed["eps_lb_fdp"] > replayed["eps_lb"]  # and more plainly by the f-DP conversion
     assert honest["eps_lb"] <= summary["eps_train"]  # the noise not replayed: within the bound
 
 
@@ -250,6 +387,7 @@ def test_with_secret_noise_the_audit_stays_below_epsilon(data_root, tmp_path) ->
     summary = train(config(data_root, noise="secret"), tmp_path / "run")
     audit = json.loads((tmp_path / "run" / rundir.AUDIT).read_text())
     assert audit["eps_lb"] <= audit["eps_upper"] == summary["eps_train"]
+    assert audit["eps_lb"] <= audit["eps_lb_fdp"] <= audit["eps_upper"]  # the Gaussian curve's bound, tighter
     assert audit["correct"] <= audit["guesses"] == M // 2
     # the secrets went with the run's end: the checkpoint has no canaries, audit.json no score, bit or coordinate
     cfg = rundir.read_config(tmp_path / "run")
@@ -272,6 +410,29 @@ def test_an_interrupted_run_is_audited_from_its_checkpoint_and_resumes_to_the_sa
     assert cli.main(["audit", str(tmp_path / "cut")]) == 0  # now read back from audit.json
     out = capsys.readouterr()
     assert f"eps_lb {whole['audit']['eps_lb']:.3f}" in out.out and "crepe audit: read" in out.err
+    assert f"Gaussian: {whole['audit']['eps_lb_fdp']:.3f})" in out.out
+    # an audit.json written before the f-DP conversion: crepe audit adds it from the counts, leaves the file
+    path = tmp_path / "cut" / rundir.AUDIT
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("mu_lb", "eps_lb_fdp", "ceiling_fdp",
+                                                                             "meaning_fdp")}
+    path.write_text(json.dumps(old))
+    assert cli.main(["audit", str(tmp_path / "cut")]) == 0
+    assert f"Gaussian: {whole['audit']['eps_lb_fdp']:.3f})" in capsys.readouterr().out
+    assert json.loads(path.read_text()) == old
+
+
+def test_a_calibrated_craig_run_takes_canaries_and_a_calibrated_poisson_subset_is_still_refused() -> None:
+    """The refusal of --random-draw poisson reads a round's releases, which for CRAIG need sigma_sel: the
+    plan checks it after solving sigma from --target-epsilon (it used to stop on an assertion)."""
+    from crepe.config import UsageError
+    from crepe.training.plan import Plan
+
+    base = dict(dataset="fashion-mnist", fraction=0.1, epochs=3, select_every=1, target_epsilon=3.0,
+                audit_canaries=100, batch_size=50)
+    plan = Plan.of(TrainConfig(method="craig", **base).resolve(), counts=[100] * 10)
+    assert plan.cfg.sigma is not None and plan.cfg.select_sigma == plan.cfg.sigma
+    with pytest.raises(UsageError, match="--random-draw poisson"):
+        Plan.of(TrainConfig(method="random", **base).resolve(), counts=[100] * 10)
 
 
 # ---- bad input

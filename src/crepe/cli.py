@@ -198,7 +198,8 @@ def cmd_audit(argv: list[str]) -> int:
     """`crepe audit RUN`: the one-run audit of a run trained with --audit-canaries (audit.json)."""
     p = Parser(prog="crepe audit", description=(
         "the one-run audit (Steinke, Nasr & Jagielski 2023) of a run trained with --audit-canaries: a 95% lower "
-        "bound eps_lb on epsilon. A finished run wrote audit.json itself before its secrets were removed; an "
+        "bound eps_lb on epsilon, and its f-DP conversion eps_lb_fdp (Mahloujifar, Melis & Chaudhuri 2024; "
+        "tighter, if the tradeoff curve is Gaussian). A finished run wrote audit.json itself before its secrets were removed; an "
         "unfinished one is audited from its checkpoint, after the epochs done, and audit.json is (re)written"))
     p.add_argument("run", type=Path, help="a run folder trained with --audit-canaries")
     run_dir = p.parse_args(argv).run

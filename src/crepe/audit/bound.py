@@ -27,7 +27,8 @@ import numpy as np
 BISECTION_STEPS = 60  # the bracket shrinks to 2^-60 of its width: far below any figure printed
 
 
-def _check(m: int, r: int, v: int, delta: float) -> None:
+def check_counts(m: int, r: int, v: int, delta: float) -> None:
+    """ValueError unless 0 <= v <= r <= m are integers and delta lies in [0, 1]."""
     for name, value in (("m", m), ("r", r), ("v", v)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -48,7 +49,7 @@ def binomial_pmf(r: int, eps: float) -> np.ndarray:
 
 def p_value(*, m: int, r: int, v: int, eps: float, delta: float) -> float:
     """The bound above on P[at least v of r guesses correct] under (eps, delta)-DP, at most 1."""
-    _check(m, r, v, delta)
+    check_counts(m, r, v, delta)
     if not (eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     pmf = binomial_pmf(r, eps)
@@ -65,7 +66,7 @@ def epsilon_lower_bound(*, m: int, r: int, v: int, delta: float, beta: float = 0
     """The largest eps that v correct of r guesses (m canaries) rejects at confidence 1 - beta:
     the mechanism is not (eps', delta)-DP for any eps' below it, except with probability beta.
     0.0 when the count rejects nothing (p-value above beta already at eps = 0)."""
-    _check(m, r, v, delta)
+    check_counts(m, r, v, delta)
     if not 0.0 < beta < 1.0:
         raise ValueError(f"beta (1 - confidence) must lie in (0, 1), got {beta}")
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crepe.audit import fdp
 from crepe.audit.bound import epsilon_lower_bound, guess
 from crepe.audit.rules import check_parameters
 from crepe.config import UsageError
@@ -50,6 +51,13 @@ MEANING = (
     "epsilon); eps_lb <= eps_upper is expected, and eps_lb above it would mean the noise or the sampling is not "
     "what the ledger records"
 )
+MEANING_FDP = (
+    "the f-DP conversion of the same count (Mahloujifar, Melis & Chaudhuri 2024): with 95% confidence the training "
+    "steps are not mu_lb-GDP, and eps_lb_fdp is the epsilon of mu_lb-GDP at delta. It is tighter than eps_lb but "
+    "bounds the steps' epsilon only if their tradeoff curve is Gaussian (close, not exact, for many noisy steps; "
+    "docs/privacy.md section 12); eps_lb holds for any (eps, delta)-DP mechanism and stays the guard"
+)
+SUMMARY_KEYS = ("method", "canaries", "guesses", "correct", "confidence", "eps_lb", "eps_lb_fdp", "eps_upper")
 SCORE = ("sum over steps of the released noisy gradient sum at the canary's coordinate minus the real examples' "
          "clipped sum there (white-box)")
 
@@ -137,8 +145,9 @@ def record(state: dict[str, Any], *, guesses: int, delta: float, eps_upper: floa
     t = guess(scores, guesses)
     m = len(scores)
     correct = int((t == truth)[t != 0].sum())
-    eps_lb = epsilon_lower_bound(m=m, r=guesses, v=correct, delta=delta, beta=1 - CONFIDENCE)
-    return {
+    beta = 1 - CONFIDENCE
+    eps_lb = epsilon_lower_bound(m=m, r=guesses, v=correct, delta=delta, beta=beta)
+    return with_fdp({
         "method": state["method"],
         "canaries": m,
         "guesses": guesses,
@@ -148,11 +157,26 @@ def record(state: dict[str, Any], *, guesses: int, delta: float, eps_upper: floa
         "confidence": CONFIDENCE,
         "delta": delta,
         "eps_lb": eps_lb,
-        "ceiling": epsilon_lower_bound(m=m, r=guesses, v=guesses, delta=delta, beta=1 - CONFIDENCE),
+        "ceiling": epsilon_lower_bound(m=m, r=guesses, v=guesses, delta=delta, beta=beta),
         "eps_upper": None if eps_upper is None or math.isinf(eps_upper) else eps_upper,
         "steps": int(state["steps"]),
         "epochs_done": epochs_done,
         "complete": complete,  # False: computed by crepe audit from an unfinished run's checkpoint
         "score": SCORE,
         "meaning": MEANING,
-    }
+    })
+
+
+def with_fdp(result: dict[str, Any]) -> dict[str, Any]:
+    """An audit record with the f-DP conversion of its counts beside eps_lb (computed from the counts
+    alone, so also for an audit.json written before the conversion existed)."""
+    if "eps_lb_fdp" in result:
+        return result
+    m, r, v, delta = result["canaries"], result["guesses"], result["correct"], result["delta"]
+    beta = 1 - result["confidence"]
+    mu_lb = fdp.mu_lower_bound(m=m, r=r, v=v, beta=beta)
+    extra = {"mu_lb": mu_lb, "eps_lb_fdp": fdp.gaussian_epsilon(mu_lb, delta),
+             "ceiling_fdp": fdp.ceiling(m=m, r=r, delta=delta, beta=beta), "meaning_fdp": MEANING_FDP}
+    at = list(result).index("ceiling") + 1  # beside eps_lb and its ceiling
+    items = list(result.items())
+    return dict(items[:at] + list(extra.items()) + items[at:])

@@ -1,6 +1,7 @@
 """Which runs an audit's canaries can go through (torch-free; checked by the run plan before
 anything is written). A canary is one more example of example-level DP-SGD, sampled at the
-step's sample rate: the audit needs the DP optimizer's steps, on the set the ledger's rate is
+step's sample rate (a canary user of a user-level run: at the users' rate, with the
+user's sensitivity): the audit needs the DP optimizer's steps, on the set the ledger's rate is
 for, and an epsilon for those steps that the canaries are subject to."""
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The canaries (which are included, and their scores) are secrets kept only in the checkpoint of
 an unfinished run (DESIGN.md section 9), so the audit is computed where they still are:
-- a finished run computed it itself before its secrets were removed: audit.json is read back;
+- a finished run computed it itself before its secrets were removed: audit.json is read back
+  (with the f-DP conversion of its counts added for output if it predates it; the file is not rewritten);
 - an unfinished run (or one kept whole by --keep-secrets): computed from its checkpoint, after
   the epochs done, and written to audit.json ("complete": false until the run has finished;
   the run's own audit at the end replaces it).
@@ -42,6 +43,6 @@ def audit_folder(run_dir: Path) -> tuple[dict[str, Any], str]:
         result = rundir.read_json(run_dir / rundir.AUDIT)
         if not isinstance(result, dict) or "eps_lb" not in result:
             raise UsageError(f"{run_dir / rundir.AUDIT} is not an audit record")
-        return result, "read"
+        return audit.with_fdp(result), "read"  # an audit.json older than the f-DP conversion: from its counts
     raise UsageError(f"{run_dir} holds neither canaries (its checkpoint has none) nor {rundir.AUDIT}: the audit "
                      "cannot be computed any more")

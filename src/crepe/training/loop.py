@@ -532,8 +532,7 @@ def audit_of(r: Run, *, eps_train: float) -> dict[str, Any]:
     result = audit.record(r.canaries.state(), guesses=r.cfg.guesses, delta=r.cfg.delta, eps_upper=eps_train,
                           epochs_done=r.st.epoch, complete=True)
     rundir.atomic_write_json(r.run_dir / rundir.AUDIT, result)
-    return {"audit": {k: result[k] for k in ("method", "canaries", "guesses", "correct", "confidence", "eps_lb",
-                                             "eps_upper")}}
+    return {"audit": {k: result[k] for k in audit.SUMMARY_KEYS}}
 
 
 def embedding_metrics(r: Run) -> dict[str, Any]:

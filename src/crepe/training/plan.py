@@ -50,12 +50,14 @@ class Plan:
         method = methods.get(cfg.method)
         method.check(cfg)
         algorithms.check(cfg)
-        audit_rules.check(cfg, method, int(sum(counts)))
         if cfg.privacy_unit == "user":
             if users is None:
                 raise UsageError("--privacy-unit user needs users: --users synthetic, --dataset qmnist, or user_ids with crepe.train")
-            return cls(cfg, int(sum(counts)), float(users), max_per_user).solved()
-        return cls(cfg, int(sum(counts)), method.public_size(cfg, counts), max_per_user).solved()
+            plan = cls(cfg, int(sum(counts)), float(users), max_per_user).solved()
+        else:
+            plan = cls(cfg, int(sum(counts)), method.public_size(cfg, counts), max_per_user).solved()
+        audit_rules.check(plan.cfg, method, plan.n)  # solved: a round's releases need sigma_sel (CRAIG)
+        return plan
 
     @classmethod
     def for_data(cls, cfg: TrainConfig, ds: LoadedData) -> Plan:

@@ -205,10 +205,13 @@ def embedding_line(summary: dict[str, Any]) -> str | None:
 
 
 def audit_line(audit: dict[str, Any] | None) -> str | None:
-    """The audit's eps_lb beside epsilon, and what it means (summary.json's or audit.json's "audit")."""
+    """The audit's eps_lb (and its f-DP conversion) beside epsilon, and what it means (summary.json's or
+    audit.json's "audit")."""
     if not audit:
         return None
-    return (f"crepe audit: eps_lb {audit['eps_lb']:.3f} at {audit['confidence']:.0%} from {audit['correct']} of "
+    eps_fdp = audit.get("eps_lb_fdp")  # absent from audits written before the f-DP conversion
+    fdp = "" if eps_fdp is None else f" (f-DP, if the tradeoff curve is Gaussian: {eps_fdp:.3f})"
+    return (f"crepe audit: eps_lb {audit['eps_lb']:.3f}{fdp} at {audit['confidence']:.0%} from {audit['correct']} of "
             f"{audit['guesses']} guesses right about {audit['canaries']} {audit['method']} canaries: a lower bound "
             f"from this one run; epsilon {fmt_eps(audit['eps_upper'])} (train part) is the accountant's upper bound")
 
